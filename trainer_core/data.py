@@ -1,0 +1,842 @@
+"""Datasets: the registry (dataset_info.json), file readers, validation and text statistics.
+
+A dataset is named in `<dataset_dir>/dataset_info.json`, in LLaMA-Factory's layout:
+
+    {"tcm_qa": {"file_name": "tcm_qa.json", "formatting": "alpaca",
+                "columns": {"instruction": "问题", "output": "回答"}}}
+
+Reading goes file -> rows -> examples:
+
+1. A reader picked by the file extension (.json, .jsonl, .csv, .tsv, .parquet, .txt) decodes the
+   file (UTF-8 with or without BOM, else GB18030) and returns raw rows, each with its 0-based index.
+2. A converter picked by `formatting` turns each row into an example:
+   - alpaca, sharegpt, openai -> {"messages": [{"role": "system"|"user"|"assistant", "content": str}]}
+   - text -> {"text": str}
+   - mcq  -> {"question": str, "options": {"A": str, ...}, "answer": "A", "subject": str | None,
+              "multi": bool}
+   Every example also keeps where it came from: "source" (dataset name) and "index" (record in file).
+3. Whatever is wrong becomes a `Problem(file, record, field, message)`. Reading never stops at the
+   first one, so a user can fix a file in one pass; records with problems are left out.
+
+`load_datasets` reads the datasets of a run, raises `DataError` with every problem, then mixes,
+shuffles and splits them. `text_stats` summarises examples for the Data tab and `data check`.
+
+Import stays light on purpose (the UI and the CLI import it): pyarrow is imported only to read parquet.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import math
+import random
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer_core.errors import DataError, Problem, UserError
+
+FORMATTINGS = ("alpaca", "sharegpt", "openai", "text", "mcq")
+STAGES = ("sft", "pt", "mcq")
+EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+
+# Our field names per formatting: the keys that "columns" may map to the file's own names.
+FIELDS = {
+    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "sharegpt": ("conversations", "system"),
+    "openai": ("messages", "system"),
+    "text": ("text",),
+    "mcq": ("question", "options", "answer", "subject"),
+}
+# LLaMA-Factory's names for the same fields, so its dataset_info.json entries work unchanged.
+COLUMN_ALIASES = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
+    "sharegpt": {"messages": "conversations"},
+    "openai": {"conversations": "messages"},
+    "text": {"prompt": "text"},
+    "mcq": {},
+}
+# How turns are spelled in the file (LLaMA-Factory's "tags"); an entry's "tags" override these.
+DEFAULT_TAGS = {
+    "sharegpt": {
+        "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+        "system_tag": "system", "observation_tag": "observation", "function_tag": "function_call",
+    },
+    "openai": {
+        "role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+        "system_tag": "system", "observation_tag": "tool", "function_tag": "function",
+    },
+}
+# Role values understood whatever the tags say: files mix ShareGPT's and OpenAI's spellings.
+COMMON_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+    "observation": "tool", "function_call": "tool", "function": "tool", "tool": "tool",
+}
+OPTION_LETTERS = "ABCDEFGHIJ"
+FIX_HINT = '(rename it in the file or map it with "columns" in dataset_info.json)'
+
+Rows = list[tuple[int, Any]]  # (0-based record index in the file, the record as read)
+Errors = list[tuple[str | None, str]]  # (field name in the file, message) for one record
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: dataset_info.json
+# ---------------------------------------------------------------------------------------------
+
+def load_dataset_info(dataset_dir: str | Path) -> dict[str, dict]:
+    """Read `<dataset_dir>/dataset_info.json`: dataset name -> entry, with "formatting" filled in.
+
+    Entries are checked only when a dataset is read, so a copied LLaMA-Factory file with hub
+    entries we cannot use still works for its local ones.
+    """
+    path = Path(dataset_dir) / "dataset_info.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: a dataset folder needs a dataset_info.json naming its files, "
+                        'e.g. {"tcm_qa": {"file_name": "tcm_qa.json", "formatting": "alpaca"}}')
+    try:
+        info = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} must be a JSON object mapping dataset names to entries, "
+                        f"got {_json_kind(info)}")
+    for name, entry in info.items():
+        if not isinstance(entry, dict):
+            raise UserError(f'{path}: entry \'{name}\' must be an object like {{"file_name": "x.json", '
+                            f'"formatting": "alpaca"}}, got {_json_kind(entry)}')
+    return {name: {**entry, "formatting": entry.get("formatting", "alpaca")} for name, entry in info.items()}
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How to read one file: its formatting, its column names and, for conversations, its role names."""
+
+    formatting: str
+    columns: dict[str, str]  # our field name -> key in the file
+    role_tag: str = ""
+    content_tag: str = ""
+    roles: dict[str, str] = field(default_factory=dict)  # role in the file -> system|user|assistant|tool
+    expected_roles: tuple[str, ...] = ()  # listed when a role is unknown
+
+    def key(self, name: str) -> str:
+        return self.columns.get(name, name)
+
+
+def _make_spec(formatting: str, columns: Any, tags: Any, where: str) -> _Spec:
+    """Check an entry's formatting, columns and tags; a mistake here is a config error (UserError)."""
+    if formatting not in FORMATTINGS:
+        raise UserError(f"{where}: unknown formatting '{formatting}'{_did_you_mean(formatting, FORMATTINGS)} "
+                        f"(expected one of {', '.join(FORMATTINGS)})")
+    columns = columns or {}
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+        raise UserError(f'{where}: "columns" must map field names to column names, '
+                        f'e.g. {{"instruction": "问题", "output": "回答"}}')
+    mapped = {}
+    for key, column in columns.items():
+        ours = COLUMN_ALIASES[formatting].get(key, key)
+        if ours not in FIELDS[formatting]:
+            raise UserError(f"{where}: \"columns\" has '{key}', which formatting {formatting} does not use"
+                            f"{_did_you_mean(key, FIELDS[formatting])} "
+                            f"(expected some of {', '.join(FIELDS[formatting])})")
+        mapped[ours] = column
+    if formatting not in DEFAULT_TAGS:
+        return _Spec(formatting, mapped)
+
+    tags = tags or {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise UserError(f'{where}: "tags" must map tag names to strings, e.g. {{"role_tag": "role"}}')
+    unknown = [k for k in tags if k not in DEFAULT_TAGS[formatting]]
+    if unknown:
+        hint = _did_you_mean(unknown[0], DEFAULT_TAGS[formatting])
+        raise UserError(f"{where}: unknown tag '{unknown[0]}'{hint} "
+                        f"(expected some of {', '.join(DEFAULT_TAGS[formatting])})")
+    t = {**DEFAULT_TAGS[formatting], **tags}
+    roles = {**COMMON_ROLES, t["user_tag"]: "user", t["assistant_tag"]: "assistant",
+             t["system_tag"]: "system", t["observation_tag"]: "tool", t["function_tag"]: "tool"}
+    return _Spec(formatting, mapped, t["role_tag"], t["content_tag"], roles,
+                 (t["user_tag"], t["assistant_tag"], t["system_tag"]))
+
+
+def _check_stage(formatting: str, stage: str, what: str) -> None:
+    """Each stage takes only some formattings: refuse the rest before reading anything."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage '{stage}' (expected one of {', '.join(STAGES)})")
+    if formatting == "text" and stage != "pt":
+        raise UserError(f"{what} is raw text (formatting: text) and can only be used for stage pt")
+    if formatting == "mcq" and stage != "mcq":
+        raise UserError(f"{what} is multiple-choice (formatting: mcq) and can only be used for evaluation")
+    if stage == "mcq" and formatting != "mcq":
+        raise UserError(f"{what} is not multiple-choice (formatting: {formatting}); "
+                        "multiple-choice evaluation needs formatting: mcq")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public readers
+# ---------------------------------------------------------------------------------------------
+
+def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_record_chars: int = 200_000,
+                 max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
+    """Read the dataset `name` registered in `<dataset_dir>/dataset_info.json`.
+
+    Returns the good examples and every problem found (records with problems are left out).
+    A mistake in the registry entry itself raises UserError.
+    """
+    dataset_dir = Path(dataset_dir)
+    info = load_dataset_info(dataset_dir)
+    info_path = dataset_dir / "dataset_info.json"
+    entry = _entry(info, name, info_path)
+    where = f"dataset '{name}' in {info_path}"
+    if entry.get("ranking"):
+        raise UserError(f"{where} is a preference dataset (ranking: true); "
+                        "only sft and pt data are supported")
+    file_name = entry.get("file_name")
+    if not isinstance(file_name, str) or not file_name:
+        hub = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in entry), None)
+        if hub:
+            raise UserError(f"{where} points at a hub ({hub}); this workbench reads local files only: "
+                            'download the file and set "file_name"')
+        raise UserError(f'{where} has no "file_name"{_did_you_mean("file_name", entry)}')
+    spec = _make_spec(entry["formatting"], entry.get("columns"), entry.get("tags"), where)
+    _check_stage(spec.formatting, stage, f"dataset '{name}'")
+    path = dataset_dir / file_name
+    if not path.exists():
+        return [], [Problem(file_name, None, None, f"file not found: {path.resolve()} ({where})")]
+    return _read(path, file_name, spec, stage, name, max_record_chars, max_file_bytes)
+
+
+def read_file(path: str | Path, formatting: str, columns: dict | None = None, stage: str = "sft", *,
+              tags: dict | None = None, max_record_chars: int = 200_000,
+              max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
+    """Read one file that is not in a registry (the UI's upload preview), like `read_dataset`."""
+    display = str(path)
+    path = Path(path)
+    spec = _make_spec(formatting, columns, tags, f"file '{display}'")
+    _check_stage(formatting, stage, f"file '{display}'")
+    if not path.exists():
+        return [], [Problem(display, None, None, f"file not found: {path.resolve()}")]
+    return _read(path, display, spec, stage, path.name, max_record_chars, max_file_bytes)
+
+
+def _entry(info: dict[str, dict], name: str, info_path: Path) -> dict:
+    if name in info:
+        return info[name]
+    available = ", ".join(sorted(info)) or "none"
+    raise UserError(f"unknown dataset '{name}' in {info_path}{_did_you_mean(name, info)} "
+                    f"(available: {available})")
+
+
+def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_record_chars: int,
+          max_file_bytes: int) -> tuple[list[dict], list[Problem]]:
+    """Read rows, check their size, convert them; collect every problem on the way."""
+    rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes)
+    convert = CONVERTERS[spec.formatting]
+    examples = []
+    for index, row in rows:
+        # Checked before converting: the tokenizer would truncate anyway; this guards memory.
+        size = _record_chars(row)
+        if size > max_record_chars:
+            problems.append(Problem(display, index, None, f"record is {size:,} characters; "
+                                    f"the limit is {max_record_chars:,} (max_record_chars)"))
+            continue
+        example, errors = convert(row, spec)
+        if errors:
+            problems.extend(Problem(display, index, key, message) for key, message in errors)
+            continue
+        if stage == "pt" and "messages" in example:
+            # Pre-training reads conversations as plain text.
+            example = {"text": "\n".join(m["content"] for m in example["messages"])}
+        example["source"] = source
+        example["index"] = index
+        examples.append(example)
+    problems.sort(key=lambda p: -1 if p.record is None else p.record)  # file order; whole-file first
+    return examples, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# File readers: bytes -> rows [(index, row)]
+# ---------------------------------------------------------------------------------------------
+
+def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -> tuple[Rows, list[Problem]]:
+    def fail(message: str) -> tuple[Rows, list[Problem]]:
+        return [], [Problem(display, None, None, message)]
+
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        return fail("is a folder; point file_name at one file")
+    if suffix not in EXTENSIONS:
+        return fail(f"unsupported file type '{suffix}' (expected one of {', '.join(EXTENSIONS)})")
+    if suffix == ".txt" and formatting != "text":
+        return fail(f'a .txt file holds raw text: register it with "formatting": "text", not {formatting}')
+    size = path.stat().st_size
+    if size > max_file_bytes:  # refused before reading: the file is loaded into memory whole
+        return fail(f"file is {_human_size(size)}; the limit is {_human_size(max_file_bytes)} "
+                    "(max_file_bytes): split it or raise the limit")
+    if suffix == ".parquet":
+        return _read_parquet(path, display)
+    text, problem = _decode(path.read_bytes(), display)
+    if problem:
+        return [], [problem]
+    if suffix == ".json":
+        return _parse_json(text, display)
+    if suffix == ".jsonl":
+        return _parse_jsonl(text, display)
+    if suffix in (".csv", ".tsv"):
+        return _parse_csv(text, display, "\t" if suffix == ".tsv" else ",")
+    return _parse_txt(text), []
+
+
+def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
+    # NUL bytes never occur in UTF-8 or GB18030 text; they mean a binary (or UTF-16) file.
+    if b"\x00" in data[:8192]:
+        return "", Problem(display, None, None, "not a text file (it contains NUL bytes); "
+                           "save it as UTF-8 text (a UTF-16 file looks like this too)")
+    for encoding in ("utf-8-sig", "gb18030"):  # utf-8-sig also reads UTF-8 without a BOM
+        try:
+            return data.decode(encoding), None
+        except UnicodeDecodeError:
+            pass
+    return "", Problem(display, None, None, "unknown encoding: the file is neither UTF-8 nor GB18030; "
+                       "save it as UTF-8")
+
+
+def _parse_json(text: str, display: str) -> tuple[Rows, list[Problem]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        hint = " (one JSON object per line? then name the file .jsonl)" if e.msg == "Extra data" else ""
+        message = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}"
+        return [], [Problem(display, None, None, message)]
+    if not isinstance(data, list):
+        message = f"expected a JSON list of records, got {_json_kind(data)}"
+        lists = [k for k, v in data.items() if isinstance(v, list)] if isinstance(data, dict) else []
+        if len(lists) == 1:
+            message += f" (the records seem to be under '{lists[0]}': put that list at the top level)"
+        return [], [Problem(display, None, None, message)]
+    return list(enumerate(data)), []
+
+
+def _parse_jsonl(text: str, display: str) -> tuple[Rows, list[Problem]]:
+    """One JSON value per line; blank lines are skipped and do not count as records."""
+    rows, problems = [], []
+    index = 0
+    # split("\n"), not splitlines(): U+2028 and friends may stand raw inside JSON strings.
+    for line_number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((index, json.loads(line)))
+        except json.JSONDecodeError as e:
+            message = f"line {line_number}: invalid JSON at column {e.colno}: {e.msg}"
+            problems.append(Problem(display, index, None, message))
+        index += 1
+    return rows, problems
+
+
+def _parse_csv(text: str, display: str, delimiter: str) -> tuple[Rows, list[Problem]]:
+    """A header row, then one record per row; quoted cells may hold newlines and delimiters."""
+    # The default cell limit (128 KiB) is below max_record_chars; the record size check guards memory.
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows, problems = [], []
+    try:
+        header = next(reader, None)
+        if header is None:
+            return [], [Problem(display, None, None, "the file is empty; expected a header row")]
+        header = [name.strip() for name in header]
+        # An unnamed column (the index pandas writes, as in CMMLU) is fine; two with one name are not.
+        doubled = sorted({name for name in header if name and header.count(name) > 1})
+        if doubled:
+            return [], [Problem(display, None, name, f"column '{name}' appears {header.count(name)} times in "
+                                "the header; rename the copies") for name in doubled]
+        index = 0
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):  # blank lines and rows of empty cells
+                continue
+            if len(cells) != len(header):
+                message = f"line {reader.line_num}: {len(cells)} cells, but the header has {len(header)}"
+                problems.append(Problem(display, index, None, message))
+            else:
+                rows.append((index, dict(zip(header, cells))))
+            index += 1
+    except csv.Error as e:
+        problems.append(Problem(display, None, None, f"line {reader.line_num}: {e}"))
+    return rows, problems
+
+
+def _parse_txt(text: str) -> Rows:
+    """Paragraphs split on blank lines; a file without blank lines gives one record per line."""
+    # Stripped first: a blank line at the very end does not make the file "paragraphs".
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    parts = re.split(r"\n\s*\n", text) if re.search(r"\n\s*\n", text) else text.split("\n")
+    return list(enumerate(part.strip() for part in parts if part.strip()))
+
+
+def _read_parquet(path: Path, display: str) -> tuple[Rows, list[Problem]]:
+    try:
+        import pyarrow  # imported here: pyarrow is heavy and only parquet needs it
+        import pyarrow.parquet as pq
+    except ImportError:
+        return [], [Problem(display, None, None, "reading .parquet needs pyarrow: pip install pyarrow")]
+    try:
+        records = pq.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError, ValueError) as e:  # a broken or foreign file
+        return [], [Problem(display, None, None, f"cannot read this parquet file: {e}")]
+    # Empty cells come back as None (or NaN in float columns): treat them as empty strings, like CSV.
+    rows = [{k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v for k, v in r.items()}
+            for r in records]
+    return list(enumerate(rows)), []
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters: row -> (example, [(field, message)])
+# ---------------------------------------------------------------------------------------------
+
+def _alpaca(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
+    """instruction + input -> user, output -> assistant; optional system and history pairs before them."""
+    if not isinstance(row, dict):
+        return None, [(None, f"record must be a JSON object, got {_type_name(row)}")]
+    errors: Errors = []
+    k = {name: spec.key(name) for name in FIELDS["alpaca"]}
+    for name in ("instruction", "output"):
+        if k[name] not in row:
+            errors.append((k[name], _missing(k[name], row, set(k.values()))))
+    instruction = _string(row, k["instruction"], errors)
+    extra = _string(row, k["input"], errors)
+    output = _string(row, k["output"], errors)
+    system = _string(row, k["system"], errors)
+    question = "\n".join(part for part in (instruction, extra) if part and part.strip())
+    if k["instruction"] in row and instruction is not None and extra is not None and not question:
+        errors.append((k["instruction"], "empty question"))
+    if k["output"] in row and output is not None and not output.strip():
+        errors.append((k["output"], "empty answer"))
+
+    messages = [{"role": "system", "content": system}] if system and system.strip() else []
+    h_key = k["history"]
+    history = row.get(h_key)
+    if history not in (None, "", []):
+        if not isinstance(history, list):
+            errors.append((h_key, f"must be a list of [question, answer] pairs, got {_type_name(history)}"))
+        else:
+            for n, pair in enumerate(history, 1):
+                if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                        and all(isinstance(s, str) for s in pair)):
+                    errors.append((h_key, f"item {n} must be a [question, answer] pair of strings"))
+                elif not pair[0].strip():
+                    errors.append((h_key, f"item {n}: empty question"))
+                elif not pair[1].strip():
+                    errors.append((h_key, f"item {n}: empty answer"))
+                else:
+                    messages.append({"role": "user", "content": pair[0]})
+                    messages.append({"role": "assistant", "content": pair[1]})
+    if errors:
+        return None, errors
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": output}]
+    return {"messages": messages}, []
+
+
+def _conversation(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
+    """sharegpt ({from, value} turns) and openai ({role, content} turns): both are a list of turns."""
+    if not isinstance(row, dict):
+        return None, [(None, f"record must be a JSON object, got {_type_name(row)}")]
+    key = spec.key("conversations" if spec.formatting == "sharegpt" else "messages")
+    system_key = spec.key("system")
+    if key not in row:
+        return None, [(key, _missing(key, row, {key, system_key}))]
+    turns = row[key]
+    if not isinstance(turns, list):
+        return None, [(key, f"must be a list of turns, got {_type_name(turns)}")]
+    errors: Errors = []
+    system = _string(row, system_key, errors)
+    parsed = []  # (role, content, turn number counted from 1)
+    for n, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict):
+            errors.append((key, (f"turn {n} must be an object with '{spec.role_tag}' and "
+                                 f"'{spec.content_tag}', got {_type_name(turn)}")))
+            continue
+        if spec.role_tag not in turn or spec.content_tag not in turn:
+            errors.append((key, _missing_tag(n, turn, spec)))
+            break  # the other turns are most likely spelled the same way: one message is enough
+        value = turn[spec.role_tag]
+        role = spec.roles.get(value) if isinstance(value, str) else None
+        if role == "tool":
+            errors.append((key, f"turn {n}: tool turns are not supported yet ('{value}')"))
+        elif role is None:
+            expected = ", ".join(spec.expected_roles)
+            errors.append((key, f"turn {n}: unknown role '{value}' (expected one of {expected})"))
+        elif not isinstance(turn[spec.content_tag], str):
+            got = _type_name(turn[spec.content_tag])
+            errors.append((key, f"turn {n}: '{spec.content_tag}' must be a string, got {got}"))
+        else:
+            parsed.append((role, turn[spec.content_tag], n))
+    if errors:  # the order of the turns means little while some turns are unreadable
+        return None, errors
+
+    if system and system.strip():
+        if parsed and parsed[0][0] == "system":
+            return None, [(system_key, f"system prompt given twice: in '{system_key}' and in turn 1")]
+        parsed.insert(0, ("system", system, 0))
+    errors = [(key, message) for message in _check_turns(parsed)]
+    if errors:
+        return None, errors
+    messages = [{"role": role, "content": content} for role, content, _ in parsed
+                if role != "system" or content.strip()]  # an empty system prompt is just left out
+    return {"messages": messages}, []
+
+
+def _check_turns(turns: list[tuple[str, str, int]]) -> list[str]:
+    """[system?] then user/assistant alternating, ending with assistant; no empty question or answer."""
+    if not turns or all(role == "system" for role, _, _ in turns):
+        return ["empty conversation: no user or assistant turns"]
+    body = turns[1:] if turns[0][0] == "system" else turns
+    messages = []
+    previous = None
+    for role, content, n in body:
+        if role == "system":
+            return [f"turn {n}: system turn must be first"]
+        expected = "user" if previous is None or previous[0] == "assistant" else "assistant"
+        if role != expected:
+            if previous is None:
+                return [f"turn {n} is '{role}' but the conversation must start with a 'user' turn"]
+            article = "an" if expected == "assistant" else "a"
+            return [(f"turn {n} is '{role}' but {article} '{expected}' turn must come after '{role}' "
+                     f"(two {role} turns in a row: turns {previous[2]} and {n})")]
+        if not content.strip():
+            messages.append(f"turn {n}: empty {'question' if role == 'user' else 'answer'}")
+        previous = (role, content, n)
+    if previous[0] == "user":
+        messages.append("conversation ends with a user turn and has no answer to train on")
+    return messages
+
+
+def _text(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
+    """A .txt paragraph, a bare JSON string, or a record's "text" field (or the one "columns" names)."""
+    key = spec.key("text")
+    if isinstance(row, str):
+        text: str | None = row
+    elif isinstance(row, dict):
+        if key not in row:
+            return None, [(key, _missing(key, row, {key}))]
+        errors: Errors = []
+        text = _string(row, key, errors)
+        if errors:
+            return None, errors
+    else:
+        return None, [(None, f"record must be a JSON object or a string, got {_type_name(row)}")]
+    if not text or not text.strip():
+        return None, [(key, "empty text")]
+    return {"text": text}, []
+
+
+def _mcq(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
+    """C-Eval/CMMLU rows (question, A..E, answer, subject?) or records with an "options" list or map."""
+    if not isinstance(row, dict):
+        return None, [(None, f"record must be a JSON object, got {_type_name(row)}")]
+    # Column names match case-insensitively: C-Eval says "question", CMMLU "Question".
+    by_lower = {str(k).strip().lower(): k for k in row}
+
+    def key(name: str) -> str:
+        wanted = spec.key(name)
+        return by_lower.get(wanted.lower(), wanted)
+
+    errors: Errors = []
+    q_key, a_key, s_key, o_key = key("question"), key("answer"), key("subject"), key("options")
+    known = {q_key, a_key, s_key, o_key, *(key(letter) for letter in OPTION_LETTERS)}
+    for name in (q_key, a_key):
+        if name not in row:
+            errors.append((name, _missing(name, row, known)))
+    question = _string(row, q_key, errors)
+    if q_key in row and question is not None and not question.strip():
+        errors.append((q_key, "empty question"))
+    subject = _string(row, s_key, errors)
+
+    raw: dict = {}
+    if o_key in row:
+        value = row[o_key]
+        if isinstance(value, list):
+            if len(value) > len(OPTION_LETTERS):
+                errors.append((o_key, f"has {len(value)} options; at most {len(OPTION_LETTERS)} are allowed"))
+            raw = dict(zip(OPTION_LETTERS, value))
+        elif isinstance(value, dict):
+            raw = {str(letter).strip().upper(): text for letter, text in value.items()}
+        else:
+            got = _type_name(value)
+            errors.append((o_key, f"must be a list of options or a letter -> option map, got {got}"))
+    else:
+        raw = {letter: row[key(letter)] for letter in OPTION_LETTERS if key(letter) in row}
+    options = {}
+    for letter, text in raw.items():
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            text = str(text)  # an option may well be a number ("3")
+        if text is None or (isinstance(text, str) and not text.strip()):
+            continue  # C-Eval has 4 options, some files 5: an empty option is simply absent
+        if not isinstance(text, str):
+            errors.append((o_key if o_key in row else key(letter),
+                           f"option {letter} must be a string, got {_type_name(text)}"))
+            continue
+        options[letter] = text
+    if len(options) < 2 and not any(name == o_key for name, _ in errors):
+        errors.append((o_key if o_key in row else None,
+                       (f"found {len(options)} option(s); a question needs at least 2 "
+                        '(columns A, B, ... or an "options" list)')))
+
+    answer = _string(row, a_key, errors)
+    letters = ""
+    if a_key in row and answer is not None:
+        letters = re.sub(r"[\s,，、;；]", "", answer).upper()
+        if not letters:
+            errors.append((a_key, "empty answer"))
+        elif not re.fullmatch(r"[A-Z]+", letters):
+            errors.append((a_key, f"must be option letters such as 'A' or 'AB', got '{answer}'"))
+        else:
+            letters = "".join(dict.fromkeys(letters))  # "AAB" -> "AB"
+            absent = [letter for letter in letters if letter not in options]
+            if absent:
+                errors.append((a_key, (f"answer '{answer}' names option {', '.join(absent)}, which is "
+                                       f"missing or empty (options: {', '.join(options) or 'none'})")))
+    if errors:
+        return None, errors
+    # Several letters ("AB") are kept but marked: the evaluator reports them as unsupported.
+    subject = subject.strip() if subject else ""
+    return {"question": question, "options": options, "answer": letters, "subject": subject or None,
+            "multi": len(letters) > 1}, []
+
+
+CONVERTERS: dict[str, Callable[[Any, _Spec], tuple[dict | None, Errors]]] = {
+    "alpaca": _alpaca, "sharegpt": _conversation, "openai": _conversation, "text": _text, "mcq": _mcq,
+}
+
+
+def _string(row: dict, key: str, errors: Errors) -> str | None:
+    """row[key] as a string: '' when absent or null; None (and a problem noted) when of another type."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    errors.append((key, f"must be a string, got {_type_name(value)}"))
+    return None
+
+
+def _missing(wanted: str, row: dict, known: set[str]) -> str:
+    """'missing' plus the record key that looks like a misspelling of `wanted`, if there is one."""
+    others = [str(k) for k in row if k not in known]
+    close = _nearest(wanted, others)
+    if close is not None:
+        return f"missing; did you mean '{close}'? {FIX_HINT}"
+    if not others:
+        return "missing; add it to the record"
+    keys = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
+    return f'missing (other keys: {keys}); add it or map one of them with "columns" in dataset_info.json'
+
+
+def _missing_tag(n: int, turn: dict, spec: _Spec) -> str:
+    """A turn without the role or content key; say so, and spot OpenAI turns read as ShareGPT and back."""
+    tag = spec.role_tag if spec.role_tag not in turn else spec.content_tag
+    message = f"turn {n} has no '{tag}' key (it has: {', '.join(map(str, turn)) or 'nothing'})"
+    if spec.formatting == "sharegpt" and "role" in turn and "content" in turn:
+        message += '; these are OpenAI turns: use "formatting": "openai"'
+    elif spec.formatting == "openai" and "from" in turn and "value" in turn:
+        message += '; these are ShareGPT turns: use "formatting": "sharegpt"'
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the datasets of a run
+# ---------------------------------------------------------------------------------------------
+
+def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *,
+                  max_samples: int | None = None, val_size: float = 0, seed: int = 42,
+                  eval_names: list[str] | str | None = None) -> tuple[list[dict], list[dict]]:
+    """Read, check, mix, shuffle and split the datasets of a run: (train_examples, eval_examples).
+
+    - `names` (a list or a comma-separated string) are read in order and concatenated; `max_samples`
+      keeps the first N valid records of each, in file order (as LLaMA-Factory does).
+    - Any problem in any dataset raises one DataError listing all of them.
+    - The training examples are shuffled with random.Random(seed): the same seed gives the same order.
+    - `eval_names`, when given, are the eval split; otherwise `val_size` (a fraction 0 < x < 1 or a
+      whole number of records) is split off the shuffled training examples.
+    """
+    train_names = _name_list(names)
+    eval_list = _name_list(eval_names)
+    if not train_names:
+        raise UserError('no dataset given: set "dataset" to one or more names from dataset_info.json')
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
+        raise UserError(f"max_samples must be a whole number of at least 1, got {max_samples!r}")
+    # Check every name before reading anything: one message for all typos, no minutes lost reading.
+    info = load_dataset_info(dataset_dir)
+    for name in train_names + eval_list:
+        _entry(info, name, Path(dataset_dir) / "dataset_info.json")
+
+    problems: list[Problem] = []
+
+    def read_all(names: list[str]) -> list[dict]:
+        examples = []
+        for name in names:
+            found, trouble = read_dataset(name, dataset_dir, stage)
+            problems.extend(trouble)
+            examples.extend(found[:max_samples] if max_samples else found)
+        return examples
+
+    train = read_all(train_names)
+    evals = read_all(eval_list)
+    if problems:
+        raise DataError(problems)
+    if not train:
+        raise UserError(f"dataset {', '.join(train_names)} holds no records")
+    random.Random(seed).shuffle(train)
+    if not eval_list and val_size:
+        count = _val_count(val_size, len(train))
+        evals, train = train[:count], train[count:]
+    return train, evals
+
+
+def _name_list(names: list[str] | str | None) -> list[str]:
+    if not names:
+        return []
+    if isinstance(names, str):
+        names = names.split(",")
+    return [name.strip() for name in names if name and name.strip()]
+
+
+def _val_count(val_size: float, total: int) -> int:
+    """Number of eval records: a fraction of `total` (at least 1) or a count."""
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0:
+        raise UserError(f"val_size must be a fraction between 0 and 1 or a whole number, got {val_size!r}")
+    if val_size < 1:
+        count = max(1, round(total * val_size))
+    elif float(val_size).is_integer():
+        count = int(val_size)
+    else:
+        raise UserError(f"val_size must be a fraction between 0 and 1 or a whole number, got {val_size!r}")
+    if count >= total:
+        raise UserError(f"val_size {val_size} takes {count} of the {total} records "
+                        "and leaves none to train on")
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+def text_stats(examples: list[dict]) -> dict:
+    """Counts and character lengths for the Data tab and `data check` (tokens are counted elsewhere)."""
+    n = len(examples)
+    if n == 0:
+        return {"records": 0}
+    if all("messages" in e for e in examples):
+        conversations = [e["messages"] for e in examples]
+        lengths = [sum(len(m["content"]) for m in c) for c in conversations]
+        answers = [[m["content"] for m in c if m["role"] == "assistant"] for c in conversations]
+        total = sum(len(a) for a in answers)
+        keys = [tuple((m["role"], _normalise(m["content"])) for m in c) for c in conversations]
+        return {
+            "kind": "chat",
+            "records": n,
+            "assistant_turns": total,
+            "mean_assistant_turns": round(total / n, 4),
+            "multi_turn_share": round(sum(len(a) > 1 for a in answers) / n, 4),
+            **_length_stats(lengths),
+            "duplicates": n - len(set(keys)),
+            "empty_answers": sum(not a or any(not s.strip() for s in a) for a in answers),
+            "system_share": round(sum(any(m["role"] == "system" for m in c) for c in conversations) / n, 4),
+        }
+    if all("text" in e for e in examples):
+        lengths = [len(e["text"]) for e in examples]
+        return {"kind": "text", "records": n, **_length_stats(lengths), "total_chars": sum(lengths),
+                "duplicates": n - len({_normalise(e["text"]) for e in examples})}
+    if all("question" in e for e in examples):
+        lengths = [len(e["question"]) + sum(len(o) for o in e["options"].values()) for e in examples]
+        keys = {(_normalise(e["question"]), tuple(sorted(e["options"].items()))) for e in examples}
+        return {"kind": "mcq", "records": n, **_length_stats(lengths), "duplicates": n - len(keys),
+                "multi_answer": sum(bool(e.get("multi")) for e in examples),
+                "subjects": len({e.get("subject") for e in examples if e.get("subject")})}
+    raise ValueError("text_stats needs examples of one kind: all chat, all text or all multiple-choice")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (q in 0..100) with linear interpolation, as numpy's default; 0.0 if empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be between 0 and 100, got {q}")
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def _length_stats(lengths: list[int]) -> dict:
+    return {"chars_p50": percentile(lengths, 50), "chars_p95": percentile(lengths, 95),
+            "chars_max": max(lengths)}
+
+
+def _normalise(text: str) -> str:
+    """For spotting duplicates: whitespace and case differences do not make a record new."""
+    return " ".join(text.split()).casefold()
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def _record_chars(row: Any) -> int:
+    """Characters in all strings of a record, nested ones included."""
+    if isinstance(row, str):
+        return len(row)
+    if isinstance(row, dict):
+        return sum(_record_chars(v) for v in row.values())
+    if isinstance(row, (list, tuple)):
+        return sum(_record_chars(v) for v in row)
+    return 0
+
+
+def _nearest(word: str, choices: Any) -> str | None:
+    """The choice closest to `word`, ignoring case, or None if nothing is close."""
+    lowered = {str(c).lower(): str(c) for c in choices}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = _nearest(word, choices)
+    return f"; did you mean '{close}'?" if close is not None else ""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's type with its article, for messages: 'an object', 'a string'."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
+
+
+def _human_size(size: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"

@@ -1,0 +1,81 @@
+"""`data check`: every problem in a dataset, and the statistics that tell whether it is right.
+
+Character statistics come from the data module; token statistics tokenize the records exactly
+as training will (same template, same cutoff), so "share over cutoff_len" is the real share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer_core.config import TrainConfig
+from trainer_core.data import read_dataset, text_stats
+
+
+def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> list[dict]:
+    """One report per dataset in cfg.dataset: problems, text stats and (optionally) token stats."""
+    tokenizer = None
+    if with_tokens:
+        from trainer_core.models import load_tokenizer, resolve_model_path
+        from trainer_core.tokenization import setup_chat_template
+
+        tokenizer = load_tokenizer(resolve_model_path(cfg.model_name_or_path, log), cfg.trust_remote_code)
+        if cfg.stage == "sft":
+            setup_chat_template(tokenizer, cfg.template, log)
+    reports = []
+    for name in [n.strip() for n in cfg.dataset.split(",") if n.strip()]:
+        examples, problems = read_dataset(name, cfg.dataset_dir, cfg.stage)
+        report: dict[str, Any] = {"name": name, "problems": problems, "text": text_stats(examples)}
+        if tokenizer is not None and examples:
+            report["tokens"] = token_stats(examples, tokenizer, cfg)
+        reports.append(report)
+    return reports
+
+
+def token_stats(examples: list[dict], tokenizer: Any, cfg: TrainConfig) -> dict:
+    from trainer_core.tokenization import encode_pt, encode_sft
+
+    encode = encode_sft if cfg.stage == "sft" else encode_pt
+    _, stats = encode(examples, tokenizer, cfg.cutoff_len)
+    summary = stats.summary()
+    over = sum(1 for n in stats.lengths if n > cfg.cutoff_len)
+    summary["cutoff_len"] = cfg.cutoff_len
+    summary["share_over_cutoff"] = round(over / len(stats.lengths), 4) if stats.lengths else 0.0
+    summary["tokens_per_char"] = round(sum(stats.lengths) / max(1, _total_chars(examples)), 3)
+    return summary
+
+
+def _total_chars(examples: list[dict]) -> int:
+    return sum(len(ex["text"]) if "text" in ex else sum(len(m["content"]) for m in ex["messages"])
+               for ex in examples)
+
+
+def format_report(reports: list[dict]) -> str:
+    lines = []
+    for report in reports:
+        text, problems = report["text"], report["problems"]
+        lines.append(f"== {report['name']} ==")
+        lines.append("  " + ", ".join(f"{k}: {_fmt(v)}" for k, v in text.items()))
+        tokens = report.get("tokens")
+        if tokens:
+            lines.append(f"  tokens per record: p50 {tokens.get('tokens_p50')}, p95 {tokens.get('tokens_p95')}, "
+                         f"max {tokens.get('tokens_max')}; over cutoff_len {tokens['cutoff_len']}: "
+                         f"{tokens['share_over_cutoff']:.1%}; dropped with no answer left: "
+                         f"{tokens['dropped_no_trainable']}; samples: {tokens['samples']}; "
+                         f"trainable tokens: {tokens['trainable_tokens']:,}")
+        if problems:
+            lines.append(f"  {len(problems)} problem(s):")
+            lines += [f"    - {p}" for p in problems[:50]]
+            if len(problems) > 50:
+                lines.append(f"    ... and {len(problems) - 50} more")
+        else:
+            lines.append("  no problems")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)

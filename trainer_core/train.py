@@ -1,0 +1,370 @@
+"""The training recipe: config → data → tokens → model → Trainer → adapter or model.
+
+Read top to bottom, `run_training` is the whole workflow. It writes the run folder of
+DESIGN.md section 1 (run.yaml, status.json, trainer_log.jsonl, checkpoints, adapter/ or model/).
+SIGTERM asks the run to stop: it saves a checkpoint at the end of the current step and exits
+with state `aborted`; `resume_from_checkpoint: auto` continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer_core import runs
+from trainer_core.config import TrainConfig, default_output_dir, save_config
+from trainer_core.errors import UserError
+
+ABORTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class AbortRequested(Exception):
+    """SIGTERM arrived before training started; nothing to save yet."""
+
+
+class _StopFlag:
+    """Set by the SIGTERM handler; read by the Trainer callback between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.training = False
+
+    def handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.requested = True
+        if not self.training:
+            raise AbortRequested()
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Pick the output folder and make sure starting here cannot destroy earlier work."""
+    if not cfg.output_dir:
+        cfg.output_dir = default_output_dir(cfg)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume_from_checkpoint == "none" and runs.checkpoints(run_dir):
+        raise UserError(f"output_dir '{run_dir}' already holds checkpoints; set resume_from_checkpoint=auto to "
+                        "continue that run, or choose another output_dir")
+    return run_dir
+
+
+def resolve_resume(cfg: TrainConfig, run_dir: Path) -> str | None:
+    if cfg.resume_from_checkpoint == "none":
+        return None
+    if cfg.resume_from_checkpoint == "auto":
+        newest = runs.newest_checkpoint(run_dir)
+        return str(newest) if newest else None
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / "trainer_state.json").is_file():
+        raise UserError(f"resume_from_checkpoint '{path}' is not a complete checkpoint folder "
+                        "(no trainer_state.json)")
+    return str(path)
+
+
+def deepspeed_config(name_or_path: str) -> dict:
+    """A preset name (z0, z2, z3, z3_offload) or a JSON file → the DeepSpeed config dict."""
+    path = Path(name_or_path)
+    if not name_or_path.endswith(".json"):
+        path = PRESETS_DIR / "deepspeed" / f"{name_or_path}.json"
+    if not path.is_file():
+        raise UserError(f"DeepSpeed config '{path}' does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"DeepSpeed config '{path}' is not valid JSON: {exc}") from exc
+
+
+def _single_process_distributed_env() -> None:
+    """DeepSpeed needs a process group even for one process; give it one on a free local port
+    when no launcher (deepspeed / torchrun) set the usual variables."""
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def setup_reporting(cfg: TrainConfig, run_dir: Path) -> None:
+    if cfg.report_to == "wandb":
+        # With no network, wandb online hangs for minutes; offline unless a key says otherwise.
+        if not os.environ.get("WANDB_API_KEY"):
+            os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_PROJECT", "qihuang")
+
+
+def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> Any:
+    from transformers import TrainingArguments
+
+    from trainer_core.models import has_cuda
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(run_dir),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        use_cpu=not has_cuda(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not sys.stderr.isatty(),
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if cfg.finetuning_type != "full" else None,
+    )
+    if has_eval:
+        kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps or cfg.logging_steps * 10)
+    if cfg.deepspeed:
+        kwargs["deepspeed"] = deepspeed_config(cfg.deepspeed)
+    return TrainingArguments(**kwargs)
+
+
+def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
+    """A TrainerCallback that writes trainer_log.jsonl (DESIGN.md section 1), prints one line per
+    logging event, and turns a SIGTERM into save-and-stop at the next step boundary."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_time = time.time()
+            self.start_step = state.global_step
+            self.start_tokens = state.num_input_tokens_seen or 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if _any_rank_requested(stop.requested):
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "train_loss" in logs:  # the Trainer's end-of-run summary, not a step
+                return
+            elapsed = time.time() - self.start_time
+            steps_done = max(state.global_step - self.start_step, 0)
+            tokens = (state.num_input_tokens_seen or 0) - self.start_tokens
+            remaining = max(state.max_steps - state.global_step, 0)
+            entry = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": round(state.epoch or 0.0, 4),
+                "loss": logs.get("loss"),
+                "eval_loss": logs.get("eval_loss"),
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+                "tokens_per_second": round(tokens / elapsed, 2) if elapsed > 0 else None,
+                "elapsed_seconds": round(elapsed, 2),
+                "eta_seconds": round(elapsed / steps_done * remaining, 1) if steps_done else None,
+                "time": runs.now_iso(),
+            }
+            runs.append_log(run_dir, entry)
+            log(format_progress(entry))
+
+    return ProgressCallback()
+
+
+def _any_rank_requested(requested: bool) -> bool:
+    """Every rank must stop at the same step, or the checkpoint save deadlocks."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return requested
+    import torch
+
+    flag = torch.tensor([1.0 if requested else 0.0])
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def format_progress(entry: dict) -> str:
+    parts = [f"step {entry['step']}/{entry['total_steps']}"]
+    for key, label, fmt in (("loss", "loss", ".4f"), ("eval_loss", "eval_loss", ".4f"),
+                            ("learning_rate", "lr", ".2e"), ("tokens_per_second", "tok/s", ".0f")):
+        if entry.get(key) is not None:
+            parts.append(f"{label} {entry[key]:{fmt}}")
+    if entry.get("eta_seconds") is not None:
+        parts.append(f"ETA {_duration(entry['eta_seconds'])}")
+    return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[list[dict], list[dict]]:
+    """Datasets → examples → token ids (cached), with a line of statistics for each split."""
+    from trainer_core.data import load_datasets
+    from trainer_core.models import qihuang_home
+    from trainer_core.tokenization import pack_samples, tokenize_dataset
+
+    train_examples, eval_examples = load_datasets(
+        cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples, val_size=cfg.val_size,
+        seed=cfg.seed, eval_names=cfg.eval_dataset or None)
+    cache_dir = qihuang_home() / "cache" / "tokenized"
+    splits = []
+    for name, examples in (("train", train_examples), ("eval", eval_examples)):
+        if not examples:
+            splits.append([])
+            continue
+        samples, stats = tokenize_dataset(examples, tokenizer, cfg.stage, cfg.cutoff_len, cache_dir, log)
+        source = "from cache" if stats.cached else "tokenized"
+        log(f"{name}: {stats.records} records → {stats.samples} samples ({source} in {stats.seconds:.2f} s); "
+            f"{stats.truncated} truncated to cutoff_len {cfg.cutoff_len}, "
+            f"{stats.dropped_no_trainable} dropped with no answer tokens left")
+        if not samples:
+            raise UserError(f"no {name} samples left after tokenization: every record's answer lies beyond "
+                            f"cutoff_len {cfg.cutoff_len}; raise cutoff_len")
+        if cfg.stage == "sft" and cfg.resolved_packing() and name == "train":
+            samples = pack_samples(samples, cfg.cutoff_len)
+            log(f"train: packed into {len(samples)} blocks of at most {cfg.cutoff_len} tokens")
+        splits.append(samples)
+    return splits[0], splits[1]
+
+
+def show_example(sample: dict, tokenizer: Any, log=print) -> None:
+    """Print one sample as the model sees it, with the trained part marked: template and masking
+    mistakes show up here before any compute is spent."""
+    from trainer_core.tokenization import IGNORE_INDEX
+
+    ids, labels = sample["input_ids"], sample["labels"]
+    trained = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    log("Example input:\n" + tokenizer.decode(ids)[:800])
+    log("Trained on (label != -100):\n" + trained[:400])
+
+
+def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> int:
+    """Run one training job in this process; returns the exit code. Writes status.json."""
+    run_dir = prepare_run_dir(cfg)
+    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    runs.write_command(run_dir, argv or [sys.executable, "-m", "trainer_core", "train"],
+                       {k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ})
+    is_main = os.environ.get("RANK", "0") == "0"
+    if is_main:
+        runs.update_status(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0),
+                           started_at=runs.now_iso(), ended_at=None, exit_code=None, error=None)
+    stop = _StopFlag()
+    previous_handler = signal.signal(signal.SIGTERM, stop.handle)
+    try:
+        trainer, resume = _build_trainer(cfg, run_dir, stop, log)
+        stop.training = True
+        if stop.requested:
+            raise AbortRequested()
+        trainer.train(resume_from_checkpoint=resume)
+        stop.training = False
+        if stop.requested:
+            log(f"Stopped by request at step {trainer.state.global_step}; checkpoint saved in {run_dir}")
+            _finish(run_dir, is_main, "aborted", ABORTED_EXIT_CODE, "Stopped by request (SIGTERM); "
+                    f"resume with resume_from_checkpoint=auto from step {trainer.state.global_step}.")
+            return ABORTED_EXIT_CODE
+        final_dir = run_dir / ("model" if cfg.finetuning_type == "full" else "adapter")
+        trainer.save_model(str(final_dir))
+        if is_main:
+            trainer.processing_class.save_pretrained(str(final_dir))
+        log(f"Saved the {'model' if cfg.finetuning_type == 'full' else 'LoRA adapter'} to {final_dir}")
+        _finish(run_dir, is_main, "finished", 0, None)
+        return 0
+    except AbortRequested:
+        log("Stopped by request (SIGTERM) before training began; nothing to save.")
+        _finish(run_dir, is_main, "aborted", ABORTED_EXIT_CODE, "Stopped by request before training began.")
+        return ABORTED_EXIT_CODE
+    except BaseException as exc:
+        _finish(run_dir, is_main, "failed", 2 if isinstance(exc, UserError) else 1, explain_failure(exc))
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str | None) -> None:
+    if is_main:
+        runs.update_status(run_dir, state=state, exit_code=exit_code, error=error, ended_at=runs.now_iso())
+
+
+def explain_failure(exc: BaseException) -> str:
+    """One human sentence from the real cause, plus the last traceback line."""
+    last = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}".strip()
+    text = str(exc)
+    if isinstance(exc, UserError):
+        return text
+    if "out of memory" in text.lower():
+        return ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on gradient_checkpointing, "
+                f"or use deepspeed z3_offload. ({last})")
+    if isinstance(exc, KeyboardInterrupt):
+        return "Interrupted (Ctrl-C)."
+    return f"Training failed with an unexpected error; see console.log. ({last})"
+
+
+def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tuple[Any, str | None]:
+    """Everything before the first step: model files, tokenizer, data, model, Trainer."""
+    from trainer_core.models import check_precision, load_model, load_tokenizer, resolve_model_path
+    from trainer_core.tokenization import SupervisedCollator, setup_chat_template
+
+    check_precision(cfg.bf16, cfg.fp16)
+    setup_reporting(cfg, run_dir)
+    if cfg.deepspeed:
+        _single_process_distributed_env()
+    model_path = resolve_model_path(cfg.model_name_or_path, log)
+    tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
+    if cfg.stage == "sft":
+        setup_chat_template(tokenizer, cfg.template, log)
+    train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
+    show_example(train_samples[0], tokenizer, log)
+
+    runs.remove_incomplete_checkpoints(run_dir, log)
+    resume = resolve_resume(cfg, run_dir)
+    if resume:
+        step = int(Path(resume).name.split("-")[-1])
+        runs.truncate_log_after(run_dir, step)
+        log(f"Resuming from {resume} (step {step})")
+    elif (run_dir / runs.LOG_FILE).exists():
+        (run_dir / runs.LOG_FILE).unlink()  # a fresh start has a fresh log
+
+    args = build_training_arguments(cfg, run_dir, has_eval=bool(eval_samples))
+    model = load_model(cfg, model_path, tokenizer, log)
+    steps_per_epoch = math.ceil(len(train_samples) / (cfg.per_device_train_batch_size
+                                                      * cfg.gradient_accumulation_steps * args.world_size))
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
+    log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
+
+    from transformers import Trainer
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_samples,
+        eval_dataset=eval_samples or None,
+        processing_class=tokenizer,
+        data_collator=SupervisedCollator(tokenizer.pad_token_id),
+        callbacks=[make_progress_callback(run_dir, stop, log)],
+    )
+    if args.disable_tqdm:
+        # Our callback prints one readable line per logging event; the raw dicts would repeat it.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer, resume
