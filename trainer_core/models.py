@@ -197,9 +197,11 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
 
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    # No KV cache in training: it costs memory, and with a cache transformers ignores the
+    # per-sample position ids that keep packed samples from attending to each other.
+    model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
 
     if cfg.finetuning_type == "full":
         log(f"Full fine-tuning: {count_parameters(model)[0]:,} trainable parameters")

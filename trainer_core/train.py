@@ -283,6 +283,7 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
                     f"resume with resume_from_checkpoint=auto from step {trainer.state.global_step}.")
             return ABORTED_EXIT_CODE
         final_dir = run_dir / ("model" if cfg.finetuning_type == "full" else "adapter")
+        trainer.model.config.use_cache = True  # training turned it off; generation wants it back
         trainer.save_model(str(final_dir))
         if is_main:
             trainer.processing_class.save_pretrained(str(final_dir))
@@ -345,6 +346,9 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
         (run_dir / runs.LOG_FILE).unlink()  # a fresh start has a fresh log
 
     args = build_training_arguments(cfg, run_dir, has_eval=bool(eval_samples))
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
     model = load_model(cfg, model_path, tokenizer, log)
     steps_per_epoch = math.ceil(len(train_samples) / (cfg.per_device_train_batch_size
                                                       * cfg.gradient_accumulation_steps * args.world_size))

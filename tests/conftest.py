@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random model and a tiny dataset folder, built once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import build_tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-data")
+    qa = [{"instruction": f"黄芪的功效是什么？（{i}）", "input": "", "output": "黄芪补气升阳，固表止汗，利水消肿。"}
+          for i in range(48)]
+    dialog = [{"conversations": [
+        {"from": "system", "value": "你是中医助手"},
+        {"from": "human", "value": f"麻黄的性味？{i}"}, {"from": "gpt", "value": "辛、微苦，温。"},
+        {"from": "human", "value": "归经呢？"}, {"from": "gpt", "value": "归肺、膀胱经。"}]} for i in range(16)]
+    corpus = "\n\n".join("四君子汤由人参、白术、茯苓、甘草组成，功用益气健脾。" * 4 for _ in range(60))
+    (folder / "qa.json").write_text(json.dumps(qa, ensure_ascii=False), encoding="utf-8")
+    (folder / "dialog.json").write_text(json.dumps(dialog, ensure_ascii=False), encoding="utf-8")
+    (folder / "corpus.txt").write_text(corpus, encoding="utf-8")
+    info = {"qa": {"file_name": "qa.json", "formatting": "alpaca"},
+            "dialog": {"file_name": "dialog.json", "formatting": "sharegpt"},
+            "corpus": {"file_name": "corpus.txt", "formatting": "text"}}
+    (folder / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return folder
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m trainer_core ...` as a user would, from the repository root."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "trainer_core", *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,135 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer_core.tokenization import (
+    IGNORE_INDEX,
+    SupervisedCollator,
+    encode_pt,
+    encode_sft,
+    pack_samples,
+    setup_chat_template,
+    tokenize_dataset,
+)
+
+CONVERSATION = [
+    {"role": "system", "content": "你是中医助手"},
+    {"role": "user", "content": "黄芪的功效？"},
+    {"role": "assistant", "content": "补气升阳，固表止汗。"},
+    {"role": "user", "content": "用量呢"},
+    {"role": "assistant", "content": "九到三十克。"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _runs(ids, labels):
+    """Contiguous stretches of trained tokens, as lists of ids."""
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return runs
+
+
+def test_every_assistant_turn_and_only_those_are_trained(tokenizer):
+    samples, stats = encode_sft([{"messages": CONVERSATION}], tokenizer, cutoff_len=512)
+    ids, labels = samples[0]["input_ids"], samples[0]["labels"]
+    # Token by token: the whole rendered conversation is exactly the template's output ...
+    rendered = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    # ... and the trained tokens are exactly each reply followed by its end-of-turn token.
+    runs = _runs(ids, labels)
+    expected = [tokenizer("补气升阳，固表止汗。<|im_end|>", add_special_tokens=False)["input_ids"],
+                tokenizer("九到三十克。<|im_end|>", add_special_tokens=False)["input_ids"]]
+    assert runs == expected
+    assert stats.trainable_tokens == sum(len(r) for r in expected)
+    # System, user turns and the "assistant\n" headers are all masked.
+    masked_text = tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE_INDEX])
+    for part in ("你是中医助手", "黄芪的功效？", "用量呢", "assistant"):
+        assert part in masked_text
+
+
+def test_truncation_drops_samples_with_no_answer_left_and_counts_them(tokenizer):
+    long_question = [{"role": "user", "content": "黄芪" * 200}, {"role": "assistant", "content": "补气。"}]
+    short = [{"role": "user", "content": "黄芪？"}, {"role": "assistant", "content": "补气升阳。" * 20}]
+    samples, stats = encode_sft([{"messages": long_question}, {"messages": short}], tokenizer, cutoff_len=32)
+    assert stats.dropped_no_trainable == 1 and stats.truncated == 2 and stats.samples == 1
+    assert len(samples[0]["input_ids"]) == 32
+
+
+def test_pt_joins_documents_with_eos_and_cuts_blocks(tokenizer):
+    docs = [{"text": "四君子汤益气健脾。" * 10}, {"text": "麻黄发汗散寒。" * 10}]
+    samples, stats = encode_pt(docs, tokenizer, cutoff_len=16)
+    stream = [t for s in samples for t in s["input_ids"]]
+    assert stream.count(tokenizer.eos_token_id) == 2
+    assert all(len(s["input_ids"]) == 16 for s in samples[:-1])
+    assert all(s["labels"] == s["input_ids"] for s in samples)
+
+
+def test_fallback_template_for_a_tokenizer_without_one(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "plain", chat_template=False)
+    plain = AutoTokenizer.from_pretrained(folder)
+    assert not plain.chat_template
+    logs = []
+    assert setup_chat_template(plain, "auto", logs.append) == "chatml"
+    assert "no chat template" in logs[0]
+    samples, _ = encode_sft([{"messages": CONVERSATION}], plain, 512)
+    assert len(_runs(samples[0]["input_ids"], samples[0]["labels"])) == 2
+    setup_chat_template(plain, "llama3")
+    assert "<|start_header_id|>" in plain.chat_template
+
+
+def test_second_run_on_same_data_uses_the_cache(tokenizer, tmp_path):
+    examples = [{"messages": CONVERSATION}] * 50
+    first, stats1 = tokenize_dataset(examples, tokenizer, "sft", 512, tmp_path)
+    second, stats2 = tokenize_dataset(examples, tokenizer, "sft", 512, tmp_path)
+    assert not stats1.cached and stats2.cached
+    assert first == second and stats2.trainable_tokens == stats1.trainable_tokens
+    # Different settings or data make a different cache entry.
+    _, stats3 = tokenize_dataset(examples, tokenizer, "sft", 64, tmp_path)
+    _, stats4 = tokenize_dataset(examples[:10], tokenizer, "sft", 512, tmp_path)
+    assert not stats3.cached and not stats4.cached
+
+
+def test_packed_loss_equals_unpacked_loss(tokenizer, tiny_model_dir):
+    """Packing with per-sample position ids must compute the same loss as padding."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.eval()
+    conversations = [
+        [{"role": "user", "content": "黄芪？" * n}, {"role": "assistant", "content": "补气升阳。" * (4 - n)}]
+        for n in range(1, 4)
+    ]
+    samples, _ = encode_sft([{"messages": c} for c in conversations], tokenizer, 512)
+    collate = SupervisedCollator(tokenizer.pad_token_id)
+
+    def summed_loss(batch):
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+
+    with torch.no_grad():
+        padded = summed_loss(collate(samples))
+        packed_blocks = pack_samples(samples, cutoff_len=512)
+        assert len(packed_blocks) == 1
+        packed = summed_loss(collate(packed_blocks))
+    # Label shifting across a sample boundary predicts the next sample's first token from the
+    # previous sample's last; that token is a prompt token (label -100), so nothing leaks.
+    assert torch.allclose(padded, packed, atol=1e-5, rtol=1e-6), (padded, packed)
