@@ -166,3 +166,17 @@ def test_qlora_4bit_trains(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 8
     assert Path(out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_report_to_tensorboard_and_offline_wandb(cli, tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "tb"
+    result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, dataset="qa", max_steps=2, save_steps=100,
+                                  report_to="tensorboard"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(out.rglob("events.out.tfevents.*"))
+    out = tmp_path / "wandb"
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": ""}
+    result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, dataset="qa", max_steps=2, save_steps=100,
+                                  report_to="wandb"), env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list((out / "wandb").glob("offline-run-*"))

@@ -95,8 +95,8 @@ def _single_process_distributed_env() -> None:
 def setup_reporting(cfg: TrainConfig, run_dir: Path) -> None:
     if cfg.report_to == "wandb":
         # With no network, wandb online hangs for minutes; offline unless a key says otherwise.
-        if not os.environ.get("WANDB_API_KEY"):
-            os.environ.setdefault("WANDB_MODE", "offline")
+        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
         os.environ.setdefault("WANDB_DIR", str(run_dir))
         os.environ.setdefault("WANDB_PROJECT", "qihuang")
 
@@ -308,7 +308,8 @@ def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str
 
 def explain_failure(exc: BaseException) -> str:
     """One human sentence from the real cause, plus the last traceback line."""
-    last = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}".strip()
+    message = str(exc).strip()
+    last = f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}".strip()
     text = str(exc)
     if isinstance(exc, UserError):
         return text
