@@ -1,6 +1,11 @@
 """Command line: `python -m trainer_core COMMAND ...`.
 
-    train CONFIG.yaml [key=value ...] [--key value ...]   train (a job writing a run folder)
+    train CONFIG.yaml [key=value ...] [--key value ...]   train: starts a job and follows it
+          [--detach]                                      start it and return at once
+          [--dry-run]                                     print the command and DeepSpeed JSON only
+    runs [--root outputs]                                 list runs: state, progress, final loss
+    runs --follow RUN_DIR                                 follow a run's log and progress
+    runs --abort RUN_DIR                                  stop a run (it saves a checkpoint first)
     data check NAME [NAME ...] [--key value ...]          validate datasets and print statistics
 
 A mistake in a config or a dataset ends the command with exit code 2 and one clear message;
@@ -26,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "data": cmd_data}
+    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
@@ -38,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str], set[str]]:
-    """The first argument ending in .yaml/.yml is the config; bare flags (--dry-run) are
-    returned apart; everything else is an override."""
+    """The first argument ending in .yaml/.yml is the config; bare flags (--dry-run, --detach)
+    are returned apart; everything else is an override."""
     config, overrides, flags = None, [], set()
     for item in args:
         if config is None and item.endswith((".yaml", ".yml")) and "=" not in item:
             config = item
-        elif item in ("--dry-run",):
+        elif item in ("--dry-run", "--detach"):
             flags.add(item)
         else:
             overrides.append(item)
@@ -52,26 +57,129 @@ def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str],
 
 
 def cmd_train(args: list[str]) -> int:
-    from trainer_core.config import config_to_yaml, load_config
+    from trainer_core.config import load_config
 
     if args and args[0] in ("-h", "--help"):
-        print("usage: python -m trainer_core train CONFIG.yaml [key=value ...] [--key value ...] [--dry-run]")
+        print("usage: python -m trainer_core train CONFIG.yaml [key=value ...] [--key value ...] "
+              "[--detach] [--dry-run]")
         return 0
     config_path, overrides, flags = _split_config_and_overrides(args)
     cfg = load_config(config_path, overrides)
-    if "--dry-run" in flags:
-        print(config_to_yaml(cfg), end="")
-        return 0
+    # Inside a job (started by our launcher, or by deepspeed/torchrun directly): train here.
+    if os.environ.get("QIHUANG_LAUNCHED") == "1" or "LOCAL_RANK" in os.environ:
+        return _train_in_this_process(cfg, args)
 
+    from trainer_core import jobs
+
+    if "--dry-run" in flags:
+        return _dry_run(cfg)
+    run_dir = jobs.start_job(cfg)
+    print(f"Started {run_dir} (pid {jobs.runs.read_status(run_dir)['pid']})", flush=True)
+    if "--detach" in flags:
+        print(f"Follow it with:  python -m trainer_core runs --follow {run_dir}\n"
+              f"Stop it with:    python -m trainer_core runs --abort {run_dir}")
+        return 0
+    return _follow(run_dir, abort_on_interrupt=True)
+
+
+def _dry_run(cfg) -> int:
+    import json
+
+    from trainer_core import jobs
+    from trainer_core.config import default_output_dir
+
+    output_dir = cfg.output_dir or default_output_dir(cfg)
+    print("# command")
+    print(" ".join(jobs.build_command(cfg, f"{output_dir}/run.yaml")))
+    if cfg.deepspeed:
+        from trainer_core.train import deepspeed_config
+
+        print(f"# DeepSpeed config ({cfg.deepspeed})")
+        print(json.dumps(deepspeed_config(cfg.deepspeed), indent=2))
+    return 0
+
+
+def _follow(run_dir: Path, abort_on_interrupt: bool = False) -> int:
+    """Print the job's console as it grows (tracebacks stay in console.log), then its outcome."""
+    import signal
+
+    from trainer_core import jobs
+
+    def interrupt(signum, frame):  # noqa: ARG001 - SIGTERM to the follower stops the job like Ctrl-C
+        raise KeyboardInterrupt
+
+    if abort_on_interrupt:
+        signal.signal(signal.SIGTERM, interrupt)
+    in_traceback = False
+    try:
+        for update in jobs.watch(run_dir, poll_seconds=0.5):
+            for line in update["console"]:
+                if line.startswith("Traceback (most recent call last)"):
+                    in_traceback = True
+                elif in_traceback and line and not line.startswith((" ", "\t")):
+                    in_traceback = False
+                    continue
+                if not in_traceback and not line.startswith("[supervisor]"):
+                    print(line, flush=True)
+    except KeyboardInterrupt:
+        if not abort_on_interrupt:
+            return 130
+        print("\nStopping the job (it saves a checkpoint first) ...", file=sys.stderr)
+        jobs.abort_job(run_dir)
+    status = jobs.refresh_status(run_dir)
+    if status.get("state") == "finished":
+        return 0
+    print(f"error: {status.get('error') or status.get('state')}\n(state: {status.get('state')}; full log in "
+          f"{run_dir / 'console.log'})", file=sys.stderr)
+    code = status.get("exit_code")
+    return code if isinstance(code, int) and 0 < code < 256 else 1
+
+
+def cmd_runs(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer_core runs", description="List, follow or abort runs.")
+    parser.add_argument("--root", default="outputs", help="folder holding run folders")
+    parser.add_argument("--follow", metavar="RUN_DIR")
+    parser.add_argument("--abort", metavar="RUN_DIR")
+    parser.add_argument("--grace", type=float, default=120, help="seconds to wait for a checkpoint on abort")
+    opts = parser.parse_args(args)
+    from trainer_core import jobs
+
+    if opts.abort:
+        status = jobs.abort_job(_existing_run(opts.abort), grace_seconds=opts.grace)
+        print(f"{opts.abort}: {status.get('state')}" + (f" — {status['error']}" if status.get("error") else ""))
+        return 0
+    if opts.follow:
+        return _follow(_existing_run(opts.follow))
+    rows = jobs.list_runs(opts.root)
+    if not rows:
+        print(f"no runs under {opts.root}/")
+        return 0
+    print(f"{'run':50} {'state':9} {'progress':>12} {'loss':>8} {'eval':>8}  started")
+    for r in rows:
+        done = f"{r['step']}/{r['total_steps']}" if r["total_steps"] else "-"
+        loss = f"{r['loss']:.4f}" if r["loss"] is not None else "-"
+        ev = f"{r['eval_loss']:.4f}" if r["eval_loss"] is not None else "-"
+        print(f"{r['run_dir']:50} {r['state']:9} {done:>12} {loss:>8} {ev:>8}  {r['started_at'] or ''}")
+    return 0
+
+
+def _existing_run(path: str) -> Path:
+    run_dir = Path(path)
+    if not (run_dir / "status.json").is_file():
+        raise UserError(f"'{path}' is not a run folder (no status.json)")
+    return run_dir
+
+
+def _train_in_this_process(cfg, args: list[str]) -> int:
     from trainer_core import runs
     from trainer_core.train import prepare_run_dir, run_training
 
     _quiet_libraries()
     run_dir = prepare_run_dir(cfg)
     console = None
-    if os.environ.get("QIHUANG_CONSOLE_REDIRECTED") != "1" and os.environ.get("RANK", "0") == "0":
+    if os.environ.get("QIHUANG_LAUNCHED") != "1" and os.environ.get("RANK", "0") == "0":
         console = runs.tee_console(run_dir)
-    print(f"Run folder: {run_dir}")
+    print(f"Run folder: {run_dir}", flush=True)
     try:
         return run_training(cfg, argv=[sys.executable, "-m", "trainer_core", "train", *args], log=_log)
     except UserError:

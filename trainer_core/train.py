@@ -260,14 +260,18 @@ def show_example(sample: dict, tokenizer: Any, log=print) -> None:
 
 def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> int:
     """Run one training job in this process; returns the exit code. Writes status.json."""
+    from trainer_core.jobs import register_rank
+
     run_dir = prepare_run_dir(cfg)
-    save_config(cfg, run_dir / runs.CONFIG_FILE)
-    runs.write_command(run_dir, argv or [sys.executable, "-m", "trainer_core", "train"],
-                       {k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ})
     is_main = os.environ.get("RANK", "0") == "0"
-    if is_main:
+    launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
+    if is_main and not launched:  # a launcher already wrote these for its job
+        save_config(cfg, run_dir / runs.CONFIG_FILE)
+        runs.write_command(run_dir, argv or [sys.executable, "-m", "trainer_core", "train"],
+                           {k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ})
         runs.update_status(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0),
                            started_at=runs.now_iso(), ended_at=None, exit_code=None, error=None)
+    register_rank(run_dir)
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop.handle)
     try:

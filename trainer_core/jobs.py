@@ -1,0 +1,376 @@
+"""Jobs: start a run as a detached process group, watch it, abort it.
+
+One launcher for the CLI and the UI. `build_command` turns a config into an argv (never a shell
+string): plain `python -m trainer_core train run.yaml`, the `deepspeed` launcher, or `torchrun`.
+`start_job` runs that argv under a small supervisor in a new session, with its output in
+console.log; the supervisor records the exit in status.json even when the trainer could not
+(killed by the system, a crash before Python started). The caller may exit at once; anyone can
+find the job again from the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from trainer_core import runs
+from trainer_core.config import TrainConfig, save_config
+from trainer_core.errors import UserError
+
+RANKS_DIR = "ranks"  # each training process writes <rank>.pid here, so an abort reaches it directly
+ABORT_GRACE_SECONDS = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launcher_kind(cfg: TrainConfig) -> str:
+    """python (one process), deepspeed, or torchrun (several processes without DeepSpeed)."""
+    if cfg.deepspeed:
+        return "deepspeed"
+    if cfg.num_gpus > 1 or cfg.hostfile or int(os.environ.get("NNODES", "1")) > 1:
+        return "torchrun"
+    return "python"
+
+
+def build_command(cfg: TrainConfig, run_yaml: str | Path, port: int | None = None) -> list[str]:
+    """The exact argv of the job; multi-node settings come from the hostfile (DeepSpeed) or from
+    NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT (torchrun), as with LLaMA-Factory."""
+    kind = launcher_kind(cfg)
+    entry = ["trainer_core", "train", str(run_yaml)]
+    if kind == "python":
+        return [sys.executable, "-m", *entry]
+    port = port or int(os.environ.get("MASTER_PORT", 0)) or free_port()
+    if kind == "deepspeed":
+        argv = [_tool("deepspeed"), "--master_port", str(port)]
+        if cfg.hostfile:
+            if not Path(cfg.hostfile).is_file():
+                raise UserError(f"hostfile '{cfg.hostfile}' does not exist")
+            argv += ["--hostfile", cfg.hostfile]
+            if os.environ.get("MASTER_ADDR"):
+                argv += ["--master_addr", os.environ["MASTER_ADDR"]]
+            if os.environ.get("NNODES"):
+                argv += ["--num_nodes", os.environ["NNODES"]]
+        argv += ["--num_gpus", str(max(cfg.num_gpus, 1))]
+        return argv + ["--module", *entry]
+    nnodes = int(os.environ.get("NNODES", "1"))
+    argv = [_tool("torchrun"), "--nproc_per_node", str(max(cfg.num_gpus, 1)), "--master_port", str(port)]
+    if nnodes > 1:
+        argv += ["--nnodes", str(nnodes), "--node_rank", os.environ.get("NODE_RANK", "0"),
+                 "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1")]
+    return argv + ["-m", *entry]
+
+
+def _tool(name: str) -> str:
+    """A launcher installed beside this Python (the venv's bin), else on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        package = "deepspeed" if name == "deepspeed" else "torch"
+        raise UserError(f"the '{name}' launcher is not installed; pip install {package}")
+    return found
+
+
+def device_key(cfg: TrainConfig) -> str:
+    """Which devices a job takes: jobs with the same key may not run at once."""
+    from trainer_core.models import has_cuda
+
+    if not has_cuda():
+        return "cpu"
+    return "cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+
+
+def running_jobs(root: str | Path) -> list[Path]:
+    """Run folders under root whose job is alive (stale 'running' states are corrected)."""
+    found = []
+    for status_path in Path(root).glob("*/" + runs.STATUS_FILE):
+        run_dir = status_path.parent
+        if refresh_status(run_dir).get("state") == "running":
+            found.append(run_dir)
+    return found
+
+
+def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env: dict | None = None) -> Path:
+    """Start training detached; returns the run folder at once. A second job asking for the same
+    devices is refused with the running one's name."""
+    from trainer_core.train import prepare_run_dir
+
+    key = device_key(cfg)
+    root = Path(cfg.output_dir).parent if cfg.output_dir else Path(outputs_root)
+    for other in running_jobs(root):
+        if runs.read_status(other).get("devices") == key and other.resolve() != Path(cfg.output_dir or "").resolve():
+            raise UserError(f"the devices ({key}) are busy with the running job {other}; wait for it or abort it "
+                            f"with: python -m trainer_core runs --abort {other}")
+    if not cfg.output_dir:
+        cfg.output_dir = str(Path(outputs_root) / Path(prepare_default_name(cfg)))
+    run_dir = prepare_run_dir(cfg)
+    if refresh_status(run_dir).get("state") == "running":
+        raise UserError(f"{run_dir} is already running")
+    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    argv = build_command(cfg, run_dir / runs.CONFIG_FILE)
+    env = {"QIHUANG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    runs.write_command(run_dir, argv, {**{k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ}, **env})
+    shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)
+    supervisor = [sys.executable, "-m", "trainer_core.jobs", "supervise", str(run_dir), "--", *argv]
+    with open(run_dir / runs.CONSOLE_FILE, "ab") as console:
+        proc = subprocess.Popen(supervisor, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env}, start_new_session=True, cwd=os.getcwd())
+    runs.update_status(run_dir, state="running", pid=proc.pid, pgid=proc.pid, started_at=runs.now_iso(),
+                       ended_at=None, exit_code=None, error=None, devices=key, launcher=launcher_kind(cfg))
+    return run_dir
+
+
+def prepare_default_name(cfg: TrainConfig) -> str:
+    from trainer_core.config import default_output_dir
+
+    return Path(default_output_dir(cfg)).name
+
+
+def supervise(run_dir: Path, argv: list[str]) -> int:
+    """Run the job and record how it ended, whatever the job itself managed to write."""
+    # An abort signals the ranks first; the supervisor must outlive them to write the outcome.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"[supervisor] {' '.join(argv)}", flush=True)
+    child = subprocess.Popen(argv, preexec_fn=_restore_default_signals)
+    code = child.wait()
+    status = runs.read_status(run_dir)
+    if status.get("state") == "running" or status.get("exit_code") is None:
+        state, error = explain_exit(run_dir, code)
+        runs.update_status(run_dir, state=state, exit_code=code, error=error, ended_at=runs.now_iso())
+    return code
+
+
+def _restore_default_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def explain_exit(run_dir: Path, code: int) -> tuple[str, str | None]:
+    """The state and one-sentence reason for an exit the job did not report itself."""
+    if code == 0:
+        return "finished", None
+    tail = tail_text(run_dir / runs.CONSOLE_FILE, 20_000)
+    last = next((line.strip() for line in reversed(tail.splitlines())
+                 if line.strip() and not line.startswith("[supervisor]")), "")
+    return "failed", explain_console(tail, code) + (f" ({last[:300]})" if last else "")
+
+
+def explain_console(text: str, code: int) -> str:
+    lowered = text.lower()
+    if "out of memory" in lowered:
+        return ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on gradient_checkpointing, "
+                "or use deepspeed z3_offload.")
+    if "address already in use" in lowered or "eaddrinuse" in lowered:
+        return "The rendezvous port is in use by another job; start again (a free port is picked each time)."
+    if "nccl" in lowered and "error" in lowered:
+        return "NCCL (GPU communication) failed: check that all GPUs are visible and the nodes can reach each other."
+    if code in (-9, 137) or "killed" in lowered.splitlines()[-1:] or code == -signal.SIGKILL:
+        return "The job was killed by the system (often out of memory: lower the batch size or cutoff_len)."
+    if code < 0:
+        return f"The job ended on signal {signal.Signals(-code).name}."
+    return f"The job failed with exit code {code}; see console.log."
+
+
+def tail_text(path: Path, max_bytes: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def group_alive(pgid: int | None) -> bool:
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return any(pid_alive(pid) for pid in group_members(pgid))
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split(")")[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def refresh_status(run_dir: str | Path) -> dict:
+    """status.json, corrected when it says running but no process of the job is left."""
+    status = runs.read_status(run_dir)
+    if status.get("state") == "running" and not group_alive(status.get("pgid")) and not pid_alive(status.get("pid")):
+        status = runs.update_status(run_dir, state="failed", ended_at=runs.now_iso(),
+                                    error="The job's processes are gone without a report (killed, or the machine "
+                                    "restarted); resume with resume_from_checkpoint=auto.")
+    return status
+
+
+def abort_job(run_dir: str | Path, grace_seconds: float = ABORT_GRACE_SECONDS, log=print) -> dict:
+    """SIGTERM to the training processes (they save a checkpoint and stop), then to the whole
+    group; whatever is left after the grace period is killed. No process of the job survives."""
+    run_dir = Path(run_dir)
+    status = refresh_status(run_dir)
+    if status.get("state") != "running":
+        raise UserError(f"{run_dir} is not running (state: {status.get('state', 'unknown')})")
+    pgid = status["pgid"]
+    rank_pids = [int(p.read_text()) for p in (run_dir / RANKS_DIR).glob("*.pid") if p.read_text().strip()]
+    targets = [pid for pid in rank_pids if pid_alive(pid)]
+    log(f"Asking {len(targets) or 'all'} training process(es) to save a checkpoint and stop ...")
+    for pid in targets:
+        _signal(pid, signal.SIGTERM)
+    if not targets:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.time() + grace_seconds
+    while time.time() < deadline and group_alive(pgid):
+        time.sleep(0.3)
+    if group_alive(pgid):
+        log(f"Still running after {grace_seconds:.0f} s; killing the process group.")
+        _signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.5)
+    status = runs.read_status(run_dir)
+    if status.get("state") == "running":
+        status = runs.update_status(run_dir, state="aborted", ended_at=runs.now_iso(), exit_code=-9,
+                                    error="Aborted; the job did not stop within the grace period and was killed.")
+    return status
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def register_rank(run_dir: str | Path) -> None:
+    """Called by each training process: lets an abort reach it directly."""
+    folder = Path(run_dir) / RANKS_DIR
+    folder.mkdir(exist_ok=True)
+    (folder / f"{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
+
+
+# ---- watching -------------------------------------------------------------------------------
+
+def progress(run_dir: str | Path) -> dict:
+    """A summary for lists and progress bars: state, step/total, losses, speed, times."""
+    run_dir = Path(run_dir)
+    status = refresh_status(run_dir)
+    log = runs.read_log(run_dir)
+    last = log[-1] if log else {}
+    losses = [e["loss"] for e in log if e.get("loss") is not None]
+    evals = [e["eval_loss"] for e in log if e.get("eval_loss") is not None]
+    return {
+        "run_dir": str(run_dir), "state": status.get("state", "unknown"), "error": status.get("error"),
+        "step": last.get("step", 0), "total_steps": last.get("total_steps"),
+        "loss": losses[-1] if losses else None, "eval_loss": evals[-1] if evals else None,
+        "tokens_per_second": last.get("tokens_per_second"), "elapsed_seconds": last.get("elapsed_seconds"),
+        "eta_seconds": last.get("eta_seconds"), "started_at": status.get("started_at"),
+        "ended_at": status.get("ended_at"),
+    }
+
+
+class Tail:
+    """Reads only what was appended to a file since the last call."""
+
+    def __init__(self, path: Path, from_start: bool = True):
+        self.path, self.offset = path, 0
+        if not from_start and path.exists():
+            self.offset = path.stat().st_size
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for its end
+        return [line.decode("utf-8", errors="replace").rstrip("\r") for line in lines]
+
+
+def watch(run_dir: str | Path, poll_seconds: float = 1.0, from_start: bool = True) -> Iterator[dict]:
+    """Yield {"console": [new lines], "log": [new trainer_log entries], "progress": {...}} while the
+    job runs, and once more after it ended."""
+    run_dir = Path(run_dir)
+    console, log = Tail(run_dir / runs.CONSOLE_FILE, from_start), Tail(run_dir / runs.LOG_FILE, from_start)
+    while True:
+        status = refresh_status(run_dir)
+        entries = []
+        for line in log.new_lines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+        yield {"console": console.new_lines(), "log": entries, "progress": progress(run_dir)}
+        if status.get("state") != "running":
+            return
+        time.sleep(poll_seconds)
+
+
+def list_runs(root: str | Path = "outputs") -> list[dict]:
+    found = [progress(p.parent) for p in Path(root).glob("*/" + runs.STATUS_FILE)]
+    return sorted(found, key=lambda r: r.get("started_at") or "", reverse=True)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "supervise" and "--" in argv:
+        split = argv.index("--")
+        return supervise(Path(argv[1]), argv[split + 1:])
+    print("usage: python -m trainer_core.jobs supervise RUN_DIR -- ARGV...", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
