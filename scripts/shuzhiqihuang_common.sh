@@ -36,9 +36,8 @@ args=(
   "report_to=$REPORT_TO" resume_from_checkpoint=auto
 )
 
-if [ "$NUM_GPUS" -gt 0 ]; then
-  exec deepspeed --num_gpus "$NUM_GPUS" --module trainer_core train "${args[@]}" \
-    "deepspeed=$DEEPSPEED" "num_gpus=$NUM_GPUS"
-else
-  exec python -m trainer_core train "${args[@]}" deepspeed= num_gpus=0
+# Our launcher picks the DeepSpeed launcher (deepspeed set) or one plain process (NUM_GPUS=0).
+if [ "$NUM_GPUS" -eq 0 ]; then
+  DEEPSPEED=
 fi
+exec python -m trainer_core train "${args[@]}" "deepspeed=$DEEPSPEED" "num_gpus=$NUM_GPUS"

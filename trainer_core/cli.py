@@ -27,6 +27,8 @@ USAGE = __doc__
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # `deepspeed --module trainer_core ...` without --no_local_rank passes --local_rank=N first.
+    argv = [a for a in argv if not a.startswith("--local_rank=")]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -119,7 +121,8 @@ def _follow(run_dir: Path, abort_on_interrupt: bool = False) -> int:
                 elif in_traceback and line and not line.startswith((" ", "\t")):
                     in_traceback = False
                     continue
-                if not in_traceback and not line.startswith("[supervisor]"):
+                # The job's own "error:" line is printed once, from status.json, below.
+                if not in_traceback and not line.startswith(("[supervisor]", "error: ")):
                     print(line, flush=True)
     except KeyboardInterrupt:
         if not abort_on_interrupt:

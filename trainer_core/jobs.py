@@ -63,7 +63,8 @@ def build_command(cfg: TrainConfig, run_yaml: str | Path, port: int | None = Non
             if os.environ.get("NNODES"):
                 argv += ["--num_nodes", os.environ["NNODES"]]
         argv += ["--num_gpus", str(max(cfg.num_gpus, 1))]
-        return argv + ["--module", *entry]
+        # --no_local_rank: ranks read LOCAL_RANK from the environment instead of an extra argument.
+        return argv + ["--no_local_rank", "--module", *entry]
     nnodes = int(os.environ.get("NNODES", "1"))
     argv = [_tool("torchrun"), "--nproc_per_node", str(max(cfg.num_gpus, 1)), "--master_port", str(port)]
     if nnodes > 1:

@@ -325,6 +325,24 @@ def explain_failure(exc: BaseException) -> str:
     return f"Training failed with an unexpected error; see console.log. ({last})"
 
 
+def _maybe_recording(collator: Any, run_dir: Path) -> Any:
+    """With QIHUANG_RECORD_BATCHES=1 each rank writes a short hash of every sample it trains on to
+    ranks/<rank>.samples: how one checks that data-parallel ranks split the data without overlap."""
+    if os.environ.get("QIHUANG_RECORD_BATCHES") != "1":
+        return collator
+    import hashlib
+
+    record = run_dir / "ranks" / f"{os.environ.get('RANK', '0')}.samples"
+
+    def collate(features: list[dict]) -> dict:
+        with open(record, "a") as fh:
+            for f in features:
+                fh.write(hashlib.sha1(str(f["input_ids"]).encode()).hexdigest()[:12] + "\n")
+        return collator(features)
+
+    return collate
+
+
 def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tuple[Any, str | None]:
     """Everything before the first step: model files, tokenizer, data, model, Trainer."""
     from trainer_core.models import check_precision, load_model, load_tokenizer, resolve_model_path
@@ -368,7 +386,7 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
         train_dataset=train_samples,
         eval_dataset=eval_samples or None,
         processing_class=tokenizer,
-        data_collator=SupervisedCollator(tokenizer.pad_token_id),
+        data_collator=_maybe_recording(SupervisedCollator(tokenizer.pad_token_id), run_dir),
         callbacks=[make_progress_callback(run_dir, stop, log)],
     )
     if args.disable_tqdm:
