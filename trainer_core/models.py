@@ -298,3 +298,54 @@ def _bnb_config(cfg: Any) -> Any:
 
 if __name__ == "__main__":  # python -m trainer_core.models → prepare the built-in model
     print(ensure_default_model(lambda m: print(m, file=sys.stderr)))
+
+
+def load_for_inference(model_name_or_path: str, adapter: str | None = None, dtype: str = "auto",
+                       trust_remote_code: bool = False, log=print) -> tuple[Any, Any]:
+    """A model for evaluation, chat or export: the base (`default`, a folder or a hub id), with a
+    LoRA adapter on top when given (kept separate, so it can be switched off), and its tokenizer
+    (the adapter's, which carries the chat template used in training). dtype: auto | float32 |
+    bfloat16 | float16; auto = bfloat16 on a GPU that has it, else float32."""
+    from transformers import AutoModelForCausalLM
+
+    base_path = resolve_model_path(model_name_or_path, log)
+    torch_dtype = _inference_dtype(dtype)
+    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_path
+    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise UserError(f"cannot load the model from '{base_path}': {_first_line(exc)}") from exc
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError(f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    if has_cuda():
+        model = model.to("cuda")
+    model.eval()
+    model.config.use_cache = True
+    return model, tokenizer
+
+
+def _inference_dtype(dtype: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if has_cuda() and torch.cuda.is_bf16_supported() else torch.float32
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in choices:
+        raise UserError(f"dtype '{dtype}' is unknown; choose auto, {', '.join(choices)}")
+    return choices[dtype]
+
+
+def run_base_model(run_dir: str | Path) -> str:
+    """The base model a training run started from (from its run.yaml)."""
+    import yaml
+
+    config = Path(run_dir) / "run.yaml"
+    if not config.is_file():
+        raise UserError(f"'{run_dir}' is not a run folder (no run.yaml)")
+    return yaml.safe_load(config.read_text(encoding="utf-8")).get("model_name_or_path", "default")
