@@ -111,17 +111,27 @@ def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env:
 
     key = device_key(cfg)
     root = Path(cfg.output_dir).parent if cfg.output_dir else Path(outputs_root)
-    for other in running_jobs(root):
-        if runs.read_status(other).get("devices") == key and other.resolve() != Path(cfg.output_dir or "").resolve():
-            raise UserError(f"the devices ({key}) are busy with the running job {other}; wait for it or abort it "
-                            f"with: python -m trainer_core runs --abort {other}")
+    refuse_if_busy(root, key, Path(cfg.output_dir or ""))
     if not cfg.output_dir:
         cfg.output_dir = str(Path(outputs_root) / Path(prepare_default_name(cfg)))
     run_dir = prepare_run_dir(cfg)
+    save_config(cfg, run_dir / runs.CONFIG_FILE)
+    return launch(run_dir, build_command(cfg, run_dir / runs.CONFIG_FILE), key, launcher_kind(cfg), extra_env)
+
+
+def refuse_if_busy(root: Path, key: str, own_dir: Path) -> None:
+    for other in running_jobs(root):
+        if runs.read_status(other).get("devices") == key and other.resolve() != own_dir.resolve():
+            raise UserError(f"the devices ({key}) are busy with the running job {other}; wait for it or abort it "
+                            f"with: python -m trainer_core runs --abort {other}")
+
+
+def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_env: dict | None = None) -> Path:
+    """Run argv detached under the supervisor, output to console.log, state in status.json.
+    Used for every job kind: train, eval, export."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     if refresh_status(run_dir).get("state") == "running":
         raise UserError(f"{run_dir} is already running")
-    save_config(cfg, run_dir / runs.CONFIG_FILE)
-    argv = build_command(cfg, run_dir / runs.CONFIG_FILE)
     env = {"QIHUANG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     runs.write_command(run_dir, argv, {**{k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ}, **env})
     shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)
@@ -130,7 +140,7 @@ def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env:
         proc = subprocess.Popen(supervisor, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **env}, start_new_session=True, cwd=os.getcwd())
     runs.update_status(run_dir, state="running", pid=proc.pid, pgid=proc.pid, started_at=runs.now_iso(),
-                       ended_at=None, exit_code=None, error=None, devices=key, launcher=launcher_kind(cfg))
+                       ended_at=None, exit_code=None, error=None, devices=devices, launcher=launcher)
     return run_dir
 
 
@@ -165,7 +175,12 @@ def explain_exit(run_dir: Path, code: int) -> tuple[str, str | None]:
     if code == 0:
         return "finished", None
     tail = tail_text(run_dir / runs.CONSOLE_FILE, 20_000)
-    last = next((line.strip() for line in reversed(tail.splitlines())
+    lines = tail.splitlines()
+    # A job that explained itself ("error: ..." from the CLI, exit code 2) is quoted as it said it.
+    explained = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if code == 2 and explained:
+        return "failed", explained[-1]
+    last = next((line.strip() for line in reversed(lines)
                  if line.strip() and not line.startswith("[supervisor]")), "")
     return "failed", explain_console(tail, code) + (f" ({last[:300]})" if last else "")
 

@@ -138,3 +138,15 @@ def tee_console(run_dir: str | Path):
     sys.stdout = Tee(sys.stdout, log_file)
     sys.stderr = Tee(sys.stderr, log_file)
     return log_file
+
+
+def log_progress(run_dir: str | Path, done: int, total: int, start_time: float, **metrics: Any) -> dict:
+    """Progress of an eval or export job, in the same trainer_log.jsonl schema as training, so one
+    watcher (CLI or UI) follows every kind of job."""
+    elapsed = time.time() - start_time
+    entry = {"step": done, "total_steps": total, "epoch": None, "loss": None, "eval_loss": None,
+             "learning_rate": None, "grad_norm": None, "tokens_per_second": metrics.pop("tokens_per_second", None),
+             "elapsed_seconds": round(elapsed, 2),
+             "eta_seconds": round(elapsed / done * (total - done), 1) if done else None, "time": now_iso(), **metrics}
+    append_log(run_dir, entry)
+    return entry
