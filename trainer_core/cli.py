@@ -7,6 +7,7 @@
     runs --follow RUN_DIR                                 follow a run's log and progress
     runs --abort RUN_DIR                                  stop a run (it saves a checkpoint first)
     data check NAME [NAME ...] [--key value ...]          validate datasets and print statistics
+    chat [RUN_DIR | MODEL] [--adapter DIR] [--compare]    chat in the terminal (streaming)
 
 A mistake in a config or a dataset ends the command with exit code 2 and one clear message;
 a traceback, when there is one, goes to the run's console.log, not to the screen.
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data}
+    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
@@ -226,6 +227,16 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+
+
+def cmd_chat(args: list[str]) -> int:
+    from trainer_core import chat
+
+    parser = argparse.ArgumentParser(prog="python -m trainer_core chat", description="Chat with a model.")
+    chat.add_arguments(parser)
+    opts = parser.parse_args(args)
+    _quiet_libraries()
+    return chat.run_chat(opts)
 
 
 def cmd_data(args: list[str]) -> int:

@@ -1,0 +1,231 @@
+"""Chat with a model: streaming, multi-turn, with the LoRA adapter switchable on and off.
+
+One `ChatSession` holds one model in memory. With a LoRA adapter, "base" and "tuned" answers
+come from the same weights: the adapter is disabled for the base answer, so comparing the two
+costs no second copy of the model. Loading another model replaces the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_core.errors import UserError
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+    do_sample: bool = True
+
+    def check(self) -> None:
+        problems = []
+        if not 1 <= self.max_new_tokens <= 8192:
+            problems.append("max_new_tokens must be between 1 and 8192")
+        if not 0 <= self.temperature <= 5:
+            problems.append("temperature must be between 0 and 5")
+        if not 0 < self.top_p <= 1:
+            problems.append("top_p must be > 0 and <= 1")
+        if self.top_k < 0:
+            problems.append("top_k must be >= 0")
+        if not 0.5 <= self.repetition_penalty <= 2:
+            problems.append("repetition_penalty must be between 0.5 and 2")
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+class ChatSession:
+    """A loaded model and what is needed to answer with it. Thread-safe: one generation at a
+    time (a second caller waits), so two users never get crossed replies."""
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.description = ""
+        self.has_adapter = False
+        self._lock = threading.Lock()
+
+    def load(self, model_name_or_path: str = "default", adapter: str | None = None, dtype: str = "auto",
+             log=print) -> str:
+        """Load a model (replacing the loaded one); with `adapter` the LoRA is kept separate."""
+        from trainer_core.models import load_for_inference
+
+        with self._lock:
+            self._unload()
+            self.model, self.tokenizer = load_for_inference(model_name_or_path, adapter, dtype, log=log)
+            self.has_adapter = bool(adapter)
+            self.description = model_name_or_path + (f" + {adapter}" if adapter else "")
+        return self.description
+
+    def load_run(self, run_dir: str | Path, log=print) -> str:
+        """A training run's result: its base with adapter/, or its full model/."""
+        from trainer_core.models import run_base_model
+
+        run_dir = Path(run_dir)
+        if (run_dir / "adapter" / "adapter_config.json").is_file():
+            return self.load(run_base_model(run_dir), str(run_dir / "adapter"), log=log)
+        if (run_dir / "model" / "config.json").is_file():
+            return self.load(str(run_dir / "model"), log=log)
+        raise UserError(f"'{run_dir}' holds no finished adapter/ or model/ (has the run finished?)")
+
+    def unload(self) -> None:
+        with self._lock:
+            self._unload()
+
+    def _unload(self) -> None:
+        self.model = self.tokenizer = None
+        self.description, self.has_adapter = "", False
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def stream(self, history: list[dict], message: str, system: str = "",
+               settings: GenerationSettings | None = None, use_adapter: bool = True) -> Iterator[str]:
+        """Yield the reply as it grows (the whole text so far, each time a token arrives)."""
+        settings = settings or GenerationSettings()
+        settings.check()
+        if self.model is None:
+            raise UserError("no model is loaded; load one first")
+        if not message.strip():
+            raise UserError("the message is empty")
+        messages = ([{"role": "system", "content": system}] if system.strip() else []) + list(history)
+        messages.append({"role": "user", "content": message})
+        with self._lock:
+            yield from self._generate(messages, settings, use_adapter)
+
+    def _generate(self, messages: list[dict], settings: GenerationSettings, use_adapter: bool) -> Iterator[str]:
+        from transformers import TextIteratorStreamer
+
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        sampling = settings.do_sample and settings.temperature > 0
+        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens,
+                      repetition_penalty=settings.repetition_penalty, do_sample=sampling,
+                      eos_token_id=self._stop_ids(), pad_token_id=self.tokenizer.pad_token_id)
+        if sampling:
+            kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            import torch
+
+            try:
+                with torch.inference_mode(), self._adapter(use_adapter):
+                    self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text
+        worker.join()
+        if errors:
+            raise errors[0]
+
+    def _stop_ids(self) -> list[int]:
+        """Stop on eos and on the template's end-of-turn tokens, whichever the model emits."""
+        ids = {self.tokenizer.eos_token_id}
+        for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                ids.add(token_id)
+        return sorted(i for i in ids if i is not None)
+
+    def _adapter(self, use_adapter: bool):
+        if self.has_adapter and not use_adapter:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def reply(self, history: list[dict], message: str, system: str = "",
+              settings: GenerationSettings | None = None, use_adapter: bool = True) -> str:
+        text = ""
+        for partial in self.stream(history, message, system, settings, use_adapter):
+            text = partial
+        return text
+
+    def compare(self, history: list[dict], message: str, system: str = "",
+                settings: GenerationSettings | None = None) -> dict[str, str]:
+        """The same prompt answered by the base (adapter off) and the tuned model (adapter on)."""
+        if not self.has_adapter:
+            raise UserError("base vs tuned needs a model loaded with a LoRA adapter")
+        return {"base": self.reply(history, message, system, settings, use_adapter=False),
+                "tuned": self.reply(history, message, system, settings, use_adapter=True)}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", nargs="?", default="default",
+                        help="a run folder, a model folder, a hub id, or 'default' (the built-in model)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to put on the model")
+    parser.add_argument("--system", default="", help="system prompt")
+    parser.add_argument("--compare", action="store_true", help="answer with and without the adapter")
+    parser.add_argument("--message", "-m", action="append",
+                        help="answer these messages in turn and exit (no interactive prompt)")
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top_p", type=float, default=0.9)
+    parser.add_argument("--top_k", type=int, default=50)
+    parser.add_argument("--repetition_penalty", type=float, default=1.1)
+    parser.add_argument("--greedy", action="store_true", help="no sampling (reproducible answers)")
+    parser.add_argument("--dtype", default="auto")
+
+
+def run_chat(opts, input_fn=input, out=print) -> int:
+    """The terminal chat: streams tokens; /clear resets history, /exit quits."""
+    settings = GenerationSettings(opts.max_new_tokens, opts.temperature, opts.top_p, opts.top_k,
+                                  opts.repetition_penalty, do_sample=not opts.greedy)
+    settings.check()
+    session = ChatSession()
+    if (Path(opts.model) / "run.yaml").is_file() and not opts.adapter:
+        loaded = session.load_run(opts.model, log=lambda m: out(m))
+    else:
+        loaded = session.load(opts.model, opts.adapter, opts.dtype, log=lambda m: out(m))
+    if opts.compare and not session.has_adapter:
+        raise UserError("--compare needs a LoRA adapter (a run folder or --adapter)")
+    out(f"Loaded {loaded}. Type /clear to start over, /exit to quit.")
+    history: list[dict] = []
+    pending = list(opts.message or [])
+    while True:
+        if opts.message is not None:
+            if not pending:
+                return 0
+            message = pending.pop(0)
+            out(f"> {message}")
+        else:
+            try:
+                message = input_fn("> ")
+            except EOFError:
+                return 0
+        if message.strip() in ("/exit", "/quit"):
+            return 0
+        if message.strip() == "/clear":
+            history = []
+            continue
+        variants = [("base", False), ("tuned", True)] if opts.compare else [("", True)]
+        answer = ""
+        for label, use_adapter in variants:
+            if label:
+                out(f"[{label}]")
+            shown = 0
+            for answer in session.stream(history, message, opts.system, settings, use_adapter):
+                out(answer[shown:], end="", flush=True)
+                shown = len(answer)
+            out("")
+        history += [{"role": "user", "content": message}, {"role": "assistant", "content": answer}]
