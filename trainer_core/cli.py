@@ -8,6 +8,9 @@
     runs --abort RUN_DIR                                  stop a run (it saves a checkpoint first)
     data check NAME [NAME ...] [--key value ...]          validate datasets and print statistics
     chat [RUN_DIR | MODEL] [--adapter DIR] [--compare]    chat in the terminal (streaming)
+    eval --run RUN_DIR [--task mcq|ppl|generate] ...      evaluate (a job; results in RUN_DIR/eval/)
+    eval --compare RESULT [RESULT ...]                    base vs tuned, side by side
+    export --run RUN_DIR [--gguf f16,q8_0] ...            merge + model card + GGUF (a job)
 
 A mistake in a config or a dataset ends the command with exit code 2 and one clear message;
 a traceback, when there is one, goes to the run's console.log, not to the screen.
@@ -16,6 +19,7 @@ a traceback, when there is one, goes to the run's console.log, not to the screen
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -34,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat}
+    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat,
+                "eval": cmd_eval, "export": cmd_export}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
@@ -227,6 +232,50 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
+
+
+def cmd_eval(args: list[str]) -> int:
+    if args and args[0] == "--compare":
+        from trainer_core.evaluate import compare
+
+        if len(args) < 2:
+            raise UserError("eval --compare needs result files or eval folders")
+        print(compare(args[1:]))
+        return 0
+    return _task_command("eval", args)
+
+
+def cmd_export(args: list[str]) -> int:
+    return _task_command("export", args)
+
+
+def _task_command(kind: str, args: list[str]) -> int:
+    """eval and export: parse, then either do the work here (inside a job) or start the job and
+    follow it, exactly like train."""
+    import importlib
+
+    module = importlib.import_module("trainer_core.evaluate" if kind == "eval" else "trainer_core.export")
+    parser = argparse.ArgumentParser(prog=f"python -m trainer_core {kind}")
+    module.add_arguments(parser)
+    parser.add_argument("--detach", action="store_true", help="start the job and return at once")
+    parser.add_argument("--job_dir", help=argparse.SUPPRESS)
+    opts = parser.parse_args(args)
+    if os.environ.get("QIHUANG_LAUNCHED") == "1":
+        _quiet_libraries()
+        result = (module.run_eval if kind == "eval" else module.run_export)(opts, log=_log)
+        print(json.dumps(result, ensure_ascii=False, indent=1, default=str), flush=True)
+        return 0
+
+    from trainer_core import jobs
+
+    job_dir = jobs.task_job_dir(kind, opts)
+    child_args = [a for a in args if a != "--detach"]
+    run_dir = jobs.start_task(kind, child_args, job_dir)
+    print(f"Started {kind} job {run_dir}", flush=True)
+    if opts.detach:
+        print(f"Follow it with:  python -m trainer_core runs --follow {run_dir}")
+        return 0
+    return _follow(run_dir, abort_on_interrupt=True)
 
 
 def cmd_chat(args: list[str]) -> int:

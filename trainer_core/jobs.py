@@ -85,15 +85,6 @@ def _tool(name: str) -> str:
     return found
 
 
-def device_key(cfg: TrainConfig) -> str:
-    """Which devices a job takes: jobs with the same key may not run at once."""
-    from trainer_core.models import has_cuda
-
-    if not has_cuda():
-        return "cpu"
-    return "cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "all")
-
-
 def running_jobs(root: str | Path) -> list[Path]:
     """Run folders under root whose job is alive (stale 'running' states are corrected)."""
     found = []
@@ -109,7 +100,7 @@ def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env:
     devices is refused with the running one's name."""
     from trainer_core.train import prepare_run_dir
 
-    key = device_key(cfg)
+    key = current_devices()
     root = Path(cfg.output_dir).parent if cfg.output_dir else Path(outputs_root)
     refuse_if_busy(root, key, Path(cfg.output_dir or ""))
     if not cfg.output_dir:
@@ -142,6 +133,34 @@ def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_en
     runs.update_status(run_dir, state="running", pid=proc.pid, pgid=proc.pid, started_at=runs.now_iso(),
                        ended_at=None, exit_code=None, error=None, devices=devices, launcher=launcher)
     return run_dir
+
+
+def task_job_dir(kind: str, opts) -> Path:
+    """Where an eval or export job keeps its status, console and (for eval) results:
+    RUN_DIR/eval/<time>/ and RUN_DIR/jobs/export-<time>/, or under outputs/ without a run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if kind == "eval" and getattr(opts, "output_dir", None):
+        return Path(opts.output_dir)
+    base = Path(opts.run) if getattr(opts, "run", None) else Path("outputs")
+    return base / "eval" / stamp if kind == "eval" else base / "jobs" / f"export-{stamp}"
+
+
+def start_task(kind: str, args: list[str], job_dir: Path) -> Path:
+    """Start `python -m trainer_core eval|export ARGS` as a detached job in job_dir (used by the
+    CLI and the workbench alike)."""
+    args = list(args)
+    if kind == "eval" and "--output_dir" not in args:
+        args += ["--output_dir", str(job_dir)]
+    args += ["--job_dir", str(job_dir)]
+    return launch(Path(job_dir), [sys.executable, "-m", "trainer_core", kind, *args], current_devices(), "python")
+
+
+def current_devices() -> str:
+    """Which devices a job takes; two jobs with the same answer may not run at once. Read from
+    the system, not from torch, so the UI can ask without importing torch."""
+    if not Path("/dev/nvidia0").exists():
+        return "cpu"
+    return "cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "all")
 
 
 def prepare_default_name(cfg: TrainConfig) -> str:
