@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# GPU check: train a random ~0.5B Qwen2 through our CLI in five modes (LoRA bf16, QLoRA 4-bit, full with
+# DeepSpeed ZeRO-2 / ZeRO-3 / ZeRO-3 offload) and print s/step, tokens/s, peak GPU memory and loss.
+# All the logic is in scripts/gpu_check.py; see bench/GPU.md.
+#
+#   bash scripts/gpu_check.sh                     # one NVIDIA GPU; report in $OUT/gpu_check.md or bench/GPU-<card>.md
+#   bash scripts/gpu_check.sh --cpu-smoke         # tiny model on this CPU (or GPU_CHECK_CPU_SMOKE=1)
+#   bash scripts/gpu_check.sh --download-wheels   # with network: deepspeed/bitsandbytes wheels into WHEELS_DIR
+#
+# WHEELS_DIR (default .wheels in the repository root): where missing deepspeed/bitsandbytes are installed from.
+# PYTHON: the interpreter (default python3, the one holding torch on the GPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec "${PYTHON:-python3}" -u scripts/gpu_check.py "$@"
