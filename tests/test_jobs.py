@@ -156,3 +156,26 @@ def test_torchrun_two_processes_split_the_data(cli, tiny_model_dir, tiny_data_di
     assert [e["step"] for e in log if e["loss"] is not None] == [1, 2, 3, 4, 5, 6]
     assert all(e["total_steps"] == 6 for e in log)
     json.loads((out / "status.json").read_text())
+
+
+def test_eval_and_export_run_as_jobs(cli, tiny_model_dir, tiny_data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *_args(tiny_model_dir, tiny_data_dir, run, max_steps=2, save_steps=100,
+                               val_size=8)).returncode == 0
+    result = cli("eval", "--run", str(run), "--task", "ppl", "--dataset_dir", str(tiny_data_dir))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    job = next((run / "eval").iterdir())
+    assert runs.read_status(job)["state"] == "finished"
+    saved = json.loads(next(job.glob("ppl-*.json")).read_text())
+    assert saved["metrics"]["perplexity"] > 1
+    assert [e for e in runs.read_log(job) if e["step"] == e["total_steps"]]  # progress reached the end
+
+    result = cli("export", "--run", str(run), "--gguf", "none")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (run / "export" / "config.json").is_file() and (run / "export" / "README.md").is_file()
+    export_job = next((run / "jobs").glob("export-*"))
+    assert runs.read_status(export_job)["state"] == "finished"
+
+    # A bad request fails as a job with the module's own one-sentence error.
+    result = cli("export", "--run", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
