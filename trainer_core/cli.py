@@ -268,6 +268,11 @@ def _task_command(kind: str, args: list[str]) -> int:
 
     from trainer_core import jobs
 
+    # Mistakes that need no model are reported now, before a job folder exists.
+    if getattr(opts, "run", None) and not (Path(opts.run) / "run.yaml").is_file():
+        raise UserError(f"'{opts.run}' is not a training run folder (no run.yaml)")
+    if hasattr(module, "check_options"):
+        module.check_options(opts)
     job_dir = jobs.task_job_dir(kind, opts)
     child_args = [a for a in args if a != "--detach"]
     run_dir = jobs.start_task(kind, child_args, job_dir)
