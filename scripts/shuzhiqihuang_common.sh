@@ -40,4 +40,5 @@ args=(
 if [ "$NUM_GPUS" -eq 0 ]; then
   DEEPSPEED=
 fi
-exec python -m trainer_core train "${args[@]}" "deepspeed=$DEEPSPEED" "num_gpus=$NUM_GPUS"
+# DRY_RUN=1 prints the exact launcher command instead of running it.
+exec python -m trainer_core train "${args[@]}" "deepspeed=$DEEPSPEED" "num_gpus=$NUM_GPUS" ${DRY_RUN:+--dry-run}

@@ -154,6 +154,8 @@ def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
             self.start_tokens = state.num_input_tokens_seen or 0
 
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == state.max_steps:
+                control.should_log = True  # the final loss is always in the log, whatever logging_steps
             if _any_rank_requested(stop.requested):
                 control.should_save = True
                 control.should_training_stop = True

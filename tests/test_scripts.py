@@ -1,0 +1,49 @@
+"""The seed's entry scripts run end to end on our CLI (tiny settings to keep the suite fast)."""
+
+import os
+import subprocess
+
+from conftest import REPO
+
+from trainer_core import runs
+from trainer_core.config import load_config
+
+
+def _run_script(name: str, out, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "BASE_MODEL_PATH": "default", "NUM_GPUS": "0", "MAX_STEPS": "2",
+                "GRAD_ACCUM": "1", "CUTOFF_LEN": "128", "VAL_SIZE": "0", "GRADIENT_CHECKPOINTING": "false",
+                "REPORT_TO": "none", "OUTPUT_DIR": str(out), **env}
+    return subprocess.run(["bash", f"scripts/{name}"], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_sft_script_keeps_the_seed_settings_and_runs(tmp_path):
+    out = tmp_path / "sft"
+    result = _run_script("run_sft_shuzhiqihuang.sh", out, DATASET="tcm_qa")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    cfg = load_config(out / "run.yaml")
+    assert (cfg.stage, cfg.lora_rank, cfg.lora_alpha, cfg.lr_scheduler_type) == ("sft", 64, 128, "cosine")
+    assert cfg.bf16 is True and cfg.deepspeed == "" and cfg.num_gpus == 0
+    assert runs.read_status(out)["state"] == "finished"
+    assert "WANDB_MODE=offline" in (out / "command.txt").read_text()
+
+
+def test_pt_script_keeps_the_seed_settings_and_runs(tmp_path):
+    out = tmp_path / "pt"
+    result = _run_script("run_pt_shuzhiqihuang.sh", out, DATASET="clinical_notes")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    cfg = load_config(out / "run.yaml")
+    assert (cfg.stage, cfg.lora_rank, cfg.lora_alpha) == ("pt", 128, 256)
+    assert len([e for e in runs.read_log(out) if e["loss"] is not None]) == 2
+
+
+def test_default_launch_is_four_gpus_with_deepspeed_zero3(tmp_path):
+    """Without overrides the scripts ask for the seed's 4 GPUs through the DeepSpeed launcher."""
+    env = {**os.environ, "DRY_RUN": "1", "OUTPUT_DIR": str(tmp_path / "x")}
+    env.pop("NUM_GPUS", None)
+    for name in ("run_sft_shuzhiqihuang.sh", "run_pt_shuzhiqihuang.sh"):
+        result = subprocess.run(["bash", f"scripts/{name}"], cwd=REPO, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "deepspeed --master_port" in result.stdout
+        assert f"--num_gpus 4 --no_local_rank --module trainer_core train {tmp_path / 'x'}/run.yaml" in result.stdout
+        assert '"stage": 3' in result.stdout
