@@ -178,6 +178,8 @@ def supervise(run_dir: Path, argv: list[str]) -> int:
     child = subprocess.Popen(argv, preexec_fn=_restore_default_signals)
     code = child.wait()
     status = runs.read_status(run_dir)
+    if status.get("pid") not in (None, os.getpid()):
+        return code  # a newer job in this folder (e.g. a resume) owns status.json now
     if status.get("state") == "running" or status.get("exit_code") is None:
         state, error = explain_exit(run_dir, code)
         runs.update_status(run_dir, state=state, exit_code=code, error=error, ended_at=runs.now_iso())
