@@ -1,5 +1,6 @@
-"""The Gradio Blocks workbench: one module per tab and an i18n table (zh first, en).
+"""The Gradio Blocks workbench (`python launch.py`): one module per tab under app/tabs/, one i18n
+table (app/i18n.py, Chinese first, English second).
 
-It only imports trainer_core, never the reverse; heavy work runs as jobs in their own processes.
-The tabs arrive with the workbench issue; launch.py says so until then.
+It only imports trainer_core, never the reverse; heavy work runs as jobs in their own processes,
+and torch/transformers are imported only by the handlers that need them (chat, token statistics).
 """

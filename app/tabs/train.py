@@ -1,0 +1,219 @@
+"""训练 Train: start the Parameters tab's config as a job, follow it, abort or resume it, and
+compare runs.
+
+Nothing about a job lives in this process: a timer reads the run folders (status, trainer_log,
+console) through the core, so a reloaded page or a restarted UI re-attaches to a running job.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app import jobview
+from app.context import AppContext
+from app.i18n import t
+from app.plots import curves, loss_svg
+from app.tabs import params
+from app.ui_kit import Labels
+from trainer_core import jobs, runs
+from trainer_core.errors import UserError
+
+POLL_SECONDS = 2.0
+TABLE_COLUMNS = ("train.col_run", "train.col_state", "train.col_progress", "train.col_loss", "train.col_eval",
+                 "train.col_started")
+
+
+# ---- plain functions -----------------------------------------------------------------------
+
+def list_runs(ctx: AppContext) -> list[dict]:
+    """Training runs under outputs/, newest first (eval and export jobs live inside them)."""
+    if not ctx.outputs_root.is_dir():
+        return []
+    return [r for r in jobs.list_runs(ctx.outputs_root) if (Path(r["run_dir"]) / runs.CONFIG_FILE).is_file()]
+
+
+def default_run(rows: list[dict]) -> str | None:
+    """The run a fresh page shows: a running one, else the newest."""
+    running = [r for r in rows if r["state"] == "running"]
+    chosen = running[0] if running else (rows[0] if rows else None)
+    return chosen["run_dir"] if chosen else None
+
+
+def table_rows(rows: list[dict], lang: str) -> list[list[Any]]:
+    def number(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) else ""
+
+    out = []
+    for r in rows:
+        progress = f"{r['step']}/{r['total_steps']}" if r.get("total_steps") else ""
+        state = r.get("state", "unknown")
+        out.append([Path(r["run_dir"]).name, t("state." + state if state in runs.STATES else "state.unknown", lang),
+                    progress, number(r.get("loss")), number(r.get("eval_loss")),
+                    (r.get("started_at") or "").replace("T", " ")[:19]])
+    return out
+
+
+def start(values: dict[str, Any], ctx: AppContext) -> Path:
+    """Check the form and start the job; a problem is raised as one UserError listing all."""
+    cfg, fields, general = params.check(values)
+    if cfg is None:
+        raise UserError("\n".join(f"- {text}" for text in [*fields.values(), *general]))
+    return jobs.start_job(cfg, ctx.outputs_root)
+
+
+def resume(run_dir: str) -> Path:
+    """Start the run's own run.yaml again; the trainer continues from its newest checkpoint."""
+    from trainer_core.config import load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} has no run.yaml to resume from")
+    state = jobs.refresh_status(run_dir).get("state")
+    if state == "running":
+        raise UserError(f"{run_dir.name} is running already")
+    cfg = load_config(run_dir / runs.CONFIG_FILE, {"resume_from_checkpoint": "auto", "output_dir": str(run_dir)})
+    return jobs.start_job(cfg)
+
+
+def abort_in_background(run_dir: str) -> None:
+    """An abort waits up to two minutes for the checkpoint; the page must not wait with it."""
+    threading.Thread(target=_abort, args=(run_dir,), daemon=True, name=f"abort-{Path(run_dir).name}").start()
+
+
+def _abort(run_dir: str) -> None:
+    try:
+        jobs.abort_job(run_dir, log=lambda _: None)
+    except UserError:
+        pass  # it ended on its own meanwhile
+
+
+def plot_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> list[dict]:
+    selected = [d for d in [run_dir, *(overlay or [])] if d]
+    selected = list(dict.fromkeys(selected))  # the current run once, first
+    return curves(selected, t("plot.train", lang), t("plot.eval", lang))
+
+
+def plot_html(rows: list[dict], lang: str) -> str:
+    return loss_svg(rows, t("plot.step", lang), t("plot.empty", lang))
+
+
+# ---- components ----------------------------------------------------------------------------
+
+def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
+    L.markdown("train.intro")
+    with gr.Row():
+        c["start_btn"] = L.make(gr.Button, text="train.start", variant="primary", elem_id="train-start")
+        c["abort_btn"] = L.make(gr.Button, text="train.abort", variant="stop", elem_id="train-abort")
+        c["resume_btn"] = L.make(gr.Button, text="train.resume", elem_id="train-resume")
+    c["train_msg"] = gr.Markdown(elem_id="train-msg")
+    c["run_select"] = L.make(gr.Dropdown, label="train.run", choices=[], value=None, elem_id="train-run")
+    c["train_progress"] = gr.HTML(jobview.progress_html(None, L.lang), elem_id="train-progress")
+    with gr.Row():
+        with gr.Column(scale=3):
+            c["loss_plot"] = L.make(gr.HTML, label="train.loss", show_label=True, container=True,
+                                    value=plot_html([], L.lang),
+                                    elem_id="train-loss")
+        with gr.Column(scale=2):
+            c["console"] = L.make(gr.Textbox, label="train.console", lines=14, max_lines=14, autoscroll=True,
+                                  interactive=False, elem_id="train-console", elem_classes=["qh-console"])
+    c["overlay"] = L.make(gr.Dropdown, label="train.overlay", info="train.overlay_info", choices=[], value=[],
+                          multiselect=True, elem_id="train-overlay")
+    c["runs_table"] = L.make(gr.Dataframe, label="train.runs", headers=[t(k, L.lang) for k in TABLE_COLUMNS],
+                             value=[], interactive=False, elem_id="train-runs")
+    c["console_state"] = gr.State({})
+    c["tick_state"] = gr.State(None)  # what the page shows now: only changes are sent
+    c["table_state"] = gr.State(None)
+    c["train_timer"] = gr.Timer(POLL_SECONDS)
+
+
+def wire(ctx: AppContext, c: dict[str, Any]) -> None:
+    lang = c["lang"]
+    form = params.form_inputs(c)
+
+    def tick(run_dir: str | None, overlay: list[str] | None, language: str, console: dict,
+             last: list | None) -> list[Any]:
+        p = jobview.job_progress(run_dir)
+        text, console = jobview.console_tail(console, run_dir)
+        state = (p or {}).get("state")
+        rows = plot_rows(run_dir, overlay, language)
+        shown = [jobview.progress_html(p, language), rows, text, state]
+        html, plot, console_text, buttons = jobview.only_changed(shown, last)
+        if plot is rows:  # changed: draw it only then
+            plot = plot_html(rows, language)
+        if buttons == state:
+            buttons = [gr.update(interactive=state == "running"), gr.update(interactive=state in ("aborted", "failed"))]
+        else:
+            buttons = [gr.update(), gr.update()]
+        return [html, plot, console_text, console, *buttons, shown]
+
+    tick_outputs = [c["train_progress"], c["loss_plot"], c["console"], c["console_state"], c["abort_btn"],
+                    c["resume_btn"], c["tick_state"]]
+    tick_inputs = [c["run_select"], c["overlay"], lang, c["console_state"], c["tick_state"]]
+    c["train_timer"].tick(tick, tick_inputs, tick_outputs, show_progress="hidden")
+    jobview.scroll_to_end(c["console"], "train-console")
+    c["run_select"].change(tick, tick_inputs, tick_outputs, show_progress="hidden")
+    c["overlay"].change(tick, tick_inputs, tick_outputs, show_progress="hidden")
+
+    def refresh(run_dir: str | None, language: str, last: Any, select: str | None = None) -> list[Any]:
+        """Run list and table; sent only when they changed, so a user's selection is not reset."""
+        rows = list_runs(ctx)
+        choices = [(jobview.run_label(r, language), r["run_dir"]) for r in rows]
+        table = table_rows(rows, language)
+        current = select or run_dir
+        if current not in [d for _, d in choices]:
+            current = default_run(rows)
+        snapshot = (choices, table, current, language)
+        if snapshot == last:
+            return [gr.update(), gr.update(), gr.update(), last]
+        headers = [t(k, language) for k in TABLE_COLUMNS]
+        return [gr.update(choices=choices, value=current), gr.update(choices=choices),
+                gr.update(value=table, headers=headers), snapshot]
+
+    refresh_outputs = [c["run_select"], c["overlay"], c["runs_table"], c["table_state"]]
+    c["train_timer"].tick(refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs, show_progress="hidden")
+    lang.change(refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs, show_progress="hidden")
+    c["load_events"].append((refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs))
+
+    def on_start(*args: Any) -> list[Any]:
+        *rest, language, last = args
+        try:
+            run_dir = start(params.as_values(rest), ctx)
+        except UserError as exc:
+            return [f"⚠ {t('train.not_started', language)}\n\n{exc}", *[gr.update()] * 4]
+        return [t("train.started", language, run=run_dir), *refresh(None, language, None, select=str(run_dir))]
+
+    c["start_btn"].click(on_start, [*form, lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
+
+    def on_abort(run_dir: str | None, language: str) -> str:
+        if not run_dir:
+            return t("train.pick_run", language)
+        if jobs.refresh_status(run_dir).get("state") != "running":
+            return t("train.not_running", language)
+        abort_in_background(run_dir)
+        return t("train.aborting", language)
+
+    c["abort_btn"].click(on_abort, [c["run_select"], lang], c["train_msg"])
+
+    def on_resume(run_dir: str | None, language: str, last: Any) -> list[Any]:
+        if not run_dir:
+            return [t("train.pick_run", language), *[gr.update()] * 4]
+        try:
+            resume(run_dir)
+        except UserError as exc:
+            return [f"⚠ {exc}", *[gr.update()] * 4]
+        return [t("train.resumed", language, run=run_dir), *refresh(None, language, None, select=run_dir)]
+
+    c["resume_btn"].click(on_resume, [c["run_select"], lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
+
+    def on_pick(evt: gr.SelectData, language: str, last: Any) -> list[Any]:
+        rows = list_runs(ctx)
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        if not isinstance(row, int) or row >= len(rows):
+            return [gr.update()] * 4
+        return refresh(None, language, None, select=rows[row]["run_dir"])
+
+    c["runs_table"].select(on_pick, [lang, c["table_state"]], refresh_outputs)

@@ -1,0 +1,85 @@
+"""The page: a language radio above six tabs, each built by its module under app/tabs/.
+
+Tabs create their components into one dict `c` first and wire their events afterwards, because
+events cross tabs (Train starts the Parameters form on the Data tab's datasets).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from app.context import AppContext
+from app.i18n import t
+from app.tabs import chat, data, evaluate, export, params, train
+from app.ui_kit import Labels
+
+TABS = (("data", data), ("params", params), ("train", train), ("evaluate", evaluate), ("chat", chat),
+        ("export", export))
+
+CSS = """
+.qh-preview { display: flex; flex-direction: column; gap: 10px; }
+.qh-rec { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; }
+.qh-rec-head { font-size: 12px; color: var(--body-text-color-subdued); margin-bottom: 4px; }
+.qh-msg { border-radius: 10px; padding: 6px 10px; margin: 4px 0; max-width: 92%; }
+.qh-user { background: #e8f0fe; margin-right: auto; }
+.qh-assistant { background: #eaf6ec; margin-left: auto; }
+.qh-system { background: #f3f3f3; font-style: italic; }
+.qh-tool { background: #fff6e5; }
+.qh-doc { background: #f7f7f7; max-width: 100%; }
+.dark .qh-user { background: #233553; } .dark .qh-assistant { background: #1f3b2a; }
+.dark .qh-system, .dark .qh-doc { background: #2a2a2a; } .dark .qh-tool { background: #3b3220; }
+.qh-role { font-size: 11px; font-weight: 600; color: var(--body-text-color-subdued); }
+.qh-text { white-space: pre-wrap; word-break: break-word; }
+.qh-options { margin: 4px 0 4px 20px; } .qh-answer { font-weight: 600; color: #1a7f37; }
+.qh-job { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px; }
+.qh-job-head { margin-bottom: 6px; }
+.qh-state { border-radius: 10px; padding: 1px 8px; font-size: 12px; color: white; background: #888; }
+.qh-state-running { background: #2f6fde; } .qh-state-finished { background: #1a7f37; }
+.qh-state-failed { background: #c62828; } .qh-state-aborted { background: #b26a00; }
+.qh-bar { position: relative; height: 22px; border-radius: 6px; background: var(--background-fill-secondary);
+          overflow: hidden; }
+.qh-bar-fill { height: 100%; background: linear-gradient(90deg, #5b8def, #3dbb84); }
+.qh-bar-text { position: absolute; inset: 0; text-align: center; line-height: 22px; font-size: 13px; }
+.qh-job-meta { font-size: 13px; margin-top: 6px; color: var(--body-text-color-subdued); }
+.qh-error { margin-top: 6px; color: #c62828; font-weight: 600; }
+.qh-console textarea { font-family: ui-monospace, monospace; font-size: 12px; }
+#qh-header h1 { margin: 0; }
+.qh-plot { padding-top: 26px; } .qh-plot svg { width: 100%; height: auto; }
+.qh-plot-empty { padding: 40px; text-align: center; color: var(--body-text-color-subdued); }
+"""
+
+
+def theme() -> gr.themes.Base:
+    """Local fonts only: the page must not wait for a font server it cannot reach."""
+    fonts = ["Noto Sans CJK SC", "PingFang SC", "Microsoft YaHei", "system-ui", "sans-serif"]
+    return gr.themes.Soft(font=fonts, font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    L = Labels(ctx.lang)
+    names = data.dataset_names(ctx.data_dir)
+    c: dict[str, Any] = {"initial_values": params.initial_values(ctx, names), "load_events": []}
+    with gr.Blocks(title=t("app.title", ctx.lang), analytics_enabled=False) as demo:
+        with gr.Row(equal_height=True):
+            L.markdown("app.header", elem_id="qh-header")
+            c["lang"] = gr.Radio([("中文", "zh"), ("English", "en")], value=ctx.lang, show_label=False,
+                                 container=False, scale=0, min_width=180, elem_id="qh-lang")
+        with gr.Tabs():
+            for name, module in TABS:
+                with L.tab("tab." + name, id=name, elem_id="tab-" + name) as c["tab_" + name]:
+                    module.build(ctx, L, c)
+        for _, module in TABS:
+            module.wire(ctx, c)
+        c["lang"].change(L.relabel, c["lang"], L.components, show_progress="hidden")
+        for fn, inputs, outputs in c["load_events"]:
+            demo.load(fn, inputs, outputs, show_progress="hidden")
+    demo.qh_components = c  # for tests: the components by name
+    return demo
+
+
+def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
+    return {"theme": theme(), "css": CSS, "max_file_size": ctx.max_upload_bytes, "ssr_mode": False,
+            "footer_links": [], "allowed_paths": [], "show_error": True}
+

@@ -1,0 +1,406 @@
+"""The workbench's handlers as plain functions (no browser): i18n, the form, data views, uploads,
+job views, and that starting the UI imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+from app import jobview
+from app.context import make_context
+from app.i18n import LANGS, TEXT, t
+from app.tabs import chat, data, evaluate, export, params, train
+from trainer_core import runs
+from trainer_core.errors import Problem, UserError
+
+REPO = Path(__file__).resolve().parent.parent
+BAD_DATA = Path(__file__).parent / "bad_data"
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_data_dir, tiny_model_dir):
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data_dir)
+    return make_context(tmp_path / "work", data_dir, str(tiny_model_dir))
+
+
+def form(ctx, **changes):
+    values = params.initial_values(ctx, data.dataset_names(ctx.data_dir))
+    values.update(changes)
+    return values
+
+
+# ---- i18n ----------------------------------------------------------------------------------
+
+def test_every_string_has_chinese_and_english_with_the_same_placeholders():
+    assert LANGS == ("zh", "en")
+    for key, texts in TEXT.items():
+        assert len(texts) == 2 and all(text.strip() for text in texts), key
+        zh, en = texts
+        assert set(re.findall(r"{(\w+)}", zh)) == set(re.findall(r"{(\w+)}", en)), key
+
+
+def test_every_key_the_app_uses_is_in_the_table(ctx):
+    from app.ui import build_app
+
+    demo = build_app(ctx)  # a missing key raises KeyError while building
+    labels = [component for component in demo.blocks.values() if getattr(component, "label", None)]
+    assert any(getattr(c, "label", None) == "训练数据集" for c in labels)
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "app").rglob("*.py"))
+    used = set(re.findall(r'\bt\("([a-z_]+\.[a-z_0-9]+)"', source))
+    used |= set(re.findall(r'(?:text|label|info|placeholder)="([a-z_]+\.[a-z_0-9]+)"', source))
+    missing = sorted(k for k in used if k not in TEXT)
+    assert not missing
+    for key in params.FORM_KEYS:
+        assert f"cfg.{key}" in TEXT and f"help.{key}" in TEXT
+
+
+def test_relabel_gives_one_update_per_translated_component(ctx):
+    import gradio as gr
+
+    from app.ui_kit import Labels
+
+    L = Labels("zh")
+    with gr.Blocks():
+        button = L.make(gr.Button, text="train.start")
+        radio = L.make(gr.Radio, label="cfg.stage", choice_keys=[("stage.sft", "sft"), ("stage.pt", "pt")],
+                       value="sft")
+    assert button.value == "开始训练"
+    updates = L.relabel("en")
+    assert updates[0]["value"] == "Start training"
+    assert updates[1]["label"] == "Stage" and updates[1]["choices"][0] == ("SFT (supervised)", "sft")
+    assert radio.value == "sft"
+
+
+# ---- Parameters ----------------------------------------------------------------------------
+
+def test_initial_form_is_the_lora_preset_on_the_launch_model_and_sample_data(ctx):
+    values = form(ctx)
+    assert values["model_source"] == "local" and values["model_path"] == ctx.model
+    assert values["datasets"] == ["qa", "dialog"]  # conversation data; the text corpus is left out
+    assert values["finetuning_type"] == "lora" and values["max_steps"] == 30
+    cfg, fields, general = params.check(values)
+    assert cfg is not None, (fields, general)
+    assert cfg.dataset == "qa,dialog" and cfg.dataset_dir == str(ctx.data_dir)
+
+
+def test_problems_are_flagged_beside_their_fields(ctx):
+    cfg, fields, general = params.check(form(ctx, lora_rank=0, learning_rate=-1, lr_scheduler_type="cosine"))
+    assert cfg is None
+    assert set(fields) == {"lora_rank", "learning_rate"}
+    assert "out of range" in fields["lora_rank"]
+    assert params.field_info("lora_rank", "en", fields["lora_rank"]).startswith("⚠ lora_rank:")
+    assert params.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩 (an integer >= 1)"
+
+    _, fields, _ = params.check(form(ctx, bf16=True, fp16=True))
+    assert set(fields) == {"bf16", "fp16"}  # a rule about two keys flags both
+
+    _, fields, general = params.check(form(ctx, datasets=[]))
+    assert not fields and "dataset" in general[0]  # chosen on the Data tab, so reported in general
+
+
+def test_model_folder_must_exist_here(ctx, tmp_path):
+    _, fields, _ = params.check(form(ctx, model_source="local", model_path=str(tmp_path / "nope")))
+    assert "does not exist" in fields["model_path"]
+    _, fields, _ = params.check(form(ctx, model_source="known", model_path=""))
+    assert "local model folder" in fields["model_path"]
+    cfg, fields, _ = params.check(form(ctx, model_source="builtin"))
+    assert cfg.model_name_or_path == "default" and not fields
+
+
+def test_form_values_become_config_values(ctx):
+    raw = params.raw_config(form(ctx, deepspeed="none", packing="true", max_samples=0, eval_steps=None,
+                                 output_dir="  "))
+    assert raw["deepspeed"] == "" and raw["packing"] is True
+    assert raw["max_samples"] is None and raw["eval_steps"] is None and raw["output_dir"] == ""
+    assert params.raw_config(form(ctx, deepspeed="z3"))["deepspeed"] == "z3"
+
+
+def test_split_problems_maps_core_messages():
+    fields, general = params.split_problems(
+        "config problem(s):\n  - lora_rank: 0 is out of range (an integer >= 1)\n"
+        "  - QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed\n  - something else entirely")
+    assert fields["lora_rank"].startswith("lora_rank:")
+    assert "deepspeed" in fields  # named in the sentence (any case)
+    assert general == ["something else entirely"]
+
+
+def test_preview_shows_the_exact_command_and_run_yaml(ctx):
+    command, text = params.preview(form(ctx), ctx)
+    assert "-m trainer_core train" in command and str(ctx.outputs_root) in command
+    assert "run.yaml" in command
+    assert "finetuning_type: lora" in text and f"model_name_or_path: {ctx.model}" in text
+    with pytest.raises(UserError, match="lora_rank"):
+        params.preview(form(ctx, lora_rank=0), ctx)
+
+
+def test_save_and_load_config_round_trip(ctx):
+    path = params.save(form(ctx, lora_rank=16, learning_rate=5e-4), "configs/mine.yaml", ctx)
+    assert path == ctx.workdir / "configs" / "mine.yaml" and path.is_file()
+    values = params.load("configs/mine.yaml", ctx, form(ctx), data.dataset_names(ctx.data_dir))
+    assert values["lora_rank"] == 16 and values["learning_rate"] == 5e-4
+    assert values["datasets"] == ["qa", "dialog"] and values["model_path"] == ctx.model
+    with pytest.raises(UserError, match=r"\.yaml"):
+        params.save(form(ctx), "configs/mine.txt", ctx)
+    bad = ctx.workdir / "configs" / "bad.yaml"
+    bad.write_text("lora_rnk: 8\n", encoding="utf-8")
+    with pytest.raises(UserError, match="did you mean 'lora_rank'"):
+        params.load(str(bad), ctx, form(ctx), [])
+
+
+def test_preset_fills_the_form_but_keeps_the_data_folder_and_launch_model(ctx):
+    current = form(ctx)
+    values = params.values_from_config(params.read_preset(ctx, "sft_qlora"), ctx, current,
+                                       data.dataset_names(ctx.data_dir))
+    assert values["finetuning_type"] == "qlora" and values["max_steps"] == 10
+    assert values["dataset_dir"] == str(ctx.data_dir)
+    assert values["datasets"] == ["qa", "dialog"]  # the preset's tcm_qa is not in this folder
+    assert values["model_path"] == ctx.model
+
+
+# ---- Data ----------------------------------------------------------------------------------
+
+def test_preview_renders_conversations_escaped_and_paged():
+    examples = [{"messages": [{"role": "user", "content": f"<script>alert({i})</script>"},
+                              {"role": "assistant", "content": "黄芪补气"}], "source": "x", "index": i}
+                for i in range(12)]
+    page_html, page, text = data.render_page(examples, 3, "en")
+    assert page == 3 and "page 3 of 3" in text
+    assert "<script>" not in page_html and "&lt;script&gt;alert(10)" in page_html
+    assert "qh-user" in page_html and "qh-assistant" in page_html and "黄芪补气" in page_html
+    assert data.render_page(examples, 99, "zh")[1] == 3
+    assert data.render_page([], 1, "zh")[1] == 1
+
+
+def test_inspect_reports_problems_as_rows_not_tracebacks(ctx):
+    examples, problems = data.inspect_dataset("three_problems", str(BAD_DATA), "sft")
+    rows = data.problem_rows(problems)
+    assert [r[:2] for r in rows] == [[1, "output"], [2, "output"], [3, "instruction"]]
+    assert len(examples) == 1
+    examples, problems = data.inspect_dataset("broken_json", str(BAD_DATA), "sft")
+    assert examples == [] and data.problem_rows(problems)[0][0] == ""  # a whole-file problem has no record
+
+
+def test_text_data_is_read_as_pretraining_text_whatever_the_stage(ctx):
+    examples, problems = data.inspect_dataset("corpus", str(ctx.data_dir), "sft")
+    assert examples and not problems and "text" in examples[0]
+
+
+def test_stats_rows_and_token_lengths(ctx):
+    examples, _ = data.inspect_dataset("dialog", str(ctx.data_dir), "sft")
+    tokens, lengths = data.token_report(examples, ctx.model, "auto", 64)
+    assert len(lengths) == len(examples) and tokens["share_over_cutoff"] >= 0
+    rows = dict(data.stats_rows(data.text_stats(examples), tokens, "en"))
+    assert rows["records"] == "16" and rows["multi-turn share"] == "100.0%"
+    assert "tokens p95" in rows and "share over cutoff_len (truncated)" in rows
+    figure = data.histogram(lengths, 64, "zh")
+    assert figure.axes[0].lines[0].get_xdata()[0] == 64  # the cutoff line
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("../../etc/passwd.json", "passwd.json"),
+    ("/etc/cron.d/evil.jsonl", "evil.jsonl"),
+    ("..\\..\\windows\\x.csv", "x.csv"),
+    ("..json", "json.json"),
+    ("数据 集(1).JSON", "数据_集_1_.json"),
+])
+def test_upload_names_stay_inside_the_data_folder(tmp_path, name, expected):
+    if expected == "json.json":
+        with pytest.raises(UserError, match="unsupported file type"):
+            data.safe_upload_name(name, tmp_path)
+        return
+    target = data.safe_upload_name(name, tmp_path)
+    assert target.parent == tmp_path.resolve() and target.name == expected
+
+
+def test_upload_names_refuse_odd_types_and_never_overwrite(tmp_path):
+    for name in ("x.exe", "..", "/", "noext"):
+        with pytest.raises(UserError):
+            data.safe_upload_name(name, tmp_path)
+    (tmp_path / "qa.json").write_text("[]")
+    assert data.safe_upload_name("qa.json", tmp_path).name == "qa-1.json"
+
+
+def test_register_upload_copies_and_registers(ctx, tmp_path):
+    upload = tmp_path / "upload" / "新数据.csv"
+    upload.parent.mkdir()
+    upload.write_text("问题,回答\n黄芪的功效?,补气升阳\n当归的功效?,补血活血\n", encoding="utf-8")
+    name, target = data.register_upload(str(upload), "../../新数据.csv", "my set", "alpaca",
+                                        "instruction=问题, output=回答", ctx, ctx.data_dir)
+    assert name == "my_set" and target == ctx.data_dir / "新数据.csv" and target.is_file()
+    info = json.loads((ctx.data_dir / "dataset_info.json").read_text(encoding="utf-8"))
+    assert info["my_set"]["columns"] == {"instruction": "问题", "output": "回答"}
+    examples, problems = data.inspect_dataset("my_set", str(ctx.data_dir), "sft")
+    assert len(examples) == 2 and not problems
+    with pytest.raises(UserError, match="exists already"):
+        data.register_upload(str(upload), "x.csv", "my_set", "alpaca", "instruction=问题, output=回答", ctx,
+                             ctx.data_dir)
+
+
+def test_register_refuses_a_file_with_problems_and_an_oversized_file(ctx):
+    with pytest.raises(UserError, match="3 problem"):
+        data.register_upload(str(BAD_DATA / "three_problems.json"), "three.json", "three", "alpaca", "", ctx,
+                             ctx.data_dir)
+    assert "three" not in data.dataset_names(ctx.data_dir)
+    ctx.max_upload_bytes = 10
+    with pytest.raises(UserError, match="upload limit"):
+        data.check_upload(str(BAD_DATA / "three_problems.json"), "alpaca", "", "sft", ctx.max_upload_bytes)
+
+
+def test_check_upload_of_a_broken_file_lists_problems():
+    _, problems = data.check_upload(str(BAD_DATA / "broken.json"), "alpaca", "", "sft", 1 << 20)
+    assert problems and problems[0].record is None
+    with pytest.raises(UserError, match="field=column"):
+        data.parse_columns("instruction")
+    assert data.parse_columns('{"output": "回答"}') == {"output": "回答"}
+    assert data.parse_columns("instruction=问题，output=回答") == {"instruction": "问题", "output": "回答"}
+
+
+# ---- jobs: train, eval, export -------------------------------------------------------------
+
+def _fake_run(root: Path, name: str, state: str, losses: list[float], error: str | None = None) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / runs.CONFIG_FILE).write_text("stage: sft\n")
+    runs.update_status(run_dir, state=state, pid=None, pgid=None, started_at=runs.now_iso(), error=error)
+    for step, loss in enumerate(losses, start=1):
+        runs.append_log(run_dir, {"step": step, "total_steps": 4, "loss": loss,
+                                  "eval_loss": loss + 0.1 if step == 2 else None, "eta_seconds": 3})
+    (run_dir / runs.CONSOLE_FILE).write_text("line 1\nline 2\n")
+    return run_dir
+
+
+def test_runs_table_progress_and_curves(ctx):
+    first = _fake_run(ctx.outputs_root, "sft-lora-1", "finished", [2.0, 1.5, 1.2, 1.0])
+    second = _fake_run(ctx.outputs_root, "sft-lora-2", "failed", [2.1, 1.9], error="Out of memory: <lower> it.")
+    rows = train.list_runs(ctx)
+    assert {r["run_dir"] for r in rows} == {str(first), str(second)}
+    table = {r[0]: r for r in train.table_rows(rows, "en")}
+    assert table["sft-lora-1"][1:4] == ["finished", "4/4", "1.0000"]
+    rows = train.plot_rows(str(first), [str(second)], "en")
+    assert {r["series"] for r in rows} == {"sft-lora-1 · train", "sft-lora-1 · eval", "sft-lora-2 · train",
+                                           "sft-lora-2 · eval"}
+    assert [r["loss"] for r in train.plot_rows(str(first), None, "en") if r["series"] == "train"] == [2.0, 1.5, 1.2,
+                                                                                                       1.0]
+    svg = train.plot_html(rows, "zh")
+    tree = ElementTree.fromstring(svg[svg.index("<svg"):svg.rindex("</svg>") + 6])
+    markers = [len(group.findall(".//{http://www.w3.org/2000/svg}use"))
+               for group in tree.iter("{http://www.w3.org/2000/svg}g") if group.get("id", "").startswith("loss-")]
+    assert markers == [4, 1, 2, 1]  # a marker per logged point: train and eval of each run
+    assert "sft-lora-2 · eval" in svg and "步数" in svg
+    assert "还没有记录到 loss" in train.plot_html([], "zh")
+    failed = jobview.progress_html(jobview.job_progress(str(second)), "en")
+    assert "Out of memory: &lt;lower&gt; it." in failed and "failed" in failed and "2 / 4" in failed
+    assert "100%" in jobview.progress_html(jobview.job_progress(str(first)), "zh")
+
+
+def test_start_refuses_an_invalid_form_and_resume_needs_a_stopped_run(ctx, tmp_path):
+    with pytest.raises(UserError, match="lora_rank"):
+        train.start(form(ctx, lora_rank=0), ctx)
+    with pytest.raises(UserError, match="no run.yaml"):
+        train.resume(str(tmp_path))
+
+
+def test_console_tail_reads_only_appended_lines(tmp_path):
+    (tmp_path / runs.CONSOLE_FILE).write_text("a\nb\n")
+    text, state = jobview.console_tail({}, str(tmp_path))
+    assert text == "a\nb"
+    with open(tmp_path / runs.CONSOLE_FILE, "a") as fh:
+        fh.write("c\npartial")
+    text, state = jobview.console_tail(state, str(tmp_path))
+    assert text == "a\nb\nc"  # the unfinished line waits for its end
+    assert jobview.console_tail(state, None) == ("", {})
+
+
+def test_only_changed_sends_what_changed():
+    assert jobview.only_changed([1, "x"], None) == [1, "x"]
+    same, new = jobview.only_changed([1, "y"], [1, "x"])
+    assert same == {"__type__": "update"} and new == "y"
+
+
+def test_eval_and_export_commands(ctx, tmp_path):
+    args = evaluate.eval_args("RUN", tasks=["ppl", "generate"], datasets=["qa"], dataset_dir="/d", split="all",
+                              max_samples=5, n_shot=0, max_new_tokens=32, batch_size=2)
+    assert args == ["--run", "RUN", "--task", "ppl,generate", "--dataset", "qa", "--dataset_dir", "/d",
+                    "--split", "all", "--max_samples", "5", "--n_shot", "0", "--max_new_tokens", "32",
+                    "--batch_size", "2"]
+    assert "--base_only" in evaluate.eval_args("RUN", base_only=True)
+    assert export.export_args("RUN", "float16", "1GB", [], True) == [
+        "--run", "RUN", "--dtype", "float16", "--max_shard_size", "1GB", "--gguf", "none", "--overwrite"]
+    with pytest.raises(UserError, match="pick a finished run"):
+        evaluate.start_eval("", [])
+    run = _fake_run(ctx.outputs_root, "sft-lora-3", "finished", [1.0])
+    assert evaluate.finished_runs(ctx) == []  # no adapter/ yet
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    assert evaluate.finished_runs(ctx) == [str(run)]
+    (run / "export").mkdir()
+    (run / "export" / "loss.png").write_bytes(b"\x89PNG")
+    (run / "export" / "README.md").write_text("# card\n![loss](loss.png)\n![x](../secret.png)\n")
+    card = export.model_card(str(run))
+    assert "data:image/png;base64," in card and "](../secret.png)" in card
+    assert [row[0] for row in export.export_files(str(run))] == ["README.md", "loss.png"]
+
+
+def test_eval_results_render_with_the_core_compare(tmp_path):
+    job = tmp_path / "eval" / "20260101-000000"
+    job.mkdir(parents=True)
+    runs.update_status(job, state="finished")
+    assert evaluate.results_markdown([str(job)]) == ""  # status.json is not a result
+    result = {"task": "ppl", "dataset": "qa", "split": "validation", "label": "tuned (adapter)", "n_shot": 0,
+              "metrics": {"loss": 1.2, "perplexity": 3.32, "tokens": 100}}
+    (job / "ppl-qa.json").write_text(json.dumps(result))
+    table = evaluate.results_markdown([str(job)])
+    assert "perplexity" in table and "3.32" in table
+
+
+# ---- Chat ----------------------------------------------------------------------------------
+
+class FakeSession:
+    has_adapter = True
+    model = object()
+
+    def stream(self, history, message, system="", settings=None, use_adapter=True):
+        reply = ("tuned " if use_adapter else "base ") + message
+        for end in range(1, len(reply) + 1):
+            yield reply[:end]
+
+
+def test_chat_streams_growing_replies_and_compares(monkeypatch):
+    monkeypatch.setattr(chat, "_SESSION", FakeSession())
+    settings = chat.generation_settings(16, 0.7, 0.9, 50, 1.1, False)
+    steps = list(chat.respond("你好", [], [], "", settings, compare=False))
+    assert len(steps) > 2 and steps[-1][0][-1] == {"role": "assistant", "content": "tuned 你好"}
+    assert steps[0][0][-1]["content"] == "t"  # streamed: the reply grows
+    tuned, base = list(chat.respond("hi", [], [], "", settings, compare=True))[-1]
+    assert base[-1]["content"] == "base hi" and tuned[-1]["content"] == "tuned hi"
+    with pytest.raises(UserError):
+        chat.generation_settings(16, 9, 0.9, 50, 1.1, False)
+
+
+# ---- start-up ------------------------------------------------------------------------------
+
+def test_building_the_ui_imports_neither_torch_nor_transformers(tmp_path, tiny_data_dir):
+    code = ("import sys; from app.context import make_context; from app.ui import build_app; "
+            f"build_app(make_context({str(tmp_path)!r}, {str(tiny_data_dir)!r})); "
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'matplotlib') if m in sys.modules]; "
+            "print('HEAVY', heavy)")
+    started = time.time()
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    assert time.time() - started < 60
+
+
+def test_problem_rows_keep_whole_file_problems_first():
+    rows = data.problem_rows([Problem("f.json", None, None, "not JSON"), Problem("f.json", 3, "output", "missing")])
+    assert rows == [["", "", "not JSON"], [3, "output", "missing"]]
+    assert t("data.page_of", "en", page=1, pages=2, records=7) == "page 1 of 2, 7 records"
