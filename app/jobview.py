@@ -104,11 +104,3 @@ def scroll_to_end(textbox: Any, elem_id: str) -> None:
     """Keep a console showing its newest lines (a textarea keeps its scroll position otherwise)."""
     textbox.change(None, None, None, js=f"() => {{ const t = document.querySelector('#{elem_id} textarea'); "
                                         "if (t) t.scrollTop = t.scrollHeight; }")
-
-
-def human_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"

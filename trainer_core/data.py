@@ -276,7 +276,7 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -
         return fail(f'a .txt file holds raw text: register it with "formatting": "text", not {formatting}')
     size = path.stat().st_size
     if size > max_file_bytes:  # refused before reading: the file is loaded into memory whole
-        return fail(f"file is {_human_size(size)}; the limit is {_human_size(max_file_bytes)} "
+        return fail(f"file is {human_size(size)}; the limit is {human_size(max_file_bytes)} "
                     "(max_file_bytes): split it or raise the limit")
     if suffix == ".parquet":
         return _read_parquet(path, display)
@@ -834,7 +834,8 @@ def _json_kind(value: Any) -> str:
     return "null"
 
 
-def _human_size(size: int) -> str:
+def human_size(size: float) -> str:
+    """Bytes as a person reads them (the UI shows file sizes with it too)."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"

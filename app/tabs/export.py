@@ -21,6 +21,7 @@ from app.i18n import t
 from app.tabs.evaluate import run_choices
 from app.ui_kit import Labels
 from trainer_core import jobs
+from trainer_core.data import human_size
 from trainer_core.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")  # trainer_core.export.DTYPES, without importing it at start
@@ -57,7 +58,7 @@ def export_files(run_dir: str | None) -> list[list[Any]]:
     folder = Path(run_dir) / EXPORT_DIR
     if not folder.is_dir():
         return []
-    return [[str(p.relative_to(folder)), jobview.human_size(p.stat().st_size)] for p in sorted(folder.rglob("*"))
+    return [[str(p.relative_to(folder)), human_size(p.stat().st_size)] for p in sorted(folder.rglob("*"))
             if p.is_file()]
 
 
