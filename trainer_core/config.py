@@ -106,7 +106,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     """Read a YAML config (or start from defaults), apply overrides, check everything."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = read_yaml(Path(path))
     if isinstance(overrides, dict):
         raw.update(overrides)
     elif overrides:
@@ -186,7 +186,7 @@ def default_output_dir(cfg: TrainConfig, root: str | Path = "outputs") -> str:
     return str(Path(root) / f"{cfg.stage}-{cfg.finetuning_type}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist")
     try:
@@ -223,7 +223,7 @@ def _convert(name: str, value: Any) -> Any:
             return None
         if kind is str:
             return ""
-        raise ValueError(f"{name}: a value is required ({_allowed(name)})")
+        raise ValueError(f"{name}: a value is required ({allowed_values(name)})")
     try:
         if kind is bool:
             converted = _to_bool(value)
@@ -234,19 +234,19 @@ def _convert(name: str, value: Any) -> Any:
         else:
             converted = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: '{value}' is not a valid {kind.__name__} ({_allowed(name)})") from None
+        raise ValueError(f"{name}: '{value}' is not a valid {kind.__name__} ({allowed_values(name)})") from None
     if meta["choices"] is not None and converted not in meta["choices"]:
         raise ValueError(f"{name}: '{value}' is not allowed; choose one of "
                          f"{', '.join(str(c) for c in meta['choices'])}")
     low, high = meta["min"], meta["max"]
     if low is not None and (converted < low or (meta["min_exclusive"] and converted == low)):
-        raise ValueError(f"{name}: {value} is out of range ({_allowed(name)})")
+        raise ValueError(f"{name}: {value} is out of range ({allowed_values(name)})")
     if high is not None and converted > high:
-        raise ValueError(f"{name}: {value} is out of range ({_allowed(name)})")
+        raise ValueError(f"{name}: {value} is out of range ({allowed_values(name)})")
     return converted
 
 
-def _allowed(name: str) -> str:
+def allowed_values(name: str) -> str:
     f = KEYS[name]
     meta = f.metadata
     if meta["choices"]:

@@ -22,7 +22,7 @@ from app.i18n import t
 from app.models_catalog import KNOWN_MODELS, known_model
 from app.tabs.data import dataset_names
 from app.ui_kit import Labels
-from trainer_core.config import DEEPSPEED_PRESETS, KEYS, TrainConfig, _allowed, config_from_dict, config_to_yaml
+from trainer_core.config import DEEPSPEED_PRESETS, KEYS, TrainConfig, allowed_values, config_from_dict, config_to_yaml
 from trainer_core.errors import UserError
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
@@ -197,7 +197,7 @@ def field_info(key: str, lang: str, problem: str | None = None) -> str:
     if problem:
         return "⚠ " + problem
     if key in KEYS:
-        return f"{t('help.' + key, lang)} ({_allowed(key)})"
+        return f"{t('help.' + key, lang)} ({allowed_values(key)})"
     return t("help." + key, lang)
 
 
@@ -249,10 +249,10 @@ def resolve_config_path(path: str, ctx: AppContext) -> Path:
 
 def load(path: str, ctx: AppContext, current: dict[str, Any], available: list[str]) -> dict[str, Any]:
     """Values from a saved config (or a run's run.yaml); checked as the CLI would."""
-    from trainer_core.config import _read_yaml
+    from trainer_core.config import read_yaml
 
     target = resolve_config_path(path, ctx)
-    raw = _read_yaml(target)
+    raw = read_yaml(target)
     config_from_dict(raw)  # report what is wrong with it now, not at start
     return values_from_config(raw, ctx, current, available, keep_data_dir=False)
 
