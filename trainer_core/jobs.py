@@ -27,6 +27,8 @@ from trainer_core.errors import UserError
 
 RANKS_DIR = "ranks"  # each training process writes <rank>.pid here, so an abort reaches it directly
 ABORT_GRACE_SECONDS = 120
+OUT_OF_MEMORY_ADVICE = ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on "
+                        "gradient_checkpointing, or use deepspeed z3_offload.")
 
 
 def free_port() -> int:
@@ -209,8 +211,7 @@ def explain_exit(run_dir: Path, code: int) -> tuple[str, str | None]:
 def explain_console(text: str, code: int) -> str:
     lowered = text.lower()
     if "out of memory" in lowered:
-        return ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on gradient_checkpointing, "
-                "or use deepspeed z3_offload.")
+        return OUT_OF_MEMORY_ADVICE
     if "address already in use" in lowered or "eaddrinuse" in lowered:
         return "The rendezvous port is in use by another job; start again (a free port is picked each time)."
     if "nccl" in lowered and "error" in lowered:

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -84,12 +83,11 @@ def deepspeed_config(name_or_path: str) -> dict:
 def _single_process_distributed_env() -> None:
     """DeepSpeed needs a process group even for one process; give it one on a free local port
     when no launcher (deepspeed / torchrun) set the usual variables."""
+    from trainer_core.jobs import free_port
+
     if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
         return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def setup_reporting(cfg: TrainConfig, run_dir: Path) -> None:
@@ -320,8 +318,9 @@ def explain_failure(exc: BaseException) -> str:
     if isinstance(exc, UserError):
         return text
     if "out of memory" in text.lower():
-        return ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on gradient_checkpointing, "
-                f"or use deepspeed z3_offload. ({last})")
+        from trainer_core.jobs import OUT_OF_MEMORY_ADVICE
+
+        return f"{OUT_OF_MEMORY_ADVICE} ({last})"
     if isinstance(exc, KeyboardInterrupt):
         return "Interrupted (Ctrl-C)."
     return f"Training failed with an unexpected error; see console.log. ({last})"

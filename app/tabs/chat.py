@@ -15,7 +15,7 @@ import gradio as gr
 from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
-from app.tabs.evaluate import run_choices
+from app.tabs.evaluate import refreshed_run_picker, run_choices
 from app.ui_kit import Labels
 from trainer_core.chat import ChatSession, GenerationSettings
 from trainer_core.errors import UserError
@@ -109,9 +109,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     f = c["fields"]
 
     def on_tab(run_dir: str | None) -> Any:
-        choices = run_choices(ctx)
-        value = run_dir if run_dir in [d for _, d in choices] else (choices[0][1] if choices else None)
-        return gr.update(choices=choices, value=value)
+        return refreshed_run_picker(ctx, run_dir)
 
     c["tab_chat"].select(on_tab, c["chat_run"], c["chat_run"])
 

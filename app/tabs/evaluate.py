@@ -38,6 +38,13 @@ def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return [(Path(d).name, d) for d in finished_runs(ctx)]
 
 
+def refreshed_run_picker(ctx: AppContext, run_dir: str | None) -> Any:
+    """The finished runs as choices, keeping the picked one if it still exists (else the newest)."""
+    choices = run_choices(ctx)
+    value = run_dir if run_dir in [d for _, d in choices] else (choices[0][1] if choices else None)
+    return gr.update(choices=choices, value=value)
+
+
 def eval_args(run_dir: str, *, base_only: bool = False, tasks: list[str] | None = None,
               datasets: list[str] | None = None, dataset_dir: str = "", split: str = "auto",
               max_samples: int | None = None, n_shot: int = 0, max_new_tokens: int = 128,
@@ -132,9 +139,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     lang = c["lang"]
 
     def on_tab(run_dir: str | None, dataset_dir: str) -> list[Any]:
-        choices = run_choices(ctx)
-        value = run_dir if run_dir in [d for _, d in choices] else (choices[0][1] if choices else None)
-        return [gr.update(choices=choices, value=value), gr.update(choices=dataset_choices(dataset_dir))]
+        return [refreshed_run_picker(ctx, run_dir), gr.update(choices=dataset_choices(dataset_dir))]
 
     c["tab_evaluate"].select(on_tab, [c["eval_run"], c["dataset_dir"]], [c["eval_run"], c["eval_datasets"]])
 
