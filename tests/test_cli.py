@@ -23,7 +23,8 @@ def test_dataset_problems_exit_2_naming_file_record_and_field(cli, tiny_model_di
     out = tmp_path / "run"
     result = _train(cli, tiny_model_dir, "dataset=misspelled,role_order", f"output_dir={out}")
     assert result.returncode == 2, result.stderr
-    assert "misspelled.json, record 0, field 'instruction': missing; did you mean 'instrution'?" in result.stderr
+    assert ("misspelled.json, record 0, field 'instruction': missing; the record has 'instrution' instead: "
+            "rename it to 'instruction'") in result.stderr
     assert "role_order.json, record 1" in result.stderr and "role_order.json, record 3" in result.stderr
     assert "Traceback" not in result.stderr
     status = (out / "status.json").read_text()

@@ -261,8 +261,8 @@ BAD_CASES = {
     "top_level_object": [("top_level_object.json", None, None,
                           "expected a JSON list of records, got an object")],
     "misspelled": [("misspelled.json", 0, "instruction",
-                    ("missing; did you mean 'instrution'? (rename it in the file or map it with \"columns\" "
-                    "in dataset_info.json)"))],
+                    ("missing; the record has 'instrution' instead: rename it to 'instruction' in the file "
+                     "or map it with \"columns\" in dataset_info.json"))],
     "empty_answer": [("empty_answer.json", 1, "output", "empty answer")],
     "wrong_type": [("wrong_type.json", 0, "output", "must be a string, got int")],
     "role_order": [

@@ -43,6 +43,9 @@ class GenerationSettings:
             raise UserError("; ".join(problems))
 
 
+LOAD_WAIT_SECONDS = 600.0  # a load waits this long for a running answer, then is refused
+
+
 class ChatSession:
     """A loaded model and what is needed to answer with it. Thread-safe: one generation at a
     time (a second caller waits), so two users never get crossed replies."""
@@ -53,17 +56,24 @@ class ChatSession:
         self.description = ""
         self.has_adapter = False
         self._lock = threading.Lock()
+        self.load_wait_seconds = LOAD_WAIT_SECONDS
 
     def load(self, model_name_or_path: str = "default", adapter: str | None = None, dtype: str = "auto",
              log=print) -> str:
-        """Load a model (replacing the loaded one); with `adapter` the LoRA is kept separate."""
+        """Load a model (replacing the loaded one); with `adapter` the LoRA is kept separate. While
+        an answer is being generated this waits for it (up to load_wait_seconds, then refuses)."""
         from trainer_core.models import load_for_inference
 
-        with self._lock:
+        if not self._lock.acquire(timeout=self.load_wait_seconds):
+            raise UserError(f"the loaded model is busy answering (waited {self.load_wait_seconds:.0f} s); "
+                            "load the new model when the answer is finished")
+        try:
             self._unload()
             self.model, self.tokenizer = load_for_inference(model_name_or_path, adapter, dtype, log=log)
             self.has_adapter = bool(adapter)
             self.description = model_name_or_path + (f" + {adapter}" if adapter else "")
+        finally:
+            self._lock.release()
         return self.description
 
     def load_run(self, run_dir: str | Path, log=print) -> str:
@@ -118,6 +128,8 @@ class ChatSession:
                       eos_token_id=self._stop_ids(), pad_token_id=self.tokenizer.pad_token_id)
         if sampling:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
+        cancelled = threading.Event()
+        kwargs["stopping_criteria"] = _stop_when(cancelled)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -133,10 +145,15 @@ class ChatSession:
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         text = ""
-        for piece in streamer:
-            text += piece
-            yield text
-        worker.join()
+        try:
+            for piece in streamer:
+                text += piece
+                yield text
+        finally:
+            # A caller that stops reading (closes the stream) ends the generation here, before the
+            # lock goes to the next caller: never two generations (or adapter switches) at once.
+            cancelled.set()
+            worker.join()
         if errors:
             raise errors[0]
 
@@ -168,6 +185,18 @@ class ChatSession:
             raise UserError("base vs tuned needs a model loaded with a LoRA adapter")
         return {"base": self.reply(history, message, system, settings, use_adapter=False),
                 "tuned": self.reply(history, message, system, settings, use_adapter=True)}
+
+
+def _stop_when(event: threading.Event) -> Any:
+    """Stopping criteria that end generate() once the event is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # noqa: ARG002 - the StoppingCriteria signature
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
 
 
 def add_arguments(parser) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +139,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.bf16 and cfg.fp16:
         errors.append("bf16 and fp16 are both true; choose one")
     if cfg.deepspeed and cfg.deepspeed not in DEEPSPEED_PRESETS and not cfg.deepspeed.endswith(".json"):
+        close = difflib.get_close_matches(cfg.deepspeed, DEEPSPEED_PRESETS, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
         errors.append(f"deepspeed: '{cfg.deepspeed}' is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) "
-                      "nor a .json file")
+                      f"nor a .json file{hint}")
     if cfg.finetuning_type == "qlora" and cfg.deepspeed in ("z3", "z3_offload"):
         errors.append("QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed")
     if not [d for d in cfg.dataset.split(",") if d.strip()]:
@@ -230,11 +233,11 @@ def _convert(name: str, value: Any) -> Any:
         elif kind is int:
             converted = _to_int(value)
         elif kind is float:
-            converted = float(value) if not isinstance(value, bool) else _fail()
+            converted = _to_float(value)
         else:
-            converted = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+            converted = _to_str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: '{value}' is not a valid {kind.__name__} ({allowed_values(name)})") from None
+        raise ValueError(f"{name}: {_quote(value)} is not a valid {kind.__name__} ({allowed_values(name)})") from None
     if meta["choices"] is not None and converted not in meta["choices"]:
         raise ValueError(f"{name}: '{value}' is not allowed; choose one of "
                          f"{', '.join(str(c) for c in meta['choices'])}")
@@ -290,5 +293,26 @@ def _to_int(value: Any) -> int:
     return int(str(value).strip())
 
 
-def _fail() -> Any:
-    raise ValueError("bool is not a number")
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    converted = float(value)
+    if not math.isfinite(converted):  # nan passes every range check; inf is no setting either
+        raise ValueError(value)
+    return converted
+
+
+def _to_str(value: Any) -> str:
+    """Text, or a YAML list of names joined by commas; a mapping or a yes/no is a mistake."""
+    scalars = (str, int, float)
+    if isinstance(value, list) and all(isinstance(v, scalars) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, scalars):
+        raise TypeError(value)
+    return str(value)
+
+
+def _quote(value: Any, limit: int = 60) -> str:
+    """A value quoted for a message, cut so that a huge value never floods it."""
+    text = f"'{value}'"
+    return text if len(text) <= limit else text[: limit - 5] + " ...'"

@@ -8,7 +8,9 @@ A dataset is named in `<dataset_dir>/dataset_info.json`, in LLaMA-Factory's layo
 Reading goes file -> rows -> examples:
 
 1. A reader picked by the file extension (.json, .jsonl, .csv, .tsv, .parquet, .txt) decodes the
-   file (UTF-8 with or without BOM, else GB18030) and returns raw rows, each with its 0-based index.
+   file (UTF-8 with or without BOM, UTF-16/32 with a BOM, else GB18030) and returns raw rows, each
+   with its 0-based index. NaN (pandas' mark for a missing value: a JSON NaN, a "NaN" CSV cell) is
+   read as an empty value.
 2. A converter picked by `formatting` turns each row into an example:
    - alpaca, sharegpt, openai -> {"messages": [{"role": "system"|"user"|"assistant", "content": str}]}
    - text -> {"text": str}
@@ -26,6 +28,7 @@ Import stays light on purpose (the UI and the CLI import it): pyarrow is importe
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import io
@@ -34,7 +37,7 @@ import math
 import random
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +81,9 @@ COMMON_ROLES = {
     "observation": "tool", "function_call": "tool", "function": "tool", "tool": "tool",
 }
 OPTION_LETTERS = "ABCDEFGHIJ"
-FIX_HINT = '(rename it in the file or map it with "columns" in dataset_info.json)'
+NAN_CELLS = {"nan", "NaN", "NAN"}  # how a CSV written from pandas (or str()) spells a missing value
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\ud800" escape in JSON: not valid Unicode
+FIX_HINT = 'in the file or map it with "columns" in dataset_info.json'
 
 Rows = list[tuple[int, Any]]  # (0-based record index in the file, the record as read)
 Errors = list[tuple[str | None, str]]  # (field name in the file, message) for one record
@@ -206,8 +211,9 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
     spec = _make_spec(entry["formatting"], entry.get("columns"), entry.get("tags"), where)
     _check_stage(spec.formatting, stage, f"dataset '{name}'")
     path = dataset_dir / file_name
-    if not path.exists():
-        return [], [Problem(file_name, None, None, f"file not found: {path.resolve()} ({where})")]
+    problem = _open_problem(path, file_name, f" ({where})")
+    if problem:
+        return [], [problem]
     return _read(path, file_name, spec, stage, name, max_record_chars, max_file_bytes)
 
 
@@ -219,8 +225,9 @@ def read_file(path: str | Path, formatting: str, columns: dict | None = None, st
     path = Path(path)
     spec = _make_spec(formatting, columns, tags, f"file '{display}'")
     _check_stage(formatting, stage, f"file '{display}'")
-    if not path.exists():
-        return [], [Problem(display, None, None, f"file not found: {path.resolve()}")]
+    problem = _open_problem(path, display)
+    if problem:
+        return [], [problem]
     return _read(path, display, spec, stage, path.name, max_record_chars, max_file_bytes)
 
 
@@ -232,10 +239,24 @@ def _entry(info: dict[str, dict], name: str, info_path: Path) -> dict:
                     f"(available: {available})")
 
 
+def _open_problem(path: Path, display: str, where: str = "") -> Problem | None:
+    """A problem when `path` is absent or a name the system refuses (too long, a NUL byte in it)."""
+    try:
+        if path.exists():
+            return None
+        message = f"file not found: {path.resolve()}"
+    except (OSError, ValueError) as e:
+        message = f"cannot open the file: {e}"
+    return Problem(display, None, None, message + where)
+
+
 def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_record_chars: int,
           max_file_bytes: int) -> tuple[list[dict], list[Problem]]:
     """Read rows, check their size, convert them; collect every problem on the way."""
-    rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes)
+    try:
+        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes)
+    except OSError as e:  # no permission, a file that vanished, a device
+        return [], [Problem(display, None, None, f"cannot read the file: {e.strerror or e}")]
     convert = CONVERTERS[spec.formatting]
     examples = []
     for index, row in rows:
@@ -244,6 +265,10 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
         if size > max_record_chars:
             problems.append(Problem(display, index, None, f"record is {size:,} characters; "
                                     f"the limit is {max_record_chars:,} (max_record_chars)"))
+            continue
+        bad_unicode = _surrogate_problem(row)
+        if bad_unicode is not None:  # it could not be printed, tokenized or saved
+            problems.append(Problem(display, index, *bad_unicode))
             continue
         example, errors = convert(row, spec)
         if errors:
@@ -256,7 +281,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
         example["index"] = index
         examples.append(example)
     problems.sort(key=lambda p: -1 if p.record is None else p.record)  # file order; whole-file first
-    return examples, problems
+    return examples, [_printable(p) for p in problems]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +308,8 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -
     text, problem = _decode(path.read_bytes(), display)
     if problem:
         return [], [problem]
+    if suffix in (".json", ".jsonl", ".txt") and not text.strip():
+        return fail("the file is empty")
     if suffix == ".json":
         return _parse_json(text, display)
     if suffix == ".jsonl":
@@ -293,10 +320,19 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -
 
 
 def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
+    # Excel's "Unicode text" is UTF-16 with a BOM; UTF-32's BOM starts like UTF-16's, so it goes first.
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding), None
+            except UnicodeDecodeError:
+                return "", Problem(display, None, None, f"starts with a {encoding.upper()} byte-order mark "
+                                   f"but is not valid {encoding.upper()} text; save it as UTF-8")
     # NUL bytes never occur in UTF-8 or GB18030 text; they mean a binary (or UTF-16) file.
     if b"\x00" in data[:8192]:
         return "", Problem(display, None, None, "not a text file (it contains NUL bytes); "
-                           "save it as UTF-8 text (a UTF-16 file looks like this too)")
+                           "save it as UTF-8 text (UTF-16 without a byte-order mark looks like this too)")
     for encoding in ("utf-8-sig", "gb18030"):  # utf-8-sig also reads UTF-8 without a BOM
         try:
             return data.decode(encoding), None
@@ -306,13 +342,26 @@ def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
                        "save it as UTF-8")
 
 
+def _json_error(error: ValueError | RecursionError) -> str:
+    """Why json.loads refused a text; its line and column are added by the caller."""
+    if isinstance(error, json.JSONDecodeError):
+        if error.msg.startswith("Invalid control character"):  # Python's message ends in a dangling "at"
+            return "a control character inside a string (a raw line break or tab? write it as \\n or \\t)"
+        return error.msg
+    if isinstance(error, RecursionError):
+        return "values are nested too deeply"
+    return "a number has too many digits"  # Python refuses integers of more than 4300 digits
+
+
 def _parse_json(text: str, display: str) -> tuple[Rows, list[Problem]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = " (one JSON object per line? then name the file .jsonl)" if e.msg == "Extra data" else ""
-        message = f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}"
+        message = f"invalid JSON at line {e.lineno}, column {e.colno}: {_json_error(e)}{hint}"
         return [], [Problem(display, None, None, message)]
+    except (ValueError, RecursionError) as e:
+        return [], [Problem(display, None, None, f"invalid JSON: {_json_error(e)}")]
     if not isinstance(data, list):
         message = f"expected a JSON list of records, got {_json_kind(data)}"
         lists = [k for k, v in data.items() if isinstance(v, list)] if isinstance(data, dict) else []
@@ -332,8 +381,9 @@ def _parse_jsonl(text: str, display: str) -> tuple[Rows, list[Problem]]:
             continue
         try:
             rows.append((index, json.loads(line)))
-        except json.JSONDecodeError as e:
-            message = f"line {line_number}: invalid JSON at column {e.colno}: {e.msg}"
+        except (ValueError, RecursionError) as e:
+            column = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            message = f"line {line_number}: invalid JSON{column}: {_json_error(e)}"
             problems.append(Problem(display, index, None, message))
         index += 1
     return rows, problems
@@ -363,7 +413,8 @@ def _parse_csv(text: str, display: str, delimiter: str) -> tuple[Rows, list[Prob
                 message = f"line {reader.line_num}: {len(cells)} cells, but the header has {len(header)}"
                 problems.append(Problem(display, index, None, message))
             else:
-                rows.append((index, dict(zip(header, cells))))
+                rows.append((index, {name: math.nan if cell.strip() in NAN_CELLS else cell
+                                     for name, cell in zip(header, cells)}))
             index += 1
     except csv.Error as e:
         problems.append(Problem(display, None, None, f"line {reader.line_num}: {e}"))
@@ -413,9 +464,9 @@ def _alpaca(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
     system = _string(row, k["system"], errors)
     question = "\n".join(part for part in (instruction, extra) if part and part.strip())
     if k["instruction"] in row and instruction is not None and extra is not None and not question:
-        errors.append((k["instruction"], "empty question"))
+        errors.append((k["instruction"], _empty("question", row[k["instruction"]], row.get(k["input"]))))
     if k["output"] in row and output is not None and not output.strip():
-        errors.append((k["output"], "empty answer"))
+        errors.append((k["output"], _empty("answer", row[k["output"]])))
 
     messages = [{"role": "system", "content": system}] if system and system.strip() else []
     h_key = k["history"]
@@ -469,7 +520,7 @@ def _conversation(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
             errors.append((key, f"turn {n}: tool turns are not supported yet ('{value}')"))
         elif role is None:
             expected = ", ".join(spec.expected_roles)
-            errors.append((key, f"turn {n}: unknown role '{value}' (expected one of {expected})"))
+            errors.append((key, f"turn {n}: unknown role {_short(value)} (expected one of {expected})"))
         elif not isinstance(turn[spec.content_tag], str):
             got = _type_name(turn[spec.content_tag])
             errors.append((key, f"turn {n}: '{spec.content_tag}' must be a string, got {got}"))
@@ -530,7 +581,7 @@ def _text(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
     else:
         return None, [(None, f"record must be a JSON object or a string, got {_type_name(row)}")]
     if not text or not text.strip():
-        return None, [(key, "empty text")]
+        return None, [(key, _empty("text", row.get(key) if isinstance(row, dict) else row))]
     return {"text": text}, []
 
 
@@ -553,7 +604,7 @@ def _mcq(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
             errors.append((name, _missing(name, row, known)))
     question = _string(row, q_key, errors)
     if q_key in row and question is not None and not question.strip():
-        errors.append((q_key, "empty question"))
+        errors.append((q_key, _empty("question", row[q_key])))
     subject = _string(row, s_key, errors)
 
     raw: dict = {}
@@ -572,9 +623,9 @@ def _mcq(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
         raw = {letter: row[key(letter)] for letter in OPTION_LETTERS if key(letter) in row}
     options = {}
     for letter, text in raw.items():
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if isinstance(text, (int, float)) and not isinstance(text, bool) and not _is_nan(text):
             text = str(text)  # an option may well be a number ("3")
-        if text is None or (isinstance(text, str) and not text.strip()):
+        if text is None or _is_nan(text) or (isinstance(text, str) and not text.strip()):
             continue  # C-Eval has 4 options, some files 5: an empty option is simply absent
         if not isinstance(text, str):
             errors.append((o_key if o_key in row else key(letter),
@@ -591,9 +642,9 @@ def _mcq(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
     if a_key in row and answer is not None:
         letters = re.sub(r"[\s,，、;；]", "", answer).upper()
         if not letters:
-            errors.append((a_key, "empty answer"))
+            errors.append((a_key, _empty("answer", row[a_key])))
         elif not re.fullmatch(r"[A-Z]+", letters):
-            errors.append((a_key, f"must be option letters such as 'A' or 'AB', got '{answer}'"))
+            errors.append((a_key, f"must be option letters such as 'A' or 'AB', got {_short(answer)}"))
         else:
             letters = "".join(dict.fromkeys(letters))  # "AAB" -> "AB"
             absent = [letter for letter in letters if letter not in options]
@@ -614,9 +665,9 @@ CONVERTERS: dict[str, Callable[[Any, _Spec], tuple[dict | None, Errors]]] = {
 
 
 def _string(row: dict, key: str, errors: Errors) -> str | None:
-    """row[key] as a string: '' when absent or null; None (and a problem noted) when of another type."""
+    """row[key] as a string: '' when absent, null or NaN; None (and a problem noted) when of another type."""
     value = row.get(key)
-    if value is None:
+    if value is None or _is_nan(value):
         return ""
     if isinstance(value, str):
         return value
@@ -629,7 +680,7 @@ def _missing(wanted: str, row: dict, known: set[str]) -> str:
     others = [str(k) for k in row if k not in known]
     close = _nearest(wanted, others)
     if close is not None:
-        return f"missing; did you mean '{close}'? {FIX_HINT}"
+        return f"missing; the record has '{close}' instead: rename it to '{wanted}' {FIX_HINT}"
     if not others:
         return "missing; add it to the record"
     keys = ", ".join(others[:10]) + (", ..." if len(others) > 10 else "")
@@ -788,21 +839,71 @@ def _normalise(text: str) -> str:
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
+def _strings(value: Any, keys: bool = False) -> Iterator[str]:
+    """Every string in a value, nested ones included (and dict keys if asked); iterative, since a
+    JSON record may nest deeper than Python's recursion limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            if keys:
+                stack.extend(k for k in item if isinstance(k, str))
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
 def _record_chars(row: Any) -> int:
     """Characters in all strings of a record, nested ones included."""
-    if isinstance(row, str):
-        return len(row)
+    return sum(len(s) for s in _strings(row))
+
+
+def _surrogate_problem(row: Any) -> tuple[str | None, str] | None:
+    """(field, message) when a record holds a lone UTF-16 surrogate (JSON "\\ud800"), else None."""
+    if not any(_SURROGATE.search(s) for s in _strings(row, keys=True)):
+        return None
+    field_name = None
     if isinstance(row, dict):
-        return sum(_record_chars(v) for v in row.values())
-    if isinstance(row, (list, tuple)):
-        return sum(_record_chars(v) for v in row)
-    return 0
+        field_name = next((k for k, v in row.items() if any(_SURROGATE.search(s) for s in _strings(v, keys=True))
+                           and not _SURROGATE.search(k)), None)
+    return field_name, ("holds a lone surrogate escape such as \\ud800, which is not a character; "
+                        "fix the escape sequence in the file")
+
+
+def _printable(problem: Problem) -> Problem:
+    """A lone surrogate quoted from the file (a key, a role) would make printing the problem fail: escape it."""
+    if not _SURROGATE.search(f"{problem.file}{problem.field}{problem.message}"):
+        return problem
+
+    def escape(text: str) -> str:
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+    return Problem(escape(problem.file), problem.record, problem.field and escape(problem.field),
+                   escape(problem.message))
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _empty(what: str, *values: Any) -> str:
+    """'empty answer', saying so when the value was NaN (pandas' mark for a missing cell)."""
+    nan = any(_is_nan(v) for v in values)
+    return f"empty {what}" + (" (NaN: a missing value in the table)" if nan else "")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value quoted for a message, cut so that a huge value never floods the output."""
+    text = repr(value) if not isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def _nearest(word: str, choices: Any) -> str | None:
     """The choice closest to `word`, ignoring case, or None if nothing is close."""
     lowered = {str(c).lower(): str(c) for c in choices}
-    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(str(word).lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[match[0]] if match else None
 
 
@@ -814,6 +915,8 @@ def _did_you_mean(word: str, choices: Any) -> str:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
+    if _is_nan(value):
+        return "NaN"
     if isinstance(value, dict):
         return "object"
     return type(value).__name__

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainer_core.config import TrainConfig
-from trainer_core.data import read_dataset, text_stats
+from trainer_core.data import load_dataset_info, read_dataset, text_stats
 
 
 def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> list[dict]:
@@ -23,10 +23,13 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
         if cfg.stage == "sft":
             setup_chat_template(tokenizer, cfg.template, log)
     reports = []
+    info = load_dataset_info(cfg.dataset_dir)
     for name in [n.strip() for n in cfg.dataset.split(",") if n.strip()]:
-        examples, problems = read_dataset(name, cfg.dataset_dir, cfg.stage)
+        # Multiple-choice sets are for evaluation only, but checking them is what this command is for.
+        mcq = info.get(name, {}).get("formatting") == "mcq"
+        examples, problems = read_dataset(name, cfg.dataset_dir, "mcq" if mcq else cfg.stage)
         report: dict[str, Any] = {"name": name, "problems": problems, "text": text_stats(examples)}
-        if tokenizer is not None and examples:
+        if tokenizer is not None and examples and not mcq:
             report["tokens"] = token_stats(examples, tokenizer, cfg)
         reports.append(report)
     return reports

@@ -858,10 +858,13 @@ def run_export(opts: Any, log: Log = print) -> dict:
                   **settings, "created_at": runs.now_iso()}
         runs.write_json_atomic(partial / MARKER_FILE, marker)
         _move_into_place(partial, final_dir)
-    except BaseException:
+    except BaseException as exc:
         # An ordinary failure cleans up; a killed process leaves only the .partial folder, which
         # the next export removes. Either way no folder with the export's name is incomplete.
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, Exception) and runs.is_disk_full(exc):
+            raise UserError(runs.disk_full_message(exc, partial) + f" The unfinished export was removed; "
+                            f"{final_dir} was left as it was.") from exc
         raise
     step("finish")
     files = {str(p.relative_to(final_dir)): p.stat().st_size for p in sorted(final_dir.rglob("*")) if p.is_file()}

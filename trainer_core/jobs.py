@@ -87,13 +87,20 @@ def _tool(name: str) -> str:
     return found
 
 
+# Where jobs keep their status.json under an outputs root: training runs, and the eval and export
+# jobs inside them (RUN/eval/<time>, RUN/jobs/export-<time>) or beside them (outputs/eval/<time>).
+JOB_PATTERNS = ("*/", "*/eval/*/", "*/jobs/*/", "eval/*/", "jobs/*/")
+
+
 def running_jobs(root: str | Path) -> list[Path]:
-    """Run folders under root whose job is alive (stale 'running' states are corrected)."""
+    """Job folders under root (training runs, eval and export jobs) whose job is alive (stale
+    'running' states are corrected)."""
     found = []
-    for status_path in Path(root).glob("*/" + runs.STATUS_FILE):
-        run_dir = status_path.parent
-        if refresh_status(run_dir).get("state") == "running":
-            found.append(run_dir)
+    for pattern in JOB_PATTERNS:
+        for status_path in Path(root).glob(pattern + runs.STATUS_FILE):
+            run_dir = status_path.parent
+            if run_dir not in found and refresh_status(run_dir).get("state") == "running":
+                found.append(run_dir)
     return found
 
 
@@ -119,13 +126,29 @@ def refuse_if_busy(root: Path, key: str, own_dir: Path) -> None:
                             f"with: python -m trainer_core runs --abort {other}")
 
 
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4")
+
+
+def allocator_env() -> dict[str, str]:
+    """Jobs run with tcmalloc when the system has it (Debian: libtcmalloc-minimal4). glibc's malloc
+    hands the step's large activation buffers back and forth to the kernel, so each CPU training
+    step pays hundreds of thousands of page faults and the peak RSS grows by fragmentation
+    (bench/README.md: 4.1 GB → 3.2 GB on the built-in model). QIHUANG_ALLOCATOR=system opts out."""
+    if os.environ.get("QIHUANG_ALLOCATOR", "tcmalloc") == "system" or os.environ.get("LD_PRELOAD"):
+        return {}
+    found = next((path for path in TCMALLOC_PATHS if os.path.isfile(path)), None)
+    return {"LD_PRELOAD": found} if found else {}
+
+
 def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_env: dict | None = None) -> Path:
     """Run argv detached under the supervisor, output to console.log, state in status.json.
     Used for every job kind: train, eval, export."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if refresh_status(run_dir).get("state") == "running":
         raise UserError(f"{run_dir} is already running")
-    env = {"QIHUANG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env = {"QIHUANG_LAUNCHED": "1", "PYTHONUNBUFFERED": "1", **allocator_env(), **(extra_env or {})}
     runs.write_command(run_dir, argv, {**{k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ}, **env})
     shutil.rmtree(run_dir / RANKS_DIR, ignore_errors=True)
     supervisor = [sys.executable, "-m", "trainer_core.jobs", "supervise", str(run_dir), "--", *argv]
@@ -147,14 +170,25 @@ def task_job_dir(kind: str, opts) -> Path:
     return base / "eval" / stamp if kind == "eval" else base / "jobs" / f"export-{stamp}"
 
 
-def start_task(kind: str, args: list[str], job_dir: Path) -> Path:
+def start_task(kind: str, args: list[str], job_dir: Path, outputs_root: str | Path | None = None) -> Path:
     """Start `python -m trainer_core eval|export ARGS` as a detached job in job_dir (used by the
-    CLI and the workbench alike)."""
+    CLI and the workbench alike). Like training, it is refused while another job holds the same
+    devices under outputs_root (default: the folder holding job_dir's run, else outputs/)."""
     args = list(args)
     if kind == "eval" and "--output_dir" not in args:
         args += ["--output_dir", str(job_dir)]
     args += ["--job_dir", str(job_dir)]
-    return launch(Path(job_dir), [sys.executable, "-m", "trainer_core", kind, *args], current_devices(), "python")
+    key = current_devices()
+    refuse_if_busy(Path(outputs_root) if outputs_root else _outputs_root_of(Path(job_dir)), key, Path(job_dir))
+    return launch(Path(job_dir), [sys.executable, "-m", "trainer_core", kind, *args], key, "python")
+
+
+def _outputs_root_of(job_dir: Path) -> Path:
+    """The outputs folder a job belongs to: the parent of the training run that holds it."""
+    for folder in job_dir.resolve().parents:
+        if (folder / runs.CONFIG_FILE).is_file():
+            return folder.parent
+    return Path("outputs")
 
 
 def current_devices() -> str:
@@ -212,6 +246,9 @@ def explain_console(text: str, code: int) -> str:
     lowered = text.lower()
     if "out of memory" in lowered:
         return OUT_OF_MEMORY_ADVICE
+    if any(marker in lowered for marker in runs.DISK_FULL_TEXT):
+        return ("Out of disk space (no space left on the device, or a file size limit reached) while writing; "
+                "free some space and start again.")
     if "address already in use" in lowered or "eaddrinuse" in lowered:
         return "The rendezvous port is in use by another job; start again (a free port is picked each time)."
     if "nccl" in lowered and "error" in lowered:

@@ -21,6 +21,9 @@ DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 # The folder is complete only when this marker exists, so an interrupted conversion is redone.
 _COMPLETE_MARKER = "qihuang_converted.json"
+# A model folder holds a tokenizer when it has one of these.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "tekken.json")
 
 
 def qihuang_home() -> Path:
@@ -119,14 +122,64 @@ def resolve_model_path(name_or_path: str, log=print) -> str:
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    check_model_folder(model_path, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except OSError as exc:
+        raise UserError(f"cannot load a tokenizer from '{model_path}': {_first_line(exc)}") from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(remote_code_message(model_path)) from exc
         raise UserError(f"cannot load a tokenizer from '{model_path}': {_first_line(exc)}") from exc
     if tokenizer.pad_token is None:
         # Padding is always masked out of the loss and attention, so eos is a safe pad.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_model_folder(model_path: str, trust_remote_code: bool = False) -> None:
+    """Refuse a local model folder early, in words, when it lacks tokenizer files or needs code of its
+    own that trust_remote_code does not allow (transformers would fail later, or less clearly)."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return  # a hub id: transformers refuses remote code itself (translated by remote_code_message)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"model folder '{model_path}' has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+                        "copy them from the original model into the folder")
+    if not trust_remote_code and _custom_code_files(path):
+        raise UserError(remote_code_message(model_path))
+
+
+def remote_code_message(model_path: str) -> str:
+    files = _custom_code_files(Path(model_path)) if Path(model_path).is_dir() else []
+    shipped = f" ({', '.join(files)})" if files else ""
+    return (f"the model '{model_path}' needs code of its own{shipped}, which is never run unless you allow it: "
+            "if you trust this model, set trust_remote_code: true (on the command line: trust_remote_code=true)")
+
+
+def _custom_code_files(path: Path) -> list[str]:
+    """The .py files a local model needs: those its auto_map names for an architecture (model_type) or a
+    tokenizer class this transformers does not have. Known ones load without the model's code."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    files: list[str] = []
+    for name, known in (("config.json", lambda c: c.get("model_type") in CONFIG_MAPPING_NAMES),
+                        ("tokenizer_config.json", lambda c: hasattr(transformers, str(c.get("tokenizer_class"))))):
+        try:
+            config = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # missing or unreadable: transformers reports it
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if not isinstance(auto_map, dict) or known(config):
+            continue
+        for ref in auto_map.values():
+            for item in ref if isinstance(ref, list) else [ref]:
+                if isinstance(item, str) and "." in item:  # "module.Class" or "repo--module.Class"
+                    module = item.split("--")[-1].rsplit(".", 1)[0] + ".py"
+                    if module not in files:
+                        files.append(module)
+    return files
 
 
 def _first_line(exc: BaseException) -> str:
@@ -191,8 +244,7 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
         raise UserError(f"cannot load the model from '{model_path}': {_first_line(exc)}") from exc
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise UserError(f"the model '{model_path}' ships its own code; if you trust it, set "
-                            "trust_remote_code: true") from exc
+            raise UserError(remote_code_message(model_path)) from exc
         raise
 
     if model.config.pad_token_id is None:
@@ -317,6 +369,10 @@ def load_for_inference(model_name_or_path: str, adapter: str | None = None, dtyp
                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise UserError(f"cannot load the model from '{base_path}': {_first_line(exc)}") from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise UserError(remote_code_message(base_path)) from exc
+        raise
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)")

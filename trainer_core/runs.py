@@ -3,12 +3,16 @@ watcher (CLI or UI) meet. Every write here is atomic, so a reader never sees hal
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import struct
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +63,48 @@ def write_command(run_dir: str | Path, argv: list[str], env: dict[str, str] | No
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first. A checkpoint counts only once its trainer_state.json
-    exists, which the Trainer writes last, so one cut off mid-save is never resumed from."""
+    exists, which the Trainer writes last, and every weight file in it is whole (see
+    checkpoint_problem), so one cut off mid-save is never resumed from."""
     found = []
     for path in Path(run_dir).glob("checkpoint-*"):
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and path.is_dir() and (path / "trainer_state.json").is_file():
+        if match and path.is_dir() and checkpoint_problem(path) is None:
             found.append((int(match.group(1)), path))
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete. Cheap: reads
+    trainer_state.json, the safetensors headers and the zip directories of torch files (.pt, .pth,
+    .bin), which sit at their ends, so a file cut off by a kill or a full disk shows up."""
+    path = Path(path)
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (cut off while saving)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is cut off"
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        if file.suffix == ".safetensors" and not _safetensors_whole(file):
+            return f"{file.relative_to(path)} is cut off"
+        if file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):
+            return f"{file.relative_to(path)} is cut off"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """The header parses and the file is exactly as long as the header says."""
+    try:
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + length + end
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError):
+        return False
 
 
 def newest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -100,14 +139,56 @@ def append_log(run_dir: str | Path, entry: dict) -> None:
         fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
-def remove_incomplete_checkpoints(run_dir: str | Path, log=print) -> None:
-    """A checkpoint folder without trainer_state.json was cut off while saving; it would make the
-    Trainer's own resume logic fail, so move it out of the way (kept for inspection)."""
-    for path in Path(run_dir).glob("checkpoint-*"):
-        if path.is_dir() and not (path / "trainer_state.json").is_file():
-            target = path.with_name(f"incomplete-{path.name}-{int(time.time())}")
-            log(f"Checkpoint {path.name} is incomplete (cut off while saving); moved to {target.name}")
-            shutil.move(str(path), str(target))
+def remove_incomplete_checkpoints(run_dir: str | Path, log=print, delete: bool = False) -> list[Path]:
+    """A checkpoint folder without trainer_state.json, or with a file cut off, was interrupted
+    while saving; it would make the Trainer's own resume logic fail, so move it out of the way
+    (kept for inspection), or delete it (delete=True: after a full disk, to give the space back).
+    Returns the checkpoint folders that were incomplete."""
+    found = []
+    for path in sorted(Path(run_dir).glob("checkpoint-*")):
+        problem = checkpoint_problem(path) if path.is_dir() else None
+        if problem is None:
+            continue
+        found.append(path)
+        if delete:
+            log(f"Checkpoint {path.name} is incomplete ({problem}); deleted it")
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        target = path.with_name(f"incomplete-{path.name}-{int(time.time())}")
+        log(f"Checkpoint {path.name} is incomplete ({problem}); moved to {target.name}")
+        shutil.move(str(path), str(target))
+    return found
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+DISK_FULL_TEXT = ("no space left on device", "file too large", "disk quota exceeded", "os error 28", "os error 27",
+                  "os error 122",
+                  # torch.save's zip writer loses the errno and says only that a write went wrong
+                  "pytorchstreamwriter failed writing", "file write failed", "iostream error")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether an exception (or one it came from) is a write refused for lack of space: a full
+    disk (ENOSPC), a quota, or a file size limit (EFBIG), whichever library raised it."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc).lower() for text in DISK_FULL_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def disk_full_message(exc: BaseException, where: str | Path) -> str:
+    """One sentence for a write that failed for lack of space, naming the folder it was writing."""
+    free = ""
+    if isinstance(where, Path):
+        with contextlib.suppress(OSError):
+            free = f" ({shutil.disk_usage(where.parent).free / 1e6:.0f} MB free there)"
+    last = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    return (f"Out of disk space (no space left on the device, or a file size limit reached) while writing "
+            f"{where}{free}: free some space and start again. ({last[:300]})")
 
 
 class Tee:

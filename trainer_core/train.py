@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -274,6 +275,7 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
     register_rank(run_dir)
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop.handle)
+    saving_final: Path | None = None  # the adapter/ or model/ folder while it is being written
     try:
         trainer, resume = _build_trainer(cfg, run_dir, stop, log)
         stop.training = True
@@ -288,9 +290,11 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
             return ABORTED_EXIT_CODE
         final_dir = run_dir / ("model" if cfg.finetuning_type == "full" else "adapter")
         trainer.model.config.use_cache = True  # training turned it off; generation wants it back
+        saving_final = final_dir
         trainer.save_model(str(final_dir))
         if is_main:
             trainer.processing_class.save_pretrained(str(final_dir))
+        saving_final = None
         log(f"Saved the {'model' if cfg.finetuning_type == 'full' else 'LoRA adapter'} to {final_dir}")
         _finish(run_dir, is_main, "finished", 0, None)
         return 0
@@ -299,7 +303,21 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
         _finish(run_dir, is_main, "aborted", ABORTED_EXIT_CODE, "Stopped by request before training began.")
         return ABORTED_EXIT_CODE
     except BaseException as exc:
-        _finish(run_dir, is_main, "failed", 2 if isinstance(exc, UserError) else 1, explain_failure(exc))
+        where = None
+        if is_main and runs.is_disk_full(exc):
+            # Give the space back first (or not even status.json could be written): a checkpoint or
+            # final folder cut off by the full disk is deleted, so none is left that looks complete.
+            cut = runs.remove_incomplete_checkpoints(run_dir, log, delete=True)
+            where = cut[-1] if cut else run_dir
+            if saving_final is not None:
+                shutil.rmtree(saving_final, ignore_errors=True)
+                where = saving_final
+        error = explain_failure(exc, where)
+        if where is not None:
+            newest = runs.newest_checkpoint(run_dir)
+            error += (f" The newest complete checkpoint, {newest.name}, is intact; resume from it with "
+                      "resume_from_checkpoint=auto." if newest else "")
+        _finish(run_dir, is_main, "failed", 2 if isinstance(exc, UserError) else 1, error)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
@@ -310,13 +328,16 @@ def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str
         runs.update_status(run_dir, state=state, exit_code=exit_code, error=error, ended_at=runs.now_iso())
 
 
-def explain_failure(exc: BaseException) -> str:
-    """One human sentence from the real cause, plus the last traceback line."""
+def explain_failure(exc: BaseException, where: str | Path | None = None) -> str:
+    """One human sentence from the real cause, plus the last traceback line. `where`: the folder
+    being written when the failure came (for a full disk)."""
     message = str(exc).strip()
     last = f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}".strip()
     text = str(exc)
     if isinstance(exc, UserError):
         return text
+    if runs.is_disk_full(exc):
+        return runs.disk_full_message(exc, where or "the run folder")
     if "out of memory" in text.lower():
         from trainer_core.jobs import OUT_OF_MEMORY_ADVICE
 
@@ -342,6 +363,26 @@ def _maybe_recording(collator: Any, run_dir: Path) -> Any:
         return collator(features)
 
     return collate
+
+
+def make_trainer(**kwargs: Any) -> Any:
+    """A transformers Trainer whose loss computes the output layer only at trained positions
+    (trainer_core/loss.py): the same loss, less arithmetic and memory."""
+    from transformers import Trainer
+
+    from trainer_core.loss import TrainedRowsOnly, trained_rows_loss
+
+    class TrainedRowsTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.trained_rows.select(inputs["labels"])
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.trained_rows.clear()
+
+    trainer = TrainedRowsTrainer(compute_loss_func=trained_rows_loss, **kwargs)
+    trainer.trained_rows = TrainedRowsOnly(kwargs["model"])
+    return trainer
 
 
 def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tuple[Any, str | None]:
@@ -379,9 +420,7 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
     log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
 
-    from transformers import Trainer
-
-    trainer = Trainer(
+    trainer = make_trainer(
         model=model,
         args=args,
         train_dataset=train_samples,

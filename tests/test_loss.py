@@ -1,0 +1,81 @@
+"""The trained-rows-only loss (trainer_core/loss.py) computes what transformers' loss computes:
+same value, same gradients, on padded and on packed batches, with and without an external
+token count (gradient accumulation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer_core.loss import TrainedRowsOnly, trained_rows_loss
+from trainer_core.tokenization import IGNORE_INDEX, SupervisedCollator, pack_samples
+
+
+def _lora_model(model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, init_lora_weights=False,
+                                             target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"]))
+    return model
+
+
+def _samples(seed: int = 0, n: int = 6) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        length = 6 + 5 * i
+        ids = torch.randint(3, 250, (length,), generator=generator).tolist()
+        prompt = 2 + i % 4  # the first tokens are prompt: never trained
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
+        samples.append({"input_ids": ids, "labels": labels})
+    return samples
+
+
+def _loss_and_grads(model, batch, ours: bool, num_items=None):
+    model.zero_grad()
+    if ours:
+        rows = TrainedRowsOnly(model)
+        rows.select(batch["labels"])
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        outputs = model(**inputs)
+        rows.clear()
+        rows.remove()
+        trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        assert outputs.logits.shape[0] == trained  # only the trained rows were computed
+        loss = trained_rows_loss(outputs, batch["labels"], num_items)
+    else:
+        kwargs = {"num_items_in_batch": num_items} if num_items is not None else {}
+        loss = model(**batch, **kwargs).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("num_items", [None, 57])
+def test_trained_rows_loss_equals_the_full_loss(tiny_model_dir, packed, num_items):
+    model = _lora_model(tiny_model_dir)
+    samples = _samples()
+    if packed:
+        samples = pack_samples(samples, cutoff_len=40)
+        assert any(len(s["input_ids"]) > 30 for s in samples)  # several samples share a block
+    batch = SupervisedCollator(pad_token_id=0)(samples)
+    reference, reference_grads = _loss_and_grads(model, batch, ours=False, num_items=num_items)
+    loss, grads = _loss_and_grads(model, batch, ours=True, num_items=num_items)
+    assert abs(loss.item() - reference.item()) <= 1e-5 * abs(reference.item())
+    assert grads.keys() == reference_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_the_hook_is_inert_when_not_armed(tiny_model_dir):
+    """Generation and evaluation outside the Trainer get full logits."""
+    model = _lora_model(tiny_model_dir)
+    rows = TrainedRowsOnly(model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert model(input_ids=ids).logits.shape[:2] == (1, 4)
+    rows.remove()
