@@ -133,3 +133,41 @@ def test_packed_loss_equals_unpacked_loss(tokenizer, tiny_model_dir):
     # Label shifting across a sample boundary predicts the next sample's first token from the
     # previous sample's last; that token is a prompt token (label -100), so nothing leaks.
     assert torch.allclose(padded, packed, atol=1e-5, rtol=1e-6), (padded, packed)
+
+
+def test_labels_from_the_rust_backend_match_the_offsets_rule(tokenizer):
+    """encode_with_labels (span ends mapped to tokens) against the tokenizer call and the
+    plain rule on every token's offsets."""
+    from trainer_core.tokenization import _mask_outside, encode_with_labels
+
+    texts = ["<|im_start|>user\n黄芪的功效？<|im_end|>\n<|im_start|>assistant\n补气升阳<|im_end|>\n",
+             "补气升阳，固表止汗。 plain ascii  two  spaces", "\n\n<|im_end|>mixed<|im_start|>",
+             "😀 emoji and 〇 rare 𠀀 characters", "ab"]
+    spans = [[(43, 52), (53, 60)], [(0, 5), (6, 6), (10, 30)], [(3, 20)], [(1, 7), (14, 20)], []]
+    reference = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    got = encode_with_labels(tokenizer, list(zip(texts, spans)))
+    for (ids, labels), ref_ids, offsets, text_spans in zip(got, reference["input_ids"],
+                                                         reference["offset_mapping"], spans):
+        assert ids == ref_ids
+        assert labels == _mask_outside(ref_ids, offsets, text_spans)
+        assert any(label != IGNORE_INDEX for label in labels) == any(e > s for s, e in text_spans)
+
+
+def test_vectorised_masking_equals_the_token_by_token_rule():
+    """_mask_outside (numpy) against the plain rule: a token is trained on when it overlaps a span."""
+    import random
+
+    from trainer_core.tokenization import _mask_outside
+
+    rng = random.Random(7)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, 200), rng.randint(1, 40)))
+        offsets = list(zip([0, *cuts[:-1]], cuts))
+        if rng.random() < 0.3:  # zero-width tokens, as some tokenizers give special tokens
+            offsets.insert(rng.randrange(len(offsets)), (cuts[0], cuts[0]))
+        ids = [rng.randrange(1000) for _ in offsets]
+        points = sorted(rng.sample(range(0, 210), 2 * rng.randint(0, 3)))
+        spans = list(zip(points[0::2], points[1::2]))
+        expected = [i if any(end > s and start < e for s, e in spans if e > s) else IGNORE_INDEX
+                    for i, (start, end) in zip(ids, offsets)]
+        assert _mask_outside(ids, offsets, spans) == expected

@@ -147,8 +147,9 @@ class ChatSession:
         text = ""
         try:
             for piece in streamer:
-                text += piece
-                yield text
+                if piece:  # the streamer sends "" while a character's bytes are incomplete
+                    text += piece
+                    yield text
         finally:
             # A caller that stops reading (closes the stream) ends the generation here, before the
             # lock goes to the next caller: never two generations (or adapter switches) at once.

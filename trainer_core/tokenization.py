@@ -90,7 +90,7 @@ def assistant_spans(render, messages: list[dict]) -> tuple[str, list[tuple[int, 
         if message["role"] != "assistant":
             continue
         prompt = render(messages[:i], add_generation_prompt=True)
-        upto = render(messages[: i + 1])
+        upto = full if i == len(messages) - 1 else render(messages[: i + 1])
         if not full.startswith(upto) or not upto.startswith(prompt):
             # A template that rewrites earlier turns (e.g. drops past reasoning); find the reply itself.
             start = full.find(message["content"], spans[-1][1] if spans else 0)
@@ -146,39 +146,77 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
     for begin in range(0, len(examples), batch_size):
         batch = examples[begin: begin + batch_size]
         rendered = [assistant_spans(render, ex["messages"]) for ex in batch]
-        encoded = tokenizer([text for text, _ in rendered], add_special_tokens=False,
-                            return_offsets_mapping=True, return_attention_mask=False)
-        for (_, spans), ids, offsets in zip(rendered, encoded["input_ids"], encoded["offset_mapping"]):
-            labels = _mask_outside(ids, offsets, spans)
+        for ids, labels in encode_with_labels(tokenizer, rendered):
             stats.lengths.append(len(ids))
             if len(ids) > cutoff_len:
                 stats.truncated += 1
                 ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-            trainable = sum(1 for t in labels if t != IGNORE_INDEX)
+            trainable = len(labels) - labels.count(IGNORE_INDEX)
             if trainable == 0:
                 stats.dropped_no_trainable += 1
                 continue
             stats.tokens += len(ids)
             stats.trainable_tokens += trainable
-            samples.append({"input_ids": list(ids), "labels": labels})
+            samples.append({"input_ids": ids, "labels": labels})
     stats.samples = len(samples)
     return samples, stats
 
 
-def _mask_outside(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """Keep a token's id as its label when the token starts inside an assistant span."""
+def encode_with_labels(tokenizer: Any, rendered: list[tuple[str, list[tuple[int, int]]]]
+                       ) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each rendered text and its labels: a token keeps its id as label when it
+    overlaps an assistant span (a token straddling the span start, e.g. "\n" + the first
+    character merged, still carries reply text, so it is trained on), else -100.
+
+    A fast tokenizer's Rust backend is called directly: it encodes the batch on every core and
+    maps a span's first and last character to tokens, so no per-token offsets are converted
+    to Python (that conversion cost more than the tokenizing). tests/test_tokenization.py checks
+    both paths give the same result."""
+    texts = [text for text, _ in rendered]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                            return_attention_mask=False)
+        return [(list(ids), _mask_outside(ids, offsets, spans)) for ids, offsets, (_, spans)
+                in zip(encoded["input_ids"], encoded["offset_mapping"], rendered)]
+    result = []
+    for encoding, (_, spans) in zip(backend.encode_batch(texts, add_special_tokens=False), rendered):
+        ids = encoding.ids
+        labels = _mask_by_characters(ids, encoding, spans)
+        result.append((ids, labels if labels is not None else _mask_outside(ids, encoding.offsets, spans)))
+    return result
+
+
+def _mask_by_characters(ids: list[int], encoding: Any, spans: list[tuple[int, int]]) -> list[int] | None:
+    """Labels from the tokens holding each span's first and last character; None when a
+    character belongs to no token (a normaliser dropped it), where only offsets can tell."""
     labels = [IGNORE_INDEX] * len(ids)
-    span_index = 0
-    for i, (start, end) in enumerate(offsets):
-        while span_index < len(spans) and start >= spans[span_index][1]:
-            span_index += 1
-        if span_index == len(spans):
-            break
-        span_start, _ = spans[span_index]
-        # A token that straddles the span start (e.g. "\n" + first char merged) still carries
-        # reply text; train on it rather than lose the reply's first character.
-        if end > span_start and start < spans[span_index][1]:
-            labels[i] = ids[i]
+    for span_start, span_end in spans:
+        if span_end <= span_start:
+            continue
+        first, last = encoding.char_to_token(span_start), encoding.char_to_token(span_end - 1)
+        if first is None or last is None:
+            return None
+        # A character split over several byte-level tokens: char_to_token names the first of them.
+        while last + 1 < len(ids) and encoding.token_to_chars(last + 1)[0] < span_end:
+            last += 1
+        labels[first: last + 1] = ids[first: last + 1]
+    return labels
+
+
+def _mask_outside(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels from per-token character offsets: a token is trained on when it overlaps a span."""
+    labels = [IGNORE_INDEX] * len(ids)
+    if not ids or not spans:
+        return labels
+    bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    inside = np.zeros(len(ids), dtype=bool)
+    for span_start, span_end in spans:
+        if span_end <= span_start:  # no characters, no tokens
+            continue
+        inside |= (bounds[:, 1] > span_start) & (bounds[:, 0] < span_end)
+    for i in np.flatnonzero(inside):
+        labels[i] = ids[i]
     return labels
 
 
