@@ -8,6 +8,8 @@
     --workdir DIR        root of outputs/ (and data/ unless --data_dir); default: this repository
     --model PATH         preselect a local base model folder instead of the built-in one
     --data_dir DIR       preselect another data folder (holding dataset_info.json)
+    --allow_path DIR     let paths typed on the page use DIR too (repeatable); by default they
+                         must stay inside the work folder, the data folder and the model folders
 
 The page comes up in a few seconds: torch and transformers are imported only by the handlers
 that need them (chat, token statistics), and training runs as separate jobs.
@@ -35,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=str(REPO), help="root of outputs/ and data/ (default: the repository)")
     parser.add_argument("--model", help="a local model folder to preselect instead of the built-in model")
     parser.add_argument("--data_dir", help="a data folder (holding dataset_info.json) to preselect")
+    parser.add_argument("--allow_path", action="append", default=[], metavar="DIR",
+                        help="a folder paths typed on the page may use, beyond the work folder (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -82,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     from app.context import make_context
     from app.ui import build_app, launch_kwargs
 
-    ctx = make_context(workdir, opts.data_dir, opts.model, opts.lang)
+    ctx = make_context(workdir, opts.data_dir, opts.model, opts.lang, opts.allow_path)
     demo = build_app(ctx)
     print(f"数智岐黄 Tuner: http://{opts.host}:{opts.port}  (workdir {workdir}, data {ctx.data_dir}, "
           f"model {ctx.model}; built in {time.time() - started:.1f} s)", flush=True)
+    if auth:
+        print(f"Log-in required: user '{auth[0]}' (--auth); "
+              + ("a public gradio.live link will be made (--share)" if opts.share else f"listening on {opts.host}"),
+              flush=True)
     try:
         demo.queue(default_concurrency_limit=4).launch(
             server_name=opts.host, server_port=opts.port, auth=auth, share=opts.share, inbrowser=False, quiet=True,

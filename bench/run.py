@@ -6,7 +6,7 @@
 Every figure is the median of --runs runs (min and max beside it). With a LLaMA-Factory venv
 (../shared/bench/llamafactory/setup.sh builds one) each measurement alternates ours / theirs
 (A B A B ...) on the same machine, and the table gives ours/theirs ratios. Results: a table on
-stdout, bench/results/<time>.json, and with --write the section of bench/RESULTS.md.
+stdout and every run's figures in bench/results/<time>.json (bench/RESULTS.md quotes one).
 
 What is measured (issue 6):
   train       30-step LoRA SFT (rank 8, all linear layers, cutoff 256, batch 4, lr 1e-4, fp32 on
@@ -392,8 +392,15 @@ def _pipeline_result(log: Path, argv: list[str], env: dict | None, cwd: Path | N
 
 
 def _chat_result(log: Path, argv: list[str], env: dict | None) -> dict:
-    timed(argv, log, env=env)
-    replies = json.loads(log.read_text().strip().splitlines()[-1])
+    try:
+        timed(argv, log, env=env)
+    except RuntimeError:
+        # LLaMA-Factory's chat aborts at interpreter exit ("terminate called without an active
+        # exception", exit -6) after printing its figures; keep them when they are there.
+        if not log.read_text().strip().splitlines()[-2].startswith("[{"):
+            raise
+    lines = [line for line in log.read_text().strip().splitlines() if line.startswith("[{")]
+    replies = json.loads(lines[-1])
     return {"ttft_s": statistics.median(r["ttft_s"] for r in replies),
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in replies),
             "reply_tokens": replies[0]["tokens"]}
@@ -518,10 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     sections = opts.only.split(",")
     raw: dict[str, dict[str, list[dict]]] = {}
     adapters: dict[str, str] = {}
+    # written after every section, so a failure late in a long run keeps what was measured
+    path = REPO / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     if "train" in sections:
         raw["train"] = alternate(tools, opts.runs, lambda t, i: t.train(f"train-{i}", opts.train_steps),
                                  f"train {opts.train_steps} steps")
+        write_report(path, raw, opts)
         adapters = {name: runs[-1]["adapter"] for name, runs in raw["train"].items()}
     if "epoch" in sections:
         def epoch(tool, i):
@@ -529,31 +539,41 @@ def main(argv: list[str] | None = None) -> int:
             result["heldout_loss"] = heldout_loss(model, result["adapter"], data)
             return result
         raw["epoch"] = alternate(tools, opts.epoch_runs, epoch, f"epoch of {opts.epoch_records}")
+        write_report(path, raw, opts)
     if "preprocess" in sections:
         raw["preprocess_cold"] = alternate(tools, opts.runs, lambda t, i: t.preprocess(cold=True), "preprocess cold")
+        write_report(path, raw, opts)
         raw["preprocess_warm"] = alternate(tools, opts.runs, lambda t, i: t.preprocess(cold=False), "preprocess warm")
+        write_report(path, raw, opts)
     if "ui" in sections:
         raw["ui"] = alternate(tools, opts.runs, lambda t, i: t.ui(free_port()), "web UI")
+        write_report(path, raw, opts)
     if "chat" in sections:
         raw["chat"] = alternate(tools, opts.runs, lambda t, i: t.chat(), "chat")
+        write_report(path, raw, opts)
     if "export" in sections:
         if not adapters:
             adapters = {t.name: t.train("export-source", 2)["adapter"] for t in tools}
         raw["export"] = alternate(tools, opts.runs, lambda t, i: t.export(adapters[t.name]), "export")
+        write_report(path, raw, opts)
 
+    summary = write_report(path, raw, opts)
+    print(table(summary, opts.epoch_records))
+    print(f"\nAll figures: {path}")
+    return 0
+
+
+def write_report(path: Path, raw: dict, opts: argparse.Namespace) -> dict:
+    """The figures so far (medians, min, max per tool) and every run's raw values, as JSON."""
     summary = {section: {name: {key: summarize([r.get(key) for r in runs]) for key in runs[0]
                                 if isinstance(runs[0].get(key), (int, float))}
                          for name, runs in by_tool.items()} for section, by_tool in raw.items()}
     report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "command": " ".join([sys.executable, *sys.argv]),
               "machine": machine(), "versions": versions(opts.compare_llamafactory), "options": vars(opts),
               "summary": summary, "raw": raw}
-    results_dir = REPO / "bench" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, ensure_ascii=False, indent=1, default=str))
-    print(table(summary, opts.epoch_records))
-    print(f"\nAll figures: {path}")
-    return 0
+    return summary
 
 
 def yaml_value(text: str):

@@ -87,32 +87,32 @@ def test_initial_form_is_the_lora_preset_on_the_launch_model_and_sample_data(ctx
     assert values["model_source"] == "local" and values["model_path"] == ctx.model
     assert values["datasets"] == ["qa", "dialog"]  # conversation data; the text corpus is left out
     assert values["finetuning_type"] == "lora" and values["max_steps"] == 30
-    cfg, fields, general = params.check(values)
+    cfg, fields, general = params.check(values, ctx)
     assert cfg is not None, (fields, general)
     assert cfg.dataset == "qa,dialog" and cfg.dataset_dir == str(ctx.data_dir)
 
 
 def test_problems_are_flagged_beside_their_fields(ctx):
-    cfg, fields, general = params.check(form(ctx, lora_rank=0, learning_rate=-1, lr_scheduler_type="cosine"))
+    cfg, fields, general = params.check(form(ctx, lora_rank=0, learning_rate=-1, lr_scheduler_type="cosine"), ctx)
     assert cfg is None
     assert set(fields) == {"lora_rank", "learning_rate"}
     assert "out of range" in fields["lora_rank"]
     assert params.field_info("lora_rank", "en", fields["lora_rank"]).startswith("⚠ lora_rank:")
     assert params.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩 (an integer >= 1)"
 
-    _, fields, _ = params.check(form(ctx, bf16=True, fp16=True))
+    _, fields, _ = params.check(form(ctx, bf16=True, fp16=True), ctx)
     assert set(fields) == {"bf16", "fp16"}  # a rule about two keys flags both
 
-    _, fields, general = params.check(form(ctx, datasets=[]))
+    _, fields, general = params.check(form(ctx, datasets=[]), ctx)
     assert not fields and "dataset" in general[0]  # chosen on the Data tab, so reported in general
 
 
 def test_model_folder_must_exist_here(ctx, tmp_path):
-    _, fields, _ = params.check(form(ctx, model_source="local", model_path=str(tmp_path / "nope")))
+    _, fields, _ = params.check(form(ctx, model_source="local", model_path=str(ctx.workdir / "nope")), ctx)
     assert "does not exist" in fields["model_path"]
-    _, fields, _ = params.check(form(ctx, model_source="known", model_path=""))
+    _, fields, _ = params.check(form(ctx, model_source="known", model_path=""), ctx)
     assert "local model folder" in fields["model_path"]
-    cfg, fields, _ = params.check(form(ctx, model_source="builtin"))
+    cfg, fields, _ = params.check(form(ctx, model_source="builtin"), ctx)
     assert cfg.model_name_or_path == "default" and not fields
 
 
@@ -145,7 +145,8 @@ def test_preview_shows_the_exact_command_and_run_yaml(ctx):
 def test_save_and_load_config_round_trip(ctx):
     path = params.save(form(ctx, lora_rank=16, learning_rate=5e-4), "configs/mine.yaml", ctx)
     assert path == ctx.workdir / "configs" / "mine.yaml" and path.is_file()
-    values = params.load("configs/mine.yaml", ctx, form(ctx), data.dataset_names(ctx.data_dir))
+    saved = params.resolve_config_path("configs/mine.yaml", ctx)
+    values = params.load(saved, ctx, form(ctx), data.dataset_names(ctx.data_dir))
     assert values["lora_rank"] == 16 and values["learning_rate"] == 5e-4
     assert values["datasets"] == ["qa", "dialog"] and values["model_path"] == ctx.model
     with pytest.raises(UserError, match=r"\.yaml"):
@@ -153,7 +154,7 @@ def test_save_and_load_config_round_trip(ctx):
     bad = ctx.workdir / "configs" / "bad.yaml"
     bad.write_text("lora_rnk: 8\n", encoding="utf-8")
     with pytest.raises(UserError, match="did you mean 'lora_rank'"):
-        params.load(str(bad), ctx, form(ctx), [])
+        params.load(params.resolve_config_path(str(bad), ctx), ctx, form(ctx), [])
 
 
 def test_preset_fills_the_form_but_keeps_the_data_folder_and_launch_model(ctx):

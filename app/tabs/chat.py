@@ -117,6 +117,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         yield t("chat.loading", language)
         base = "default" if model_source == "builtin" else (model_path or "").strip() or "default"
         try:
+            base = base if base == "default" else str(ctx.page_path(base, "model_name_or_path"))
+            run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir and source == "run" else run_dir
             loaded = load_model(source, run_dir, base)
         except Exception as exc:  # noqa: BLE001 - a model that will not load is reported on the page
             yield error_text(exc)
@@ -124,8 +126,9 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         adapter = t("chat.with_adapter", language) if session().has_adapter else ""
         yield t("chat.loaded", language, model=loaded) + adapter
 
+    # Named endpoints: bench/load_chat.py drives the page through them with gradio_client.
     c["chat_load"].click(on_load, [c["chat_source"], c["chat_run"], f["model_source"], f["model_path"], lang],
-                         c["chat_status"])
+                         c["chat_status"], api_name="chat_load")
 
     def on_unload(language: str) -> str:
         session().unload()
@@ -156,7 +159,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                    c["gen_repetition_penalty"], c["gen_greedy"], lang]
     send_outputs = [c["chat_box"], c["chat_base_box"], c["chat_history"], c["chat_base_history"], c["chat_input"],
                     c["chat_status"]]
-    c["chat_send"].click(on_send, send_inputs, send_outputs)
+    c["chat_send"].click(on_send, send_inputs, send_outputs, api_name="chat_send")
     c["chat_input"].submit(on_send, send_inputs, send_outputs)
     c["chat_clear"].click(lambda: [[], [], [], []], None,
                           [c["chat_box"], c["chat_base_box"], c["chat_history"], c["chat_base_history"]])

@@ -51,6 +51,14 @@ def dataset_choices(dataset_dir: str | Path) -> list[tuple[str, str]]:
     return [(f"{name} · {entry.get('formatting', 'alpaca')}", name) for name, entry in info.items()]
 
 
+def page_dataset_choices(ctx: AppContext, dataset_dir: str) -> list[tuple[str, str]]:
+    """dataset_choices for a folder typed on the page: none when it is outside the allowed folders."""
+    try:
+        return dataset_choices(ctx.page_path(dataset_dir, "dataset_dir"))
+    except UserError:
+        return []
+
+
 def formatting_of(name: str, dataset_dir: str | Path) -> str:
     return load_dataset_info(dataset_dir).get(name, {}).get("formatting", "alpaca")
 
@@ -398,7 +406,9 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                 show_progress="hidden")
 
     def model_of(source: str, path: str) -> str:
-        return "default" if source == "builtin" else (path or "").strip() or "default"
+        if source == "builtin" or not (path or "").strip():
+            return "default"
+        return str(ctx.page_path(path, "model_name_or_path"))
 
     model_inputs = [f["model_source"], f["model_path"], f["template"], f["cutoff_len"], f["trust_remote_code"]]
 
@@ -408,12 +418,12 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             yield [t("data.pick_one", language), *[gr.update()] * 8]
             return
         try:
-            examples, problems = inspect_dataset(name, dataset_dir, stage)
+            examples, problems = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage)
+            model = model_of(source, path)
         except Exception as exc:  # noqa: BLE001 - shown on the page, never a traceback
             yield failed(exc, language)
             return
-        yield from show(examples, problems, name, language, model_of(source, path), template, cutoff_len, trust,
-                        with_tokens)
+        yield from show(examples, problems, name, language, model, template, cutoff_len, trust, with_tokens)
 
     inspect_inputs = [c["inspect_name"], c["dataset_dir"], f["stage"], lang, *model_inputs]
     c["inspect_btn"].click(on_inspect, inspect_inputs, table_outputs)
@@ -436,14 +446,19 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["page"].submit(lambda e, p, lg: on_page(e, p, 0, lg), [c["examples"], c["page"], lang], page_outputs)
 
     def on_refresh(dataset_dir: str, chosen: list[str], inspected: str | None, language: str) -> list[Any]:
-        choices = dataset_choices(dataset_dir)
+        try:
+            folder = ctx.page_path(dataset_dir, "dataset_dir")
+        except UserError as exc:
+            return [gr.update(choices=[], value=[]), gr.update(choices=[], value=None), f"⚠ {exc}"]
+        choices = dataset_choices(folder)
         names = [name for _, name in choices]
-        message = "" if choices else t("data.no_registry", language, path=Path(dataset_dir) / "dataset_info.json")
+        message = "" if choices else t("data.no_registry", language, path=folder / "dataset_info.json")
         return [gr.update(choices=choices, value=[n for n in chosen or [] if n in names]),
                 gr.update(choices=choices, value=inspected if inspected in names else None), message]
 
     refresh_outputs = [c["datasets"], c["inspect_name"], c["data_msg"]]
-    c["data_refresh"].click(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs)
+    c["data_refresh"].click(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs,
+                            api_name="data_refresh")
     c["dataset_dir"].submit(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs)
 
     def on_file(file: str | None) -> list[Any]:
@@ -462,11 +477,11 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             return
         try:
             examples, problems = check_upload(file, formatting, columns, stage, ctx.max_upload_bytes)
+            model = model_of(source, path)
         except Exception as exc:  # noqa: BLE001
             yield failed(exc, language)
             return
-        yield from show(examples, problems, Path(file).name, language, model_of(source, path), template, cutoff_len,
-                        trust)
+        yield from show(examples, problems, Path(file).name, language, model, template, cutoff_len, trust)
 
     upload_inputs = [c["upload_file"], c["upload_format"], c["upload_columns"], f["stage"], lang, *model_inputs]
     c["upload_check"].click(on_check, upload_inputs, table_outputs)
@@ -476,10 +491,11 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         if not file:
             return [t("data.no_file", language), gr.update(), gr.update()]
         try:
-            registered, target = register_upload(file, Path(file).name, name, formatting, columns, ctx, dataset_dir)
+            folder = ctx.page_path(dataset_dir, "dataset_dir", write=True)
+            registered, target = register_upload(file, Path(file).name, name, formatting, columns, ctx, folder)
         except Exception as exc:  # noqa: BLE001
             return [error_text(exc), gr.update(), gr.update()]
-        choices = dataset_choices(dataset_dir)
+        choices = dataset_choices(folder)
         return [t("data.registered", language, name=registered, path=target),
                 gr.update(choices=choices, value=chosen), gr.update(choices=choices, value=registered)]
 

@@ -16,7 +16,7 @@ import gradio as gr
 from app import jobview
 from app.context import AppContext
 from app.i18n import t
-from app.tabs.data import dataset_choices
+from app.tabs.data import dataset_choices, page_dataset_choices
 from app.ui_kit import Labels
 from trainer_core import jobs
 from trainer_core.errors import UserError
@@ -139,7 +139,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     lang = c["lang"]
 
     def on_tab(run_dir: str | None, dataset_dir: str) -> list[Any]:
-        return [refreshed_run_picker(ctx, run_dir), gr.update(choices=dataset_choices(dataset_dir))]
+        return [refreshed_run_picker(ctx, run_dir), gr.update(choices=page_dataset_choices(ctx, dataset_dir))]
 
     c["tab_evaluate"].select(on_tab, [c["eval_run"], c["dataset_dir"]], [c["eval_run"], c["eval_datasets"]])
 
@@ -154,6 +154,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                  split: str, max_samples: Any, n_shot: Any, max_new_tokens: Any, batch_size: Any,
                  language: str) -> list[Any]:
         try:
+            run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
+            dataset_dir = str(ctx.page_path(dataset_dir, "dataset_dir")) if (dataset_dir or "").strip() else ""
             args = eval_args(run_dir or "", base_only=base_only, tasks=tasks, datasets=datasets,
                              dataset_dir=dataset_dir, split=split, max_samples=max_samples, n_shot=n_shot,
                              max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -122,6 +122,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     def on_start(run_dir: str | None, dtype: str, shard: str, gguf: list[str], overwrite: bool,
                  language: str) -> list[Any]:
         try:
+            run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
             job_dir = start_export(run_dir or "", export_args(run_dir or "", dtype, shard, gguf, overwrite))
         except UserError as exc:
             return [f"⚠ {exc}", gr.update()]

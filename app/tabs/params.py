@@ -20,7 +20,7 @@ import gradio as gr
 from app.context import AppContext
 from app.i18n import t
 from app.models_catalog import KNOWN_MODELS, known_model
-from app.tabs.data import dataset_names
+from app.tabs.data import dataset_names, page_dataset_choices
 from app.ui_kit import Labels
 from trainer_core.config import DEEPSPEED_PRESETS, KEYS, TrainConfig, allowed_values, config_from_dict, config_to_yaml
 from trainer_core.errors import UserError
@@ -130,14 +130,21 @@ def raw_config(values: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def check(values: dict[str, Any]) -> tuple[TrainConfig | None, dict[str, str], list[str]]:
-    """(config or None, problems by form field, problems that belong to no field)."""
+def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, dict[str, str], list[str]]:
+    """(config or None, problems by form field, problems that belong to no field). Paths must
+    stay inside the folders the workbench may use (AppContext.page_path)."""
     raw = raw_config(values)
     fields: dict[str, str] = {}
     general: list[str] = []
-    model_problem = check_model(values)
+    model_problem = check_model(values, ctx)
     if model_problem:
         fields["model_path"] = model_problem
+    for key, write in (("dataset_dir", False), ("output_dir", True)):
+        if raw.get(key):
+            try:
+                raw[key] = str(ctx.page_path(raw[key], key, write=write))
+            except UserError as exc:
+                fields[key] = str(exc)
     try:
         cfg = config_from_dict(raw)
     except UserError as exc:
@@ -152,7 +159,7 @@ def check(values: dict[str, Any]) -> tuple[TrainConfig | None, dict[str, str], l
     return (cfg if not fields and not general else None), fields, general
 
 
-def check_model(values: dict[str, Any]) -> str | None:
+def check_model(values: dict[str, Any], ctx: AppContext) -> str | None:
     """The local folder must exist: without a hub a name would fail only once the job starts."""
     from trainer_core.models import resolve_model_path
 
@@ -161,6 +168,10 @@ def check_model(values: dict[str, Any]) -> str | None:
     path = (values.get("model_path") or "").strip()
     if not path:
         return "model_name_or_path: give the local model folder (the one holding config.json)"
+    try:
+        ctx.page_path(path, "model_name_or_path")
+    except UserError as exc:
+        return str(exc)
     try:
         resolve_model_path(path)
     except UserError as exc:
@@ -215,7 +226,7 @@ def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:
     from trainer_core.config import default_output_dir
     from trainer_core.jobs import build_command
 
-    cfg, fields, general = check(values)
+    cfg, fields, general = check(values, ctx)
     if cfg is None:
         raise UserError("\n".join([*fields.values(), *general]))
     output_dir = cfg.output_dir or default_output_dir(cfg, ctx.outputs_root)
@@ -227,31 +238,28 @@ def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:
 def save(values: dict[str, Any], path: str, ctx: AppContext) -> Path:
     from trainer_core.config import save_config
 
-    cfg, fields, general = check(values)
+    cfg, fields, general = check(values, ctx)
     if cfg is None:
         raise UserError("\n".join([*fields.values(), *general]))
-    target = resolve_config_path(path, ctx)
+    target = resolve_config_path(path, ctx, write=True)
     save_config(cfg, target)
     return target
 
 
-def resolve_config_path(path: str, ctx: AppContext) -> Path:
+def resolve_config_path(path: str, ctx: AppContext, write: bool = False) -> Path:
     path = (path or "").strip()
     if not path:
         raise UserError("give a file name for the config, e.g. configs/my_run.yaml")
-    target = Path(path).expanduser()
-    if not target.is_absolute():
-        target = ctx.workdir / target
+    target = ctx.page_path(path, "config file", write=write)
     if target.suffix not in (".yaml", ".yml"):
         raise UserError(f"'{path}': a config file ends in .yaml")
     return target
 
 
-def load(path: str, ctx: AppContext, current: dict[str, Any], available: list[str]) -> dict[str, Any]:
+def load(target: Path, ctx: AppContext, current: dict[str, Any], available: list[str]) -> dict[str, Any]:
     """Values from a saved config (or a run's run.yaml); checked as the CLI would."""
     from trainer_core.config import read_yaml
 
-    target = resolve_config_path(path, ctx)
     raw = read_yaml(target)
     config_from_dict(raw)  # report what is wrong with it now, not at start
     return values_from_config(raw, ctx, current, available, keep_data_dir=False)
@@ -410,7 +418,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         current = as_values(args)
         if not name:
             return [gr.update() for _ in ORDER]
-        return apply(values_from_config(read_preset(ctx, name), ctx, current, dataset_names(current["dataset_dir"])))
+        available = [name for _, name in page_dataset_choices(ctx, current["dataset_dir"])]
+        return apply(values_from_config(read_preset(ctx, name), ctx, current, available))
 
     c["preset"].change(on_preset, [c["preset"], *form], form)
 
@@ -434,21 +443,26 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     c["save_btn"].click(on_save, [c["config_path"], *form, lang], c["params_msg"])
 
-    def on_load(path: str, *args: Any) -> list[Any]:
+    def load_into_form(target: Path | None, path: str, *args: Any) -> list[Any]:
         *rest, language = args
         try:
             current = as_values(rest)
-            values = load(path, ctx, current, dataset_names(current["dataset_dir"]))
+            data_dir = ctx.page_path(current["dataset_dir"], "dataset_dir")
+            values = load(target or resolve_config_path(path, ctx), ctx, current, dataset_names(data_dir))
         except UserError as exc:
             return [gr.update() for _ in ORDER] + [f"⚠ {exc}"]
         return apply(values) + [t("params.loaded", language, path=path)]
+
+    def on_load(path: str, *args: Any) -> list[Any]:
+        return load_into_form(None, path, *args)
 
     c["load_btn"].click(on_load, [c["config_path"], *form, lang], [*form, c["params_msg"]])
 
     def on_upload(file: str | None, *args: Any) -> list[Any]:
         if not file:
             return [gr.update() for _ in ORDER] + [gr.update(), gr.update()]
-        result = on_load(file, *args)
-        return result + [gr.update(value=file)]
+        # gradio's own copy of the upload is read once; saving goes to configs/ under the work folder
+        result = load_into_form(Path(file), Path(file).name, *args)
+        return result + [gr.update(value=f"configs/{Path(file).name}")]
 
     c["upload_cfg"].upload(on_upload, [c["upload_cfg"], *form, lang], [*form, c["params_msg"], c["config_path"]])

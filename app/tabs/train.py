@@ -59,7 +59,7 @@ def table_rows(rows: list[dict], lang: str) -> list[list[Any]]:
 
 def start(values: dict[str, Any], ctx: AppContext) -> Path:
     """Check the form and start the job; a problem is raised as one UserError listing all."""
-    cfg, fields, general = params.check(values)
+    cfg, fields, general = params.check(values, ctx)
     if cfg is None:
         raise UserError("\n".join(f"- {text}" for text in [*fields.values(), *general]))
     return jobs.start_job(cfg, ctx.outputs_root)
@@ -191,6 +191,10 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     def on_abort(run_dir: str | None, language: str) -> str:
         if not run_dir:
             return t("train.pick_run", language)
+        try:
+            run_dir = str(ctx.page_path(run_dir, "run", write=True))
+        except UserError as exc:
+            return f"⚠ {exc}"
         if jobs.refresh_status(run_dir).get("state") != "running":
             return t("train.not_running", language)
         abort_in_background(run_dir)
@@ -202,6 +206,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         if not run_dir:
             return [t("train.pick_run", language), *[gr.update()] * 4]
         try:
+            run_dir = str(ctx.page_path(run_dir, "run", write=True))
             resume(run_dir)
         except UserError as exc:
             return [f"⚠ {exc}", *[gr.update()] * 4]
