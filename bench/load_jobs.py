@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"job {i:2d} {result['ending']:9s} -> {result['state']:9s} {result['seconds']:5.1f} s "
               f"{'ok' if result['ok'] else 'WRONG: ' + result['error']}", flush=True)
+    # The last job's supervisor writes its status and then exits: give it a moment, and reap it.
+    wait_until(lambda: not [pid for pid in _children() if _reap(pid)], 15)
     after = {"handles": open_handles(), "threads": threading.active_count(), "children": _children()}
     report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "jobs": len(results), "wall_s": round(time.time() - started),
               "right_state": sum(r["ok"] for r in results), "before": before, "after": after,
@@ -133,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     clean = (report["right_state"] == len(results) and report["leaked_handles"] <= 0
              and not report["leftover_processes"] and not after["children"])
     return 0 if clean else 1
+
+
+def _reap(pid: int) -> bool:
+    """True while the child still runs; a finished one is reaped (so it is no zombie)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0
 
 
 def _children() -> list[int]:
