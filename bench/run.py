@@ -111,11 +111,11 @@ def _tree(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         seen.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
+        try:  # a process may end between the listing and the read
+            for task in list(Path(f"/proc/{p}/task").glob("*")):
                 todo += [int(x) for x in (task / "children").read_text().split()]
-            except OSError:
-                pass
+        except OSError:
+            pass
     return seen
 
 
