@@ -199,8 +199,13 @@ JOB = dict(stage="sft", cutoff_len=256, finetuning_type="lora", lora_rank=8, lor
 class Ours:
     name = "ours"
 
-    def __init__(self, work: Path, data: Path, model: str, overrides: dict):
-        self.work, self.data, self.model, self.overrides = work / "ours", data, model, overrides
+    def __init__(self, work: Path, data: Path, model: str, overrides: dict, variant: dict | None = None):
+        # A variant (e.g. gradient_checkpointing=true) is our job with more overrides, in its own column.
+        if variant:
+            self.name = "ours, " + ", ".join(f"{k}={v}" for k, v in variant.items())
+        folder = "ours" if not variant else "ours-" + "-".join(str(k) for k in variant)
+        self.work, self.data, self.model = work / folder, data, model
+        self.overrides = {**overrides, **(variant or {})}
         self.work.mkdir(parents=True, exist_ok=True)
 
     def train(self, tag: str, max_steps: int, max_samples: int | None = None) -> dict:
@@ -513,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="train,epoch,preprocess,ui,chat,export", help="which sections to run")
     parser.add_argument("--workdir", default="/tmp/qihuang-bench", help="scratch folder (data, runs, logs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="our config overrides")
+    parser.add_argument("--train-variant", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="also run the training figures with these overrides, as a third column")
     opts = parser.parse_args(argv)
 
     work = Path(opts.workdir)
@@ -529,10 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     path = REPO / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     if "train" in sections:
-        raw["train"] = alternate(tools, opts.runs, lambda t, i: t.train(f"train-{i}", opts.train_steps),
+        train_tools = list(tools)
+        if opts.train_variant:
+            variant = {k: yaml_value(v) for k, v in (item.split("=", 1) for item in opts.train_variant)}
+            train_tools.insert(1, Ours(work, data, model, overrides, variant))
+        raw["train"] = alternate(train_tools, opts.runs, lambda t, i: t.train(f"train-{i}", opts.train_steps),
                                  f"train {opts.train_steps} steps")
         write_report(path, raw, opts)
-        adapters = {name: runs[-1]["adapter"] for name, runs in raw["train"].items()}
+        adapters = {t.name: raw["train"][t.name][-1]["adapter"] for t in tools}
     if "epoch" in sections:
         def epoch(tool, i):
             result = tool.train(f"epoch-{i}", -1, opts.epoch_records)
@@ -583,16 +594,26 @@ def yaml_value(text: str):
 
 
 def table(summary: dict, epoch_records: int) -> str:
-    """Markdown: each figure as median (min–max) per tool, and ours/theirs."""
-    lines = ["| figure | ours | LLaMA-Factory | ours / theirs |", "|---|---|---|---|"]
+    """Markdown: each figure as median (min–max) per tool, and ours/theirs (each of our columns)."""
+    names = list(dict.fromkeys(name for section in summary.values() for name in section))
+    ours_names = [n for n in names if n != "llamafactory"]
+    titles = {"ours": "ours", "llamafactory": "LLaMA-Factory"}
+    header = [titles.get(n, n) for n in names]
+    if "llamafactory" in names:
+        header += [f"{titles.get(n, n)} / theirs" for n in ours_names]
+    lines = ["| figure | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for section, key, label, unit, _ in FIGURES:
         if section not in summary:
             continue
         label = label.replace("one epoch", f"one epoch ({epoch_records} records)")
-        ours = summary[section].get("ours", {}).get(key, {})
-        theirs = summary[section].get("llamafactory", {}).get(key, {})
-        ratio = f"{ours['median'] / theirs['median']:.2f}" if ours and theirs and theirs["median"] else "–"
-        lines.append(f"| {label} | {_cell(ours, unit)} | {_cell(theirs, unit)} | {ratio} |")
+        cells = [summary[section].get(n, {}).get(key, {}) for n in names]
+        row = [_cell(stats, unit) for stats in cells]
+        if "llamafactory" in names:
+            theirs = summary[section].get("llamafactory", {}).get(key, {})
+            for n in ours_names:
+                ours = summary[section].get(n, {}).get(key, {})
+                row.append(f"{ours['median'] / theirs['median']:.2f}" if ours and theirs and theirs["median"] else "–")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

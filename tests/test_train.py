@@ -158,11 +158,31 @@ def test_a_checkpoint_cut_off_mid_save_is_skipped(cli, tiny_model_dir, tiny_data
     assert f"Resuming from {out / 'checkpoint-2'}" in result.stdout
 
 
+def _imported_modules(console_log: Path) -> set[str]:
+    """Module names from `python -X importtime` lines ("import time: self | cumulative | name").
+    A refused import is listed too, so callers look for a package's submodules."""
+    return {line.rsplit("|", 1)[1].strip() for line in console_log.read_text().splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_a_lora_job_never_imports_bitsandbytes(cli, tiny_model_dir, tiny_data_dir, tmp_path):
+    # peft imports bitsandbytes whenever it is installed, over a second of every job's start.
+    out = tmp_path / "lora"
+    result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, dataset="qa", max_steps=1, save_steps=100),
+                 env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = _imported_modules(out / "console.log")
+    assert "peft" in imported and "torch" in imported
+    assert not [name for name in imported if name.startswith("bitsandbytes.")]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_qlora_4bit_trains(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "qlora"
     result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, dataset="qa", finetuning_type="qlora",
-                                  max_steps=3, save_steps=100))
+                                  max_steps=3, save_steps=100), env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "bitsandbytes.nn" in _imported_modules(out / "console.log")
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 8
     assert Path(out / "adapter" / "adapter_model.safetensors").is_file()

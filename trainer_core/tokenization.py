@@ -10,6 +10,7 @@ run on the same data loads them instead of tokenizing again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -319,8 +320,9 @@ def tokenize_dataset(examples: list[dict], tokenizer: Any, stage: str, cutoff_le
 def _save_cache(path: Path, samples: list[dict], stats: EncodeStats) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lengths = np.fromiter((len(s["input_ids"]) for s in samples), dtype=np.int64, count=len(samples))
-    ids = np.fromiter((t for s in samples for t in s["input_ids"]), dtype=np.int32, count=int(lengths.sum()))
-    labels = np.fromiter((t for s in samples for t in s["labels"]), dtype=np.int32, count=int(lengths.sum()))
+    total = int(lengths.sum())
+    ids = np.fromiter(itertools.chain.from_iterable(s["input_ids"] for s in samples), dtype=np.int32, count=total)
+    labels = np.fromiter(itertools.chain.from_iterable(s["labels"] for s in samples), dtype=np.int32, count=total)
     meta = {k: v for k, v in stats.__dict__.items() if k not in ("seconds", "cached")}
     tmp = path.with_name(path.stem + ".partial.npz")
     np.savez(tmp, lengths=lengths, ids=ids, labels=labels, meta=np.array(json.dumps(meta)))
