@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,3 +56,49 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 600) -> subproce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tuned_run(tmp_path_factory, tiny_model_dir, tiny_data_dir) -> Path:
+    """A LoRA run on the tiny model, trained hard enough (lr 5e-2) that its answers differ from the
+    base model's. Shared: tests only read it."""
+    out = tmp_path_factory.mktemp("tuned") / "run"
+    result = run_cli("train", f"model_name_or_path={tiny_model_dir}", f"dataset_dir={tiny_data_dir}", "dataset=qa",
+                     f"output_dir={out}", "max_steps=6", "learning_rate=5e-2", "cutoff_len=96", "save_steps=100")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_workbench(args: list[str], output, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python launch.py --port P ARGS` in its own process group, once it answers HTTP (a log-in
+    page's 401 counts); output is a file or subprocess.PIPE. Stop it with stop_workbench."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), *args], cwd=REPO, stdout=output,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/", timeout=2).close()
+            return proc, url
+        except urllib.error.HTTPError:
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                said = proc.stdout.read() if proc.stdout else "(see its log)"
+                pytest.fail(f"launch.py exited with {proc.returncode}: {said}")
+            if time.time() > deadline:
+                stop_workbench(proc)
+                pytest.fail(f"launch.py did not answer within {timeout:.0f} s")
+            time.sleep(0.25)
+
+
+def stop_workbench(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)

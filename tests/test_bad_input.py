@@ -142,7 +142,7 @@ def test_missing_file_names_the_path_and_the_dataset():
 def test_every_committed_bad_file_is_covered():
     """A file added to tests/bad_data must get its expected messages here (or load, below)."""
     info = load_dataset_info(BAD)
-    covered = set(EXPECTED) | set(LOADS) | {"missing_file", "long_record", "tcm_corpus"}
+    covered = set(EXPECTED) | set(LOADS) | {"missing_file", "long_record", "tcm_corpus", "special_token"}
     assert set(info) == covered
     registered = {entry["file_name"] for entry in info.values()}
     on_disk = {p.name for p in BAD.iterdir() if p.name != "dataset_info.json"}
@@ -573,6 +573,29 @@ def test_data_check_refuses_a_2gb_file_within_a_small_memory_limit(tmp_path):
     assert ("    - big.jsonl: file is 2.0 GiB; the limit is 1.0 GiB (max_file_bytes): split it or raise the limit"
             in result.stdout)
     assert "Traceback" not in result.stdout + result.stderr
+
+
+SPECIAL_TOKEN_PROBLEM = ("special_token.json, record 1, field 'messages[1].content (assistant)': contains "
+                         "'<|im_end|>', which this model's tokenizer reads as its special token, not as text; "
+                         "training would teach the model that control token there. Remove it.")
+
+
+def test_data_check_names_a_record_holding_special_token_text(cli, tiny_model_dir):
+    assert problems_of("special_token") == []  # well-formed JSON and fields: only the tokenizer can tell
+    result = cli("data", "check", "special_token", f"--dataset_dir={BAD}", f"--model_name_or_path={tiny_model_dir}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"    - {SPECIAL_TOKEN_PROBLEM}\n" in result.stdout
+    assert result.stdout.count("    - ") == 1  # record 0 is clean
+
+
+def test_training_warns_about_special_token_text_and_names_it(cli, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = cli("train", f"model_name_or_path={tiny_model_dir}", f"dataset_dir={BAD}", "dataset=special_token",
+                 f"output_dir={out}", "max_steps=1", "cutoff_len=64", "save_steps=100")
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = (out / "console.log").read_text()
+    assert "warning: 1 train record field(s) hold special-token text" in console
+    assert f"  - {SPECIAL_TOKEN_PROBLEM}\n" in console
 
 
 def test_data_check_with_a_model_that_needs_its_own_code(cli, remote_code_model):

@@ -10,17 +10,6 @@ from trainer_core.errors import UserError
 GREEDY = GenerationSettings(max_new_tokens=8, do_sample=False, repetition_penalty=1.0)
 
 
-@pytest.fixture(scope="module")
-def tuned_run(tmp_path_factory, tiny_model_dir, tiny_data_dir):
-    from conftest import run_cli
-
-    out = tmp_path_factory.mktemp("chat") / "run"
-    result = run_cli("train", f"model_name_or_path={tiny_model_dir}", f"dataset_dir={tiny_data_dir}", "dataset=qa",
-                     f"output_dir={out}", "max_steps=6", "learning_rate=5e-2", "cutoff_len=96", "save_steps=100")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 def test_stream_grows_to_the_full_reply(tiny_model_dir):
     session = ChatSession()
     session.load(str(tiny_model_dir))

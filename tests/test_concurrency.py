@@ -64,17 +64,6 @@ def test_training_is_refused_while_an_export_job_holds_the_devices(live_job, tmp
 
 # ---- chat ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tuned_run(tmp_path_factory, tiny_model_dir, tiny_data_dir):
-    from conftest import run_cli
-
-    out = tmp_path_factory.mktemp("concurrency") / "run"
-    result = run_cli("train", f"model_name_or_path={tiny_model_dir}", f"dataset_dir={tiny_data_dir}", "dataset=qa",
-                     f"output_dir={out}", "max_steps=6", "learning_rate=5e-2", "cutoff_len=96", "save_steps=100")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
-
-
 def _count_generations(session: ChatSession) -> dict:
     """Wrap the model's generate() to record how many run at the same time."""
     counts = {"now": 0, "most": 0, "calls": 0}

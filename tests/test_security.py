@@ -4,19 +4,16 @@ model code runs only with trust_remote_code, and secrets never reach the run fol
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import start_workbench, stop_workbench
 
 from app.context import make_context
 from app.tabs import data, params
@@ -93,37 +90,15 @@ def test_uploads_land_in_the_data_folder_under_a_safe_name(ctx):
 
 # ---- the running page ---------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def public_page(tmp_path_factory, tiny_data_dir, tiny_model_dir):
     """The workbench on all interfaces with a log-in, as an operator would start it."""
     work = tmp_path_factory.mktemp("public")
     shutil.copytree(tiny_data_dir, work / "data")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "launch.py", "--host", "0.0.0.0", "--port", str(port), "--auth",
-                             "doctor:s3cret-pass", "--workdir", str(work), "--model", str(tiny_model_dir)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/", timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"launch.py exited with {proc.returncode}: {proc.stdout.read()}")
-            time.sleep(0.25)
+    proc, url = start_workbench(["--host", "0.0.0.0", "--auth", "doctor:s3cret-pass", "--workdir", str(work),
+                                 "--model", str(tiny_model_dir)], subprocess.PIPE)
     yield url, proc, work
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=20)
+    stop_workbench(proc)
 
 
 def _status(url: str) -> int:

@@ -171,3 +171,19 @@ def test_vectorised_masking_equals_the_token_by_token_rule():
         expected = [i if any(end > s and start < e for s, e in spans if e > s) else IGNORE_INDEX
                     for i, (start, end) in zip(ids, offsets)]
         assert _mask_outside(ids, offsets, spans) == expected
+
+
+def test_special_token_text_in_a_record_is_named_by_record_and_field(tokenizer):
+    from trainer_core.tokenization import special_token_problems
+
+    clean = {"messages": CONVERSATION, "source": "qa.json", "index": 0}
+    leaked = {"messages": [{"role": "user", "content": "黄芪？"},
+                           {"role": "assistant", "content": "补气。<|im_end|>\n<|im_start|>user\n还有呢"}],
+              "source": "qa.json", "index": 7}
+    corpus = {"text": "四君子汤<|endoftext|>", "source": "corpus.txt", "index": 3}
+    problems = special_token_problems([clean, leaked, corpus], tokenizer)
+    assert [(p.file, p.record, p.field) for p in problems] == [
+        ("qa.json", 7, "messages[1].content (assistant)"), ("corpus.txt", 3, "text")]
+    assert "'<|im_end|>'" in problems[0].message and "'<|endoftext|>'" in problems[1].message
+    assert special_token_problems([clean] * 5, tokenizer) == []
+    assert len(special_token_problems([leaked] * 5, tokenizer, limit=2)) == 2

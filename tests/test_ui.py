@@ -197,7 +197,8 @@ def test_text_data_is_read_as_pretraining_text_whatever_the_stage(ctx):
 
 def test_stats_rows_and_token_lengths(ctx):
     examples, _ = data.inspect_dataset("dialog", str(ctx.data_dir), "sft")
-    tokens, lengths = data.token_report(examples, ctx.model, "auto", 64)
+    tokens, lengths, special = data.token_report(examples, ctx.model, "auto", 64)
+    assert special == []
     assert len(lengths) == len(examples) and tokens["share_over_cutoff"] >= 0
     rows = dict(data.stats_rows(data.text_stats(examples), tokens, "en"))
     assert rows["records"] == "16" and rows["multi-turn share"] == "100.0%"

@@ -16,7 +16,8 @@ Reading goes file -> rows -> examples:
    - text -> {"text": str}
    - mcq  -> {"question": str, "options": {"A": str, ...}, "answer": "A", "subject": str | None,
               "multi": bool}
-   Every example also keeps where it came from: "source" (dataset name) and "index" (record in file).
+   Every example also keeps where it came from: "source" (dataset name), "file" (its file, as
+   problems name it) and "index" (record in file).
 3. Whatever is wrong becomes a `Problem(file, record, field, message)`. Reading never stops at the
    first one, so a user can fix a file in one pass; records with problems are left out.
 
@@ -278,6 +279,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
             # Pre-training reads conversations as plain text.
             example = {"text": "\n".join(m["content"] for m in example["messages"])}
         example["source"] = source
+        example["file"] = display
         example["index"] = index
         examples.append(example)
     problems.sort(key=lambda p: -1 if p.record is None else p.record)  # file order; whole-file first

@@ -30,7 +30,10 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
         examples, problems = read_dataset(name, cfg.dataset_dir, "mcq" if mcq else cfg.stage)
         report: dict[str, Any] = {"name": name, "problems": problems, "text": text_stats(examples)}
         if tokenizer is not None and examples and not mcq:
+            from trainer_core.tokenization import special_token_problems
+
             report["tokens"] = token_stats(examples, tokenizer, cfg)
+            report["problems"] = problems + special_token_problems(examples, tokenizer)
         reports.append(report)
     return reports
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer_core.errors import UserError
+from trainer_core.errors import Problem, UserError
 
 IGNORE_INDEX = -100
 CACHE_VERSION = "1"
@@ -248,6 +248,39 @@ def _as_text(example: dict) -> str:
     if "text" in example:
         return example["text"]
     return "\n".join(m["content"] for m in example["messages"])
+
+
+def special_token_problems(examples: list[dict], tokenizer: Any, limit: int = 1000) -> list[Problem]:
+    """Records whose text holds one of the tokenizer's special tokens, e.g. a literal "<|im_end|>"
+    left in an answer by an export of chat logs. The tokenizer reads such text as the control
+    token, not as characters, so training would teach the model to end its turn (or start one)
+    there. One Problem per field, naming the dataset, the record and the message; at most `limit`."""
+    import re
+
+    specials = sorted({str(t) for t in tokenizer.all_special_tokens}
+                      | {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                         if getattr(t, "special", False)}, key=len, reverse=True)
+    specials = [t for t in specials if len(t) > 1]  # a one-character "special" token is ordinary text
+    if not specials:
+        return []
+    pattern = re.compile("|".join(map(re.escape, specials)))
+    problems = []
+    for example in examples:
+        if "text" in example:
+            fields = [("text", example["text"])]
+        else:
+            fields = [(f"messages[{i}].content ({m['role']})", m["content"])
+                      for i, m in enumerate(example.get("messages", []))]
+        for where, text in fields:
+            found = pattern.search(text)
+            if found:
+                problems.append(Problem(
+                    str(example.get("file") or example.get("source", "?")), example.get("index"), where,
+                    f"contains '{found.group()}', which this model's tokenizer reads as its special token, "
+                    "not as text; training would teach the model that control token there. Remove it."))
+                if len(problems) >= limit:
+                    return problems
+    return problems
 
 
 def pack_samples(samples: list[dict], cutoff_len: int) -> list[dict]:

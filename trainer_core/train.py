@@ -222,7 +222,7 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
     """Datasets → examples → token ids (cached), with a line of statistics for each split."""
     from trainer_core.data import load_datasets
     from trainer_core.models import qihuang_home
-    from trainer_core.tokenization import pack_samples, tokenize_dataset
+    from trainer_core.tokenization import pack_samples, special_token_problems, tokenize_dataset
 
     train_examples, eval_examples = load_datasets(
         cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples, val_size=cfg.val_size,
@@ -234,6 +234,12 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
             splits.append([])
             continue
         samples, stats = tokenize_dataset(examples, tokenizer, cfg.stage, cfg.cutoff_len, cache_dir, log)
+        special = special_token_problems(examples, tokenizer)
+        if special:  # a warning, not a stop: the tokenizer would read this text the same way at inference
+            log(f"warning: {len(special)}{'+' if len(special) >= 1000 else ''} {name} record field(s) hold "
+                "special-token text (python -m trainer_core data check lists them all); the first:")
+            for problem in special[:3]:
+                log(f"  - {problem}")
         source = "from cache" if stats.cached else "tokenized"
         log(f"{name}: {stats.records} records → {stats.samples} samples ({source} in {stats.seconds:.2f} s); "
             f"{stats.truncated} truncated to cutoff_len {cfg.cutoff_len}, "

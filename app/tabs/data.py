@@ -174,10 +174,10 @@ def tokenizer_for(model: str, template: str, stage: str, trust_remote_code: bool
 
 
 def token_report(examples: list[dict], model: str, template: str, cutoff_len: int,
-                 trust_remote_code: bool = False) -> tuple[dict, list[int]]:
-    """Token statistics exactly as training tokenizes (same template and cutoff), and every
-    record's length for the histogram."""
-    from trainer_core.tokenization import encode_pt, encode_sft
+                 trust_remote_code: bool = False) -> tuple[dict, list[int], list[Problem]]:
+    """Token statistics exactly as training tokenizes (same template and cutoff), every record's
+    length for the histogram, and the records holding this model's special-token text."""
+    from trainer_core.tokenization import encode_pt, encode_sft, special_token_problems
 
     chat = [e for e in examples if "messages" in e]
     stage = "sft" if chat and len(chat) == len(examples) else "pt"
@@ -189,7 +189,7 @@ def token_report(examples: list[dict], model: str, template: str, cutoff_len: in
     over = sum(1 for n in stats.lengths if n > cutoff_len)
     summary["cutoff_len"] = int(cutoff_len)
     summary["share_over_cutoff"] = over / len(stats.lengths) if stats.lengths else 0.0
-    return summary, list(stats.lengths)
+    return summary, list(stats.lengths), special_token_problems(examples, tokenizer)
 
 
 def histogram(lengths: list[int], cutoff_len: int, lang: str) -> Any:
@@ -391,8 +391,9 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             return
         try:
             cutoff = int(cutoff_len or 1024)
-            tokens, lengths = token_report(examples, model, template, cutoff, bool(trust))
-            view = {**view, "tokens": tokens, "lengths": lengths, "cutoff": cutoff}
+            tokens, lengths, special = token_report(examples, model, template, cutoff, bool(trust))
+            view = {**view, "tokens": tokens, "lengths": lengths, "cutoff": cutoff,
+                    "problems": [*problems, *special]}
         except Exception as exc:  # noqa: BLE001 - a tokenizer that will not load is reported, not raised
             view = {**view, "token_error": error_text(exc)}
         yield present(view, examples, 1, language)

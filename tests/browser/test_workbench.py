@@ -9,24 +9,17 @@ browser is the system's, never one downloaded by `playwright install`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
+# Needed, not optional: without playwright or /usr/bin/chromium these tests fail (setup.sh --dev installs both).
+import playwright.sync_api as playwright_api
 import pytest
+from conftest import start_workbench, stop_workbench
 
 from app.i18n import t
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("no /usr/bin/chromium (run scripts/setup.sh --dev)", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,36 +28,17 @@ TABS = ("data", "params", "train", "evaluate", "chat", "export")
 TIMEOUT_MS = 120_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_model_dir, tiny_data_dir):
     """The workbench on a free localhost port, preselecting the tiny model and a copy of the tiny data."""
     root = tmp_path_factory.mktemp("workbench")
     data_dir = root / "data"
     shutil.copytree(tiny_data_dir, data_dir)
-    port = _free_port()
-    log = open(root / "launch.log", "w")
-    proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), "--workdir", str(root / "work"),
-                             "--model", str(tiny_model_dir), "--data_dir", str(data_dir)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            break
-        except OSError:
-            assert proc.poll() is None, (root / "launch.log").read_text()
-            time.sleep(0.25)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    with open(root / "launch.log", "w") as log:
+        proc, url = start_workbench(["--workdir", str(root / "work"), "--model", str(tiny_model_dir),
+                                     "--data_dir", str(data_dir)], log)
+        yield url + "/"
+        stop_workbench(proc)
     # No job may outlive the test: abort whatever is still running.
     from trainer_core import jobs
 
