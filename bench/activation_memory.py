@@ -52,15 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     batch = SupervisedCollator(tokenizer.pad_token_id)(samples[: cfg.per_device_train_batch_size])
 
     # The trainer's loss path (trained rows only), without building TrainingArguments.
-    from trainer_core.loss import TrainedRowsOnly, trained_rows_loss
+    from trainer_core.loss import TrainedRowsOnly
 
     rows = TrainedRowsOnly(model)
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     stack: list[str] = ["(outside modules)"]
+    def leave(module, args, output) -> None:  # a forward hook that returns something replaces the output
+        stack.pop()
+
     for module in model.modules():
         kind = type(module).__name__
         module.register_forward_pre_hook(lambda m, a, kind=kind: stack.append(kind))
-        module.register_forward_hook(lambda m, a, o: stack.pop())
+        module.register_forward_hook(leave)
     by_kind: dict[str, int] = collections.Counter()
     seen: set[int] = set()
 
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.select(batch["labels"])
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
-        loss = trained_rows_loss(outputs, batch["labels"])
+        loss = rows.loss(outputs, batch["labels"])
     rows.clear()
     loss.backward()
 

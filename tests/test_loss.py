@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer_core.loss import TrainedRowsOnly, trained_rows_loss
+from trainer_core import loss as loss_module
+from trainer_core.loss import TrainedRowsOnly, can_fuse_output_layer, chunked_linear_cross_entropy, trained_rows_loss
 from trainer_core.tokenization import IGNORE_INDEX, SupervisedCollator, pack_samples
 
 
@@ -35,18 +36,20 @@ def _samples(seed: int = 0, n: int = 6) -> list[dict]:
     return samples
 
 
-def _loss_and_grads(model, batch, ours: bool, num_items=None):
+def _loss_and_grads(model, batch, ours: bool, num_items=None, fused: bool = False):
     model.zero_grad()
     if ours:
-        rows = TrainedRowsOnly(model)
+        rows = TrainedRowsOnly(model, fused=fused)
         rows.select(batch["labels"])
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         outputs = model(**inputs)
+        trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        # only the trained rows were computed; fused, none at all (the loss does them in slices)
+        assert outputs.logits.shape[0] == (0 if fused else trained)
+        loss = rows.loss(outputs, batch["labels"], num_items) if fused else trained_rows_loss(
+            outputs, batch["labels"], num_items)
         rows.clear()
         rows.remove()
-        trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        assert outputs.logits.shape[0] == trained  # only the trained rows were computed
-        loss = trained_rows_loss(outputs, batch["labels"], num_items)
     else:
         kwargs = {"num_items_in_batch": num_items} if num_items is not None else {}
         loss = model(**batch, **kwargs).loss
@@ -55,9 +58,11 @@ def _loss_and_grads(model, batch, ours: bool, num_items=None):
     return loss.detach(), grads
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("num_items", [None, 57])
-def test_trained_rows_loss_equals_the_full_loss(tiny_model_dir, packed, num_items):
+def test_trained_rows_loss_equals_the_full_loss(tiny_model_dir, packed, num_items, fused, monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * 256)  # slices of 7 rows: several, uneven
     model = _lora_model(tiny_model_dir)
     samples = _samples()
     if packed:
@@ -65,7 +70,7 @@ def test_trained_rows_loss_equals_the_full_loss(tiny_model_dir, packed, num_item
         assert any(len(s["input_ids"]) > 30 for s in samples)  # several samples share a block
     batch = SupervisedCollator(pad_token_id=0)(samples)
     reference, reference_grads = _loss_and_grads(model, batch, ours=False, num_items=num_items)
-    loss, grads = _loss_and_grads(model, batch, ours=True, num_items=num_items)
+    loss, grads = _loss_and_grads(model, batch, ours=True, num_items=num_items, fused=fused)
     assert abs(loss.item() - reference.item()) <= 1e-5 * abs(reference.item())
     assert grads.keys() == reference_grads.keys() and grads
     for name, grad in grads.items():
@@ -79,3 +84,53 @@ def test_the_hook_is_inert_when_not_armed(tiny_model_dir):
     ids = torch.tensor([[5, 6, 7, 8]])
     assert model(input_ids=ids).logits.shape[:2] == (1, 4)
     rows.remove()
+
+
+def test_full_fine_tuning_gets_the_same_output_layer_gradient(tiny_model_dir, monkeypatch):
+    """Trainable (tied) output weights: the slices add up to the same weight gradient."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 5 * 256)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    assert can_fuse_output_layer(model)
+    batch = SupervisedCollator(pad_token_id=0)(_samples(seed=3))
+    reference, reference_grads = _loss_and_grads(model, batch, ours=False)
+    loss, grads = _loss_and_grads(model, batch, ours=True, fused=True)
+    assert abs(loss.item() - reference.item()) <= 1e-5 * abs(reference.item())
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_chunked_cross_entropy_matches_under_bf16_autocast():
+    """With autocast the slices' matmuls run in bf16, as the output layer's own would."""
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (37,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+        ours = chunked_linear_cross_entropy(hidden, weight, targets)
+    assert abs(ours.item() - reference.item()) <= 1e-2 * abs(reference.item())
+    expected = torch.autograd.grad(reference, (hidden, weight))
+    got = torch.autograd.grad(ours, (hidden, weight))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
+
+
+def test_no_gradient_work_without_grad():
+    hidden, weight = torch.randn(9, 8), torch.randn(50, 8)
+    targets = torch.randint(0, 50, (9,))
+    with torch.no_grad():
+        total = chunked_linear_cross_entropy(hidden, weight, targets)
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    assert abs(total.item() - expected.item()) <= 1e-5 * abs(expected.item())
+
+
+def test_a_head_that_is_not_a_plain_linear_layer_is_not_fused(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.final_logit_softcapping = 30.0  # logits are changed after the head: keep them
+    assert not can_fuse_output_layer(model)

@@ -1,19 +1,23 @@
-"""The causal-LM loss computed only where there is something to learn.
+"""The causal-LM loss computed only where there is something to learn, a slice of rows at a time.
 
 A model's output layer turns every position's hidden state into a vocabulary-sized row of logits;
 for a 135M model with a 49k vocabulary that is a fifth of all the arithmetic and the largest
 tensors of the step. In SFT most prompt positions have label -100 and their logits are thrown
 away. Here a forward pre-hook on the output layer keeps only the rows whose (shifted) label is
-trained, so the logits are (trained tokens x vocab) instead of (batch x length x vocab). The
+trained. Then, where the output layer is a plain linear layer, those rows never become one big
+logits tensor: `chunked_linear_cross_entropy` computes logits, loss and gradients a few hundred
+rows at a time, so the step holds (rows x hidden) instead of three (rows x vocab) tensors. The
 loss is the same sum of cross-entropies divided by the same count as transformers' own
 (tests/test_loss.py checks loss and gradients against it).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 2**23  # logits per slice: 32 MB in fp32, whatever the vocabulary
 
 
 def shifted_labels(labels: Any) -> Any:
@@ -23,28 +27,69 @@ def shifted_labels(labels: Any) -> Any:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
+def can_fuse_output_layer(model: Any) -> bool:
+    """The chunked loss replaces `logits = head(hidden)`: only right for a bias-free nn.Linear head
+    whose logits the model uses as they are (no soft-capping or scaling after it)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    config = getattr(model, "config", None)
+    rescaled = any(getattr(config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale"))
+    return type(head) is torch.nn.Linear and head.bias is None and not rescaled
+
+
 class TrainedRowsOnly:
     """Installs the pre-hook; `select(labels)` arms it for the next forward, `clear()` disarms it
-    (generation and anything else that calls the model sees the normal full logits)."""
+    (generation and anything else that calls the model sees the normal full logits).
 
-    def __init__(self, model: Any) -> None:
+    With `fused` the hook keeps the trained rows' hidden states and hands the output layer zero
+    rows; `loss()` then computes the cross-entropy from those hidden states, slice by slice."""
+
+    def __init__(self, model: Any, fused: bool | None = None) -> None:
         self.keep = None
-        self.handle = model.get_output_embeddings().register_forward_pre_hook(self._pick_rows)
+        self.hidden = None
+        self.head = model.get_output_embeddings()
+        self.fused = can_fuse_output_layer(model) if fused is None else fused
+        self.handle = self.head.register_forward_pre_hook(self._pick_rows)
 
     def _pick_rows(self, module: Any, args: tuple) -> tuple | None:  # noqa: ARG002 - hook signature
         if self.keep is None:
             return None
-        hidden = args[0]
-        return (hidden[self.keep.to(hidden.device)],) + tuple(args[1:])
+        hidden = args[0][self.keep.to(args[0].device)]
+        # ZeRO-3 gathers the weight only inside the layer's own forward: there it must run.
+        if self.fused and not hasattr(module.weight, "ds_id"):
+            self.hidden = hidden
+            return (hidden[:0],) + tuple(args[1:])
+        return (hidden,) + tuple(args[1:])
 
     def select(self, labels: Any) -> None:
         self.keep = shifted_labels(labels) != IGNORE_INDEX
 
     def clear(self) -> None:
         self.keep = None
+        self.hidden = None
 
     def remove(self) -> None:
         self.handle.remove()
+
+    def loss(self, outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        """The Trainer's loss function: chunked from the kept hidden states, else from the logits."""
+        if self.hidden is None:
+            return trained_rows_loss(outputs, labels, num_items_in_batch)
+        targets = _trained_targets(labels).to(self.hidden.device)
+        total = chunked_linear_cross_entropy(self.hidden, self.head.weight, targets)
+        self.hidden = None
+        return total / _count(num_items_in_batch, targets, total)
+
+
+def _trained_targets(labels: Any) -> Any:
+    targets = shifted_labels(labels)
+    return targets[targets != IGNORE_INDEX]
+
+
+def _count(num_items_in_batch: Any, targets: Any, loss: Any) -> Any:
+    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return count.to(loss.device) if hasattr(count, "to") else count
 
 
 def trained_rows_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
@@ -53,11 +98,72 @@ def trained_rows_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None)
     gives it (gradient accumulation, several devices), else by this batch's count."""
     import torch.nn.functional as F
 
-    targets = shifted_labels(labels)
-    targets = targets[targets != IGNORE_INDEX]
+    targets = _trained_targets(labels)
     logits = outputs["logits"].float()
     loss = F.cross_entropy(logits, targets.to(logits.device), reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
-    if hasattr(count, "to"):
-        count = count.to(loss.device)
-    return loss / count
+    return loss / _count(num_items_in_batch, targets, loss)
+
+
+def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
+    """sum_i cross_entropy(hidden_i @ weight.T, targets_i), never holding more than one slice of
+    logits. The gradients are computed slice by slice in the forward pass (the slice's logits
+    are at hand there) and only scaled in the backward."""
+    return _autograd_function().apply(hidden, weight, targets)
+
+
+def _matmul_dtype(tensor: Any, weight: Any) -> Any:
+    """What the output layer's matmul would run in: the autocast dtype when autocast is on."""
+    import torch
+
+    device = tensor.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+@functools.cache
+def _autograd_function() -> Any:
+    import torch
+
+    class ChunkedLinearCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets):
+            dtype = _matmul_dtype(hidden, weight)
+            need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            w = weight.to(dtype)
+            grad_hidden = torch.empty_like(hidden) if need_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            step = max(1, CHUNK_ELEMENTS // weight.shape[0])
+            with torch.autocast(hidden.device.type, enabled=False):
+                for start in range(0, hidden.shape[0], step):
+                    h = hidden[start:start + step].to(dtype)
+                    t = targets[start:start + step]
+                    logits = (h @ w.T).float()
+                    log_norm = torch.logsumexp(logits, dim=-1)
+                    rows = torch.arange(t.shape[0], device=t.device)
+                    total += (log_norm - logits[rows, t]).sum()
+                    if need_hidden or need_weight:
+                        # d loss / d logits = softmax - one_hot, built in the logits' own memory
+                        grad_logits = logits.sub_(log_norm[:, None]).exp_()
+                        grad_logits[rows, t] -= 1.0
+                        grad_logits = grad_logits.to(dtype)
+                        if need_hidden:
+                            grad_hidden[start:start + step] = grad_logits @ w
+                        if need_weight:
+                            grad_weight += (grad_logits.T @ h).float()
+            ctx.save_for_backward(grad_hidden if need_hidden else None, grad_weight if need_weight else None)
+            ctx.weight_dtype = weight.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_total):
+            grad_hidden, grad_weight = ctx.saved_tensors
+            if grad_hidden is not None:
+                grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+            if grad_weight is not None:
+                grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            return grad_hidden, grad_weight, None
+
+    return ChunkedLinearCrossEntropy
+

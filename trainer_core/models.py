@@ -255,6 +255,9 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    from trainer_core.lean_layers import install_lean_layers
+
+    install_lean_layers(model)  # same arithmetic, a third less kept for the backward pass
     if cfg.finetuning_type == "full":
         log(f"Full fine-tuning: {count_parameters(model)[0]:,} trainable parameters")
         return model

@@ -372,11 +372,11 @@ def _maybe_recording(collator: Any, run_dir: Path) -> Any:
 
 
 def make_trainer(**kwargs: Any) -> Any:
-    """A transformers Trainer whose loss computes the output layer only at trained positions
-    (trainer_core/loss.py): the same loss, less arithmetic and memory."""
+    """A transformers Trainer whose loss computes the output layer only at trained positions, a
+    slice of rows at a time (trainer_core/loss.py): the same loss, less arithmetic and memory."""
     from transformers import Trainer
 
-    from trainer_core.loss import TrainedRowsOnly, trained_rows_loss
+    from trainer_core.loss import TrainedRowsOnly
 
     class TrainedRowsTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -386,8 +386,9 @@ def make_trainer(**kwargs: Any) -> Any:
             finally:
                 self.trained_rows.clear()
 
-    trainer = TrainedRowsTrainer(compute_loss_func=trained_rows_loss, **kwargs)
-    trainer.trained_rows = TrainedRowsOnly(kwargs["model"])
+    rows = TrainedRowsOnly(kwargs["model"])
+    trainer = TrainedRowsTrainer(compute_loss_func=rows.loss, **kwargs)
+    trainer.trained_rows = rows
     return trainer
 
 
