@@ -184,7 +184,7 @@ def _train_in_this_process(cfg, args: list[str]) -> int:
     from trainer_core.train import prepare_run_dir, run_training
 
     if cfg.finetuning_type != "qlora":
-        _skip_bitsandbytes()
+        _skip_unused_imports()
     _quiet_libraries()
     run_dir = prepare_run_dir(cfg)
     console = None
@@ -218,11 +218,14 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _skip_bitsandbytes() -> None:
+def _skip_unused_imports() -> None:
     """For a job that quantizes nothing. peft imports bitsandbytes whenever it is installed, and
-    that import (it compiles its CPU ops with torch.compile) costs over a second of the start.
-    None in sys.modules makes find_spec say 'not installed', so peft and transformers skip it."""
-    sys.modules.setdefault("bitsandbytes", None)
+    that import (it compiles its CPU ops with torch.compile) costs over a second of the start;
+    transformers imports scipy.optimize for its object-detection losses (half a second), and
+    bitsandbytes is the only part of a job that uses scipy. None in sys.modules makes find_spec
+    say 'not installed', so peft and transformers skip them."""
+    for name in ("bitsandbytes", "scipy"):
+        sys.modules.setdefault(name, None)
 
 
 def _quiet_libraries() -> None:
@@ -271,7 +274,7 @@ def _task_command(kind: str, args: list[str]) -> int:
     opts = parser.parse_args(args)
     if os.environ.get("QIHUANG_LAUNCHED") == "1":
         if kind == "export":  # merging and saving never quantize
-            _skip_bitsandbytes()
+            _skip_unused_imports()
         _quiet_libraries()
         result = (module.run_eval if kind == "eval" else module.run_export)(opts, log=_log)
         print(json.dumps(result, ensure_ascii=False, indent=1, default=str), flush=True)
