@@ -157,8 +157,7 @@ def _swiglu_down() -> Any:
             grad_gate = grad_up = grad_weight = grad_bias = grad_a = grad_b = None
             with torch.autocast(gate.device.type, enabled=False):
                 g, u = gate.to(dtype), up.to(dtype)
-                sig = torch.sigmoid(g)
-                silu = g * sig
+                silu = F.silu(g)
                 product = silu * u  # recomputed: this is the memory the block saves
                 dy = grad_out.to(dtype)
                 grad_product = dy @ weight.to(dtype)
@@ -178,8 +177,8 @@ def _swiglu_down() -> Any:
                         grad_a = (grad_mid.reshape(-1, grad_mid.shape[-1]).T @ flat_product).to(lora_a.dtype)
                 if need[1]:
                     grad_up = (grad_product * silu).to(up.dtype)
-                if need[0]:
-                    grad_gate = (grad_product * u * sig * (1 + g * (1 - sig))).to(gate.dtype)
+                if need[0]:  # one fused kernel for d silu(g) / d g
+                    grad_gate = torch.ops.aten.silu_backward(grad_product * u, g).to(gate.dtype)
             return grad_gate, grad_up, grad_weight, grad_bias, grad_a, grad_b, None
 
     return SwiGLUDown
