@@ -282,8 +282,9 @@ class Ours:
 class LlamaFactory:
     name = "llamafactory"
 
-    def __init__(self, work: Path, data: Path, model: str, venv: Path):
+    def __init__(self, work: Path, data: Path, model: str, venv: Path, overrides: dict | None = None):
         self.work, self.data, self.model, self.venv = work / "llamafactory", data, model, venv
+        self.overrides = overrides or {}  # its training config, e.g. bf16=true use_cpu=true
         self.work.mkdir(parents=True, exist_ok=True)
         home = self.work / "home"
         # As ../shared/bench/llamafactory/run.sh: every cache inside the work folder, no hub.
@@ -309,7 +310,7 @@ class LlamaFactory:
                   "template": "smollm2", "dataset_dir": str(self.data), "dataset": DATASET, "output_dir": str(out),
                   "overwrite_cache": True, "preprocessing_num_workers": 1, "dataloader_num_workers": 0,
                   "logging_first_step": True, "plot_loss": True, "overwrite_output_dir": True, "report_to": "none",
-                  "fp16": False, "include_num_input_tokens_seen": "non_padding"}
+                  "fp16": False, "include_num_input_tokens_seen": "non_padding", **self.overrides}
         config.update(max_steps=max_steps) if max_steps > 0 else config.update(num_train_epochs=1.0)
         if max_samples:
             config["max_samples"] = max_samples
@@ -518,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="train,epoch,preprocess,ui,chat,export", help="which sections to run")
     parser.add_argument("--workdir", default="/tmp/qihuang-bench", help="scratch folder (data, runs, logs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="our config overrides")
+    parser.add_argument("--lf-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="LLaMA-Factory's training overrides (e.g. bf16=true use_cpu=true beside --set bf16=true)")
     parser.add_argument("--train-variant", nargs="*", default=[], metavar="KEY=VALUE",
                         help="also run the training figures with these overrides, as a third column")
     opts = parser.parse_args(argv)
@@ -528,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: yaml_value(v) for k, v in (item.split("=", 1) for item in opts.set)}
     tools: list = [Ours(work, data, model, overrides)]
     if opts.compare_llamafactory:
-        tools.append(LlamaFactory(work, data, model, Path(opts.compare_llamafactory)))
+        lf_overrides = {k: yaml_value(v) for k, v in (item.split("=", 1) for item in opts.lf_set)}
+        tools.append(LlamaFactory(work, data, model, Path(opts.compare_llamafactory), lf_overrides))
     sections = opts.only.split(",")
     raw: dict[str, dict[str, list[dict]]] = {}
     adapters: dict[str, str] = {}
