@@ -102,3 +102,9 @@ def start_workbench(args: list[str], output, timeout: float = 60) -> tuple[subpr
 def stop_workbench(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

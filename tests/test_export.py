@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, current_umask
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer_core import export, runs
@@ -100,9 +100,7 @@ def test_export_folder_has_shards_tokenizer_and_progress(exported):
     assert json.loads((folder / "generation_config.json").read_text())["eos_token_id"] in (im_end, [im_end])
     assert "<|im_start|>" in tokenizer.chat_template
     assert not folder.with_name(folder.name + ".partial").exists()
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~mask}  # safetensors alone said 0600
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~current_umask()}  # safetensors: 0600
     progress = runs.read_log(exported["job_dir"])
     assert [e["step"] for e in progress] == list(range(1, 8)) and {e["total_steps"] for e in progress} == {7}
 

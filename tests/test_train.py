@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, current_umask
 
 from trainer_core import runs
 from trainer_core.config import load_config
@@ -37,7 +37,7 @@ def test_lora_sft_writes_the_run_folder(cli, tiny_model_dir, tiny_data_dir, tmp_
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "adapter" / "tokenizer_config.json").is_file()
     # safetensors writes mode 0600; the adapter gets the umask's mode like every other file
-    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~current_umask()
     assert [p.name for p in runs.checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
     # run.yaml reloads to the very config that ran.
     assert load_config(out / "run.yaml").output_dir == str(out)
@@ -165,12 +165,6 @@ def _imported_modules(console_log: Path) -> set[str]:
     A refused import is listed too, so callers look for a package's submodules."""
     return {line.rsplit("|", 1)[1].strip() for line in console_log.read_text().splitlines()
             if line.startswith("import time:") and line.count("|") == 2}
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def test_a_lora_job_never_imports_bitsandbytes(cli, tiny_model_dir, tiny_data_dir, tmp_path):

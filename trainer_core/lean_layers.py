@@ -20,6 +20,8 @@ import functools
 import types
 from typing import Any
 
+from trainer_core.loss import matmul_dtype
+
 # Norms that compute weight * (x / rms(x)) exactly like Llama's (Gemma's 1 + weight does not)
 LLAMA_STYLE_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "Qwen3MoeRMSNorm"}
 
@@ -92,13 +94,6 @@ def _down_parts(down: Any) -> tuple | None:
     return base.weight, base.bias, down.lora_A[lora].weight, down.lora_B[lora].weight, down.scaling[lora]
 
 
-def _matmul_dtype(tensor: Any, weight: Any) -> Any:
-    import torch
-
-    device = tensor.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-
-
 @functools.cache
 def _lean_rms_norm() -> Any:
     import torch
@@ -137,7 +132,7 @@ def _swiglu_down() -> Any:
 
         @staticmethod
         def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling):
-            dtype = _matmul_dtype(gate, weight)
+            dtype = matmul_dtype(gate, weight)
             with torch.autocast(gate.device.type, enabled=False):
                 product = F.silu(gate.to(dtype)) * up.to(dtype)
                 out = F.linear(product, weight.to(dtype), None if bias is None else bias.to(dtype))

@@ -111,7 +111,7 @@ def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
     return _autograd_function().apply(hidden, weight, targets)
 
 
-def _matmul_dtype(tensor: Any, weight: Any) -> Any:
+def matmul_dtype(tensor: Any, weight: Any) -> Any:
     """What the output layer's matmul would run in: the autocast dtype when autocast is on."""
     import torch
 
@@ -128,7 +128,7 @@ def _autograd_function() -> Any:
     class ChunkedLinearCrossEntropy(torch.autograd.Function):
         @staticmethod
         def forward(ctx, hidden, weight, targets):
-            dtype = _matmul_dtype(hidden, weight)
+            dtype = matmul_dtype(hidden, weight)
             need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             w = weight.to(dtype)
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -152,7 +152,7 @@ def _autograd_function() -> Any:
                             grad_hidden[start:start + step] = grad_logits @ w
                         if need_weight:
                             grad_weight += (grad_logits.T @ h).float()
-            ctx.save_for_backward(grad_hidden if need_hidden else None, grad_weight if need_weight else None)
+            ctx.save_for_backward(grad_hidden, grad_weight)  # each None where not needed
             ctx.weight_dtype = weight.dtype
             return total
 
