@@ -107,3 +107,39 @@ def test_a_norm_weight_with_a_zero_falls_back_to_the_models_own_norm(tiny_model_
     loss, grads = _loss_and_grads(lean, ids)
     assert torch.isfinite(loss) and abs(loss.item() - expected_loss.item()) <= 1e-5 * abs(expected_loss.item())
     torch.testing.assert_close(grads["model.norm.weight"], expected["model.norm.weight"], rtol=1e-5, atol=1e-6)
+
+
+def _zero_checks(model, ids, forwards: int) -> int:
+    """How many times the norms compared their weight with zero over `forwards` training forwards
+    (each such check is a device-to-host sync on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = [0]
+    norm_weights = {m.weight.data_ptr() for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"}
+
+    class CountEq(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.eq.Scalar and args[0].data_ptr() in norm_weights:
+                count[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    with CountEq():
+        for _ in range(forwards):
+            model(input_ids=ids, labels=ids).loss.backward()
+    return count[0]
+
+
+@pytest.mark.parametrize("lora_targets", [["q_proj", "v_proj"], None], ids=["lora-frozen-norms", "full"])
+def test_the_zero_weight_check_runs_once_per_weight_state_not_per_forward(tiny_model_dir, lora_targets):
+    model = _model(tiny_model_dir, lora_targets)
+    norms = install_lean_layers(model)["norm"]
+    ids = torch.randint(3, 250, (2, 9), generator=torch.Generator().manual_seed(5))
+    assert _zero_checks(model, ids, forwards=3) == norms  # once, on the first forward
+    from trainer_core.lean_layers import weights_changed
+
+    weights_changed()  # an optimizer step: trainable norms check again, frozen ones need not
+    assert _zero_checks(model, ids, forwards=2) == (0 if lora_targets else norms)
+    norm = next(m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm")
+    with torch.no_grad():
+        norm.weight[0] = 0.0  # written in place: checked again, and the model's own norm runs
+    assert _zero_checks(model, ids, forwards=1) >= 1 and norm._lean_zero

@@ -119,18 +119,95 @@ def test_chunked_cross_entropy_matches_under_bf16_autocast():
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
 
 
-def test_no_gradient_work_without_grad():
-    hidden, weight = torch.randn(9, 8), torch.randn(50, 8)
-    targets = torch.randint(0, 50, (9,))
+def _flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("hidden_grad,weight_grad", [(True, True), (True, False), (False, True)])
+def test_no_gradient_work_without_grad(hidden_grad, weight_grad):
+    """Evaluation (no_grad) with a trainable output layer, as in full fine-tuning: one matmul of
+    logits and nothing more, neither a hidden nor a vocab x hidden weight gradient."""
+    rows, hidden_size, vocab = 24, 16, 300
+    hidden = torch.randn(rows, hidden_size, requires_grad=hidden_grad)
+    weight = torch.randn(vocab, hidden_size, requires_grad=weight_grad)
+    targets = torch.randint(0, vocab, (rows,))
+    logits_flops = 2 * rows * hidden_size * vocab
     with torch.no_grad():
+        assert _flops(lambda: chunked_linear_cross_entropy(hidden, weight, targets)) == logits_flops
         total = chunked_linear_cross_entropy(hidden, weight, targets)
+    assert not total.requires_grad
     expected = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
     assert abs(total.item() - expected.item()) <= 1e-5 * abs(expected.item())
+    # with grad mode on, the gradients asked for are computed in the same pass
+    needed = int(hidden_grad) + int(weight_grad)
+    assert _flops(lambda: chunked_linear_cross_entropy(hidden, weight, targets)) == logits_flops * (1 + needed)
 
 
-def test_a_head_that_is_not_a_plain_linear_layer_is_not_fused(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
+def _granite(logits_scaling: float):
+    from transformers import GraniteConfig, GraniteForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model.config.final_logit_softcapping = 30.0  # logits are changed after the head: keep them
-    assert not can_fuse_output_layer(model)
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, logits_scaling=logits_scaling,
+                           tie_word_embeddings=False, use_cache=False)
+    return GraniteForCausalLM(config)
+
+
+def test_logits_scaled_after_the_head_are_never_fused():
+    """Granite divides its logits by logits_scaling after the output layer: the fused loss would
+    train on unscaled logits. Its loss runs on the kept rows through the model's own code."""
+    model = _granite(logits_scaling=4.0)
+    assert loss_module.trained_rows_path(model) == "rows" and not can_fuse_output_layer(model)
+    batch = SupervisedCollator(pad_token_id=0)(_samples(seed=1))
+    reference, reference_grads = _loss_and_grads(model, batch, ours=False)
+    loss, grads = _loss_and_grads(model, batch, ours=True, fused=False)
+    assert abs(loss.item() - reference.item()) <= 1e-5 * abs(reference.item())
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_an_architecture_not_listed_keeps_the_models_own_loss(monkeypatch):
+    """Allow-list: an architecture nobody has checked gets no hook and no loss of ours."""
+    from transformers import TrainingArguments
+
+    from trainer_core.train import make_trainer
+
+    model = _granite(logits_scaling=1.0)
+    monkeypatch.delitem(loss_module.TRAINED_ROWS_PATHS, "granite")
+    assert loss_module.trained_rows_path(model) is None
+    trainer = make_trainer(model=model, args=TrainingArguments(output_dir="/tmp/unused", use_cpu=True, report_to=[]))
+    assert trainer.compute_loss_func is None and not hasattr(trainer, "trained_rows")
+    assert not model.get_output_embeddings()._forward_pre_hooks
+
+
+def test_under_bf16_the_vocabulary_matmuls_of_a_real_trainer_step_run_in_bf16(tiny_model_dir, tmp_path):
+    """The Trainer autocasts forward but calls the loss outside that autocast: the fused loss must
+    still run the output layer's matmuls in bf16, as the model's own head would."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import TrainingArguments
+
+    from trainer_core.train import make_trainer
+
+    model = _lora_model(tiny_model_dir)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    seen: list[torch.dtype] = []
+
+    class VocabMatmuls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and out.shape[-1] == vocab:
+                seen.append(args[-2].dtype if func is torch.ops.aten.addmm.default else args[0].dtype)
+            return out
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True, max_steps=1, report_to=[],
+                             per_device_train_batch_size=3, save_strategy="no", remove_unused_columns=False)
+    trainer = make_trainer(model=model, args=args, train_dataset=_samples(n=3),
+                           data_collator=SupervisedCollator(pad_token_id=0))
+    assert trainer.trained_rows.fused
+    with VocabMatmuls():
+        trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}, seen

@@ -187,3 +187,59 @@ def test_special_token_text_in_a_record_is_named_by_record_and_field(tokenizer):
     assert "'<|im_end|>'" in problems[0].message and "'<|endoftext|>'" in problems[1].message
     assert special_token_problems([clean] * 5, tokenizer) == []
     assert len(special_token_problems([leaked] * 5, tokenizer, limit=2)) == 2
+
+
+
+# A template that rewrites earlier turns as Qwen3's does: the last reply is shown with its <think>
+# block (an empty one when it has none), an earlier reply without it.
+REWRITING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% set reasoning = '' %}"
+    "{% if '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].split('<think>')[-1].strip('\n') %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{% endif %}"
+    "{% if loop.last %}{% set content = '<think>\n' + reasoning + '\n</think>\n\n' + content %}{% endif %}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("first_reply", ["是", "<think>\n黄芪归肺脾经。\n</think>\n\n是"])
+def test_a_reply_of_a_rewritten_turn_is_labelled_in_its_own_turn(tiny_model_dir, first_reply):
+    """With a template that rewrites earlier turns, each reply is looked for after its own
+    assistant header: "是" in the system and user text stays masked, and an earlier reply whose
+    reasoning the template drops is trained on what the template shows of it."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = REWRITING_TEMPLATE
+    conversation = [
+        {"role": "system", "content": "回答是或否。"},
+        {"role": "user", "content": "黄芪是补气药吗？答是或否"},
+        {"role": "assistant", "content": first_reply},
+        {"role": "user", "content": "麻黄是补气药吗？"},
+        {"role": "assistant", "content": "<think>\n麻黄发汗。\n</think>\n\n否"},
+    ]
+    samples, _ = encode_sft([{"messages": conversation}], tok, cutoff_len=512)
+    runs = _runs(samples[0]["input_ids"], samples[0]["labels"])
+    assert [tok.decode(run) for run in runs] == ["是<|im_end|>", "<think>\n麻黄发汗。\n</think>\n\n否<|im_end|>"]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_pt_packing_decides_whether_documents_share_blocks(tokenizer, tiny_data_dir, packing, tmp_path, monkeypatch):
+    """`packing: false` for stage pt: every block holds one document (its end, eos, only last)."""
+    from trainer_core.config import load_config
+    from trainer_core.train import load_training_data
+
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path))  # a fresh token cache
+    cfg = load_config(None, {"stage": "pt", "dataset": "corpus", "dataset_dir": str(tiny_data_dir),
+                             "cutoff_len": 48, "packing": packing, "val_size": 0})
+    train, _ = load_training_data(cfg, tokenizer, log=lambda *a: None)
+    eos = tokenizer.eos_token_id
+    shared = [s for s in train if eos in s["input_ids"][:-1]]  # a document ends inside the block
+    assert bool(shared) is packing
+    if not packing:
+        assert any(len(s["input_ids"]) < 48 for s in train)  # a document's last block, not filled up

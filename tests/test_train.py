@@ -203,3 +203,27 @@ def test_report_to_tensorboard_and_offline_wandb(cli, tiny_model_dir, tiny_data_
                                   report_to="wandb"), env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_one_process_seeing_several_gpus_never_gets_data_parallel(tiny_model_dir, monkeypatch, tmp_path, capsys):
+    """The plain python launcher on a host with several GPUs (num_gpus <= 1, no
+    CUDA_VISIBLE_DEVICES): the Trainer would wrap the model in nn.DataParallel, whose replicas
+    break the lean layers and the trained-rows loss. Training uses one device instead."""
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from trainer_core import train
+
+    cfg = load_config(None, {"model_name_or_path": str(tiny_model_dir)})
+    real = TrainingArguments.__post_init__
+
+    def sees_two_gpus(self):  # what _setup_devices reports on such a host
+        real(self)
+        self._n_gpu = 2
+
+    monkeypatch.setattr(TrainingArguments, "__post_init__", sees_two_gpus)
+    args = train.build_training_arguments(cfg, tmp_path, has_eval=False)
+    assert args.n_gpu == 1 and "training on the first only" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = train.make_trainer(model=model, args=args)
+    assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)

@@ -22,14 +22,21 @@ from typing import Any
 
 from trainer_core.loss import matmul_dtype
 
+# Architectures (config.model_type) whose SwiGLU MLPs and RMSNorms the lean layers replace, each
+# listed only where the model-zoo parity test (tests/test_zoo_parity.py) shows outputs and
+# gradients equal to the model's own. Any other architecture keeps its own layers.
+LEAN_LAYER_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "granite"})
 # Norms that compute weight * (x / rms(x)) exactly like Llama's (Gemma's 1 + weight does not)
-LLAMA_STYLE_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "Qwen3MoeRMSNorm"}
+LLAMA_STYLE_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm", "Qwen2MoeRMSNorm",
+                     "Qwen3MoeRMSNorm", "GraniteRMSNorm"}
 
 
 def install_lean_layers(model: Any) -> dict[str, int]:
-    """Give every SwiGLU MLP block and Llama-style RMSNorm of `model` the lean forward; returns
-    how many of each were changed."""
+    """Give every SwiGLU MLP block and Llama-style RMSNorm of `model` the lean forward, where its
+    architecture is in LEAN_LAYER_ARCHITECTURES; returns how many of each were changed."""
     changed = {"mlp": 0, "norm": 0}
+    if getattr(getattr(model, "config", None), "model_type", None) not in LEAN_LAYER_ARCHITECTURES:
+        return changed
     for module in model.modules():
         if _is_swiglu_block(module):
             module.forward = types.MethodType(_lean_mlp_forward, module)
@@ -62,9 +69,30 @@ def _lean_norm_forward(self: Any, hidden: Any) -> Any:
 
     weight = self.weight
     if (hidden.dtype != torch.float32 or weight.dtype != torch.float32 or hasattr(weight, "ds_id")
-            or not torch.is_grad_enabled() or bool((weight == 0).any())):
+            or not torch.is_grad_enabled() or _has_a_zero(self, weight)):
         return type(self).forward(self, hidden)  # the model's own
     return _lean_rms_norm().apply(hidden, weight, self.variance_epsilon)
+
+
+_optimizer_steps = 0  # bumped by weights_changed() after every optimizer step
+
+
+def weights_changed() -> None:
+    """Tell the lean norms that trainable weights may have changed (the Trainer calls it after each
+    optimizer step): their zero-weight check runs again at the next forward."""
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _has_a_zero(norm: Any, weight: Any) -> bool:
+    """Whether the norm weight holds a zero, decided once per weight state: reading the answer is a
+    device-to-host sync, too dear for every layer of every forward on a GPU. A frozen weight is
+    checked once (and again if it is written in place); a trainable one once per optimizer step."""
+    state = (weight.data_ptr(), weight._version, _optimizer_steps if weight.requires_grad else 0)
+    if getattr(norm, "_lean_zero_state", None) != state:
+        norm._lean_zero = bool((weight == 0).any())
+        norm._lean_zero_state = state
+    return norm._lean_zero
 
 
 def _down_parts(down: Any) -> tuple | None:

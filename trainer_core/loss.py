@@ -27,15 +27,47 @@ def shifted_labels(labels: Any) -> Any:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
-def can_fuse_output_layer(model: Any) -> bool:
-    """The chunked loss replaces `logits = head(hidden)`: only right for a bias-free nn.Linear head
-    whose logits the model uses as they are (no soft-capping or scaling after it)."""
+# How the trained-rows loss may run for each architecture (config.model_type), and only where a
+# parity test over the model zoo (tests/test_zoo_parity.py) shows it equal to the model's own loss:
+#   "fused": logits are exactly hidden @ W.T (a bias-free linear head, nothing after it), so the
+#            loss is computed from the trained rows' hidden states, slice by slice;
+#   "rows":  the output layer sees only the trained rows, and the model's own code after it
+#            (soft-capping, logit scaling) still applies to them.
+# An architecture not listed here trains with the model's own forward(labels=...) loss.
+TRAINED_ROWS_PATHS: dict[str, str] = {
+    "llama": "fused",
+    "mistral": "fused",
+    "qwen2": "fused",
+    "qwen2_moe": "fused",
+    "qwen3": "fused",
+    "qwen3_moe": "fused",
+    "phi3": "fused",
+    "glm4": "fused",
+    "gemma3_text": "fused",
+    "gemma2": "rows",  # final_logit_softcapping after the head
+    "granite": "rows",  # logits divided by logits_scaling after the head
+}
+
+
+def trained_rows_path(model: Any) -> str | None:
+    """"fused", "rows" or None (the model's own loss) for this model, from TRAINED_ROWS_PATHS. A
+    head that is not a bias-free nn.Linear, or a MoE model whose loss adds the router's auxiliary
+    loss, falls back to a safer path whatever the architecture."""
     import torch
 
-    head = model.get_output_embeddings()
     config = getattr(model, "config", None)
-    rescaled = any(getattr(config, key, None) not in (None, 1.0) for key in ("final_logit_softcapping", "logit_scale"))
-    return type(head) is torch.nn.Linear and head.bias is None and not rescaled
+    path = TRAINED_ROWS_PATHS.get(getattr(config, "model_type", None))
+    if path is None or getattr(config, "output_router_logits", False):
+        return None  # the model's own loss adds the router's auxiliary loss: keep it
+    head = model.get_output_embeddings()
+    if path == "fused" and not (type(head) is torch.nn.Linear and head.bias is None):
+        return "rows"
+    return path
+
+
+def can_fuse_output_layer(model: Any) -> bool:
+    """The chunked loss replaces `logits = head(hidden)` only for the allow-listed architectures."""
+    return trained_rows_path(model) == "fused"
 
 
 class TrainedRowsOnly:
@@ -48,6 +80,7 @@ class TrainedRowsOnly:
     def __init__(self, model: Any, fused: bool | None = None) -> None:
         self.keep = None
         self.hidden = None
+        self.dtype = None  # the output layer's matmul dtype inside forward (autocast's under bf16)
         self.head = model.get_output_embeddings()
         self.fused = can_fuse_output_layer(model) if fused is None else fused
         self.handle = self.head.register_forward_pre_hook(self._pick_rows)
@@ -59,6 +92,9 @@ class TrainedRowsOnly:
         # ZeRO-3 gathers the weight only inside the layer's own forward: there it must run.
         if self.fused and not hasattr(module.weight, "ds_id"):
             self.hidden = hidden
+            # The Trainer calls the loss outside the autocast that wraps forward: remember the dtype
+            # the head would have run in here, so the loss's matmuls run in it too.
+            self.dtype = matmul_dtype(hidden, module.weight)
             return (hidden[:0],) + tuple(args[1:])
         return (hidden,) + tuple(args[1:])
 
@@ -68,6 +104,7 @@ class TrainedRowsOnly:
     def clear(self) -> None:
         self.keep = None
         self.hidden = None
+        self.dtype = None
 
     def remove(self) -> None:
         self.handle.remove()
@@ -77,8 +114,8 @@ class TrainedRowsOnly:
         if self.hidden is None:
             return trained_rows_loss(outputs, labels, num_items_in_batch)
         targets = _trained_targets(labels).to(self.hidden.device)
-        total = chunked_linear_cross_entropy(self.hidden, self.head.weight, targets)
-        self.hidden = None
+        total = chunked_linear_cross_entropy(self.hidden, self.head.weight, targets, self.dtype)
+        self.hidden = self.dtype = None
         return total / _count(num_items_in_batch, targets, total)
 
 
@@ -104,11 +141,16 @@ def trained_rows_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None)
     return loss / _count(num_items_in_batch, targets, loss)
 
 
-def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
+def chunked_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, dtype: Any = None) -> Any:
     """sum_i cross_entropy(hidden_i @ weight.T, targets_i), never holding more than one slice of
     logits. The gradients are computed slice by slice in the forward pass (the slice's logits
-    are at hand there) and only scaled in the backward."""
-    return _autograd_function().apply(hidden, weight, targets)
+    are at hand there) and only scaled in the backward; none are computed where autograd will not
+    ask for them (grad mode off, or inputs that do not require grad). `dtype`: the matmuls' dtype
+    (default: autocast's where it is on, else the weight's)."""
+    import torch
+
+    grad_mode = torch.is_grad_enabled()  # a Function's forward always runs with grad mode off
+    return _autograd_function().apply(hidden, weight, targets, dtype or matmul_dtype(hidden, weight), grad_mode)
 
 
 def matmul_dtype(tensor: Any, weight: Any) -> Any:
@@ -127,9 +169,8 @@ def _autograd_function() -> Any:
 
     class ChunkedLinearCrossEntropy(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, hidden, weight, targets):
-            dtype = matmul_dtype(hidden, weight)
-            need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        def forward(ctx, hidden, weight, targets, dtype, grad_mode):
+            need_hidden, need_weight = grad_mode and ctx.needs_input_grad[0], grad_mode and ctx.needs_input_grad[1]
             w = weight.to(dtype)
             grad_hidden = torch.empty_like(hidden) if need_hidden else None
             grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
@@ -163,7 +204,7 @@ def _autograd_function() -> Any:
                 grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
             if grad_weight is not None:
                 grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
-            return grad_hidden, grad_weight, None
+            return grad_hidden, grad_weight, None, None, None
 
     return ChunkedLinearCrossEntropy
 

@@ -206,6 +206,14 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def tf32_supported() -> bool:
+    """TF32 matmuls (Ampere and later): fp32 work the Trainer leaves outside autocast runs on
+    tensor cores instead of at plain fp32 speed."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def _cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

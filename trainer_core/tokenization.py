@@ -86,24 +86,44 @@ def assistant_spans(render, messages: list[dict]) -> tuple[str, list[tuple[int, 
     """The rendered conversation and the character spans of every assistant reply, each
     from the first character of the reply through its end-of-turn token."""
     full = render(messages)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
+        before = render(messages[:i])
         prompt = render(messages[:i], add_generation_prompt=True)
         upto = full if i == len(messages) - 1 else render(messages[: i + 1])
-        if not full.startswith(upto) or not upto.startswith(prompt):
-            # A template that rewrites earlier turns (e.g. drops past reasoning); find the reply itself.
-            start = full.find(message["content"], spans[-1][1] if spans else 0)
-            if start < 0:
-                raise UserError("the chat template does not reproduce assistant replies verbatim; "
-                                "set template: chatml (or qwen / llama3)")
-            end = start + len(message["content"])
-            spans.append((start, _end_of_turn(full, end)))
-            continue
-        # Trailing newlines after the end-of-turn token belong to the layout, not to the reply.
-        spans.append((len(prompt), len(upto.rstrip("\n"))))
+        if full.startswith(upto) and upto.startswith(prompt):
+            # Trailing newlines after the end-of-turn token belong to the layout, not to the reply.
+            spans.append((len(prompt), len(upto.rstrip("\n"))))
+        else:  # a template that rewrites earlier turns (Qwen3's drops past reasoning)
+            header = prompt[len(before):] if prompt.startswith(before) else ""
+            spans.append(_rewritten_reply_span(full, header, message["content"], spans[-1][1] if spans else 0))
     return full, spans
+
+
+def _rewritten_reply_span(full: str, header: str, content: str, search_from: int) -> tuple[int, int]:
+    """The span of a reply in a rendering that rewrote it: from the end of its own assistant
+    header (the first one after the previous reply) through the end-of-turn token after the
+    reply's text. The text is the reply as written, or, where the template dropped a reasoning
+    part, what follows "</think>"; it must lie inside this turn, never in an earlier or later one."""
+    # The generation prompt may end in more than the header (an empty think block, blank lines).
+    header = next((h for h in (header.strip(), header.split("\n")[0]) if h and full.find(h, search_from) >= 0), "")
+    turn = full.find(header, search_from) if header else -1
+    if turn < 0:
+        raise UserError("the chat template does not mark assistant turns with the header of its generation "
+                        "prompt; set template: chatml (or qwen / llama3)")
+    start = turn + len(header)
+    while start < len(full) and full[start] == "\n" and not header.endswith("\n"):
+        start += 1  # the header's own line break, stripped above
+    next_turn = full.find(header, start)
+    limit = len(full) if next_turn < 0 else next_turn
+    for text in dict.fromkeys([content, content.split("</think>")[-1].lstrip("\n")]):
+        found = full.find(text, start, limit)
+        if text and found >= 0:
+            return start, _end_of_turn(full, found + len(text))
+    raise UserError("the chat template does not reproduce an assistant reply verbatim in its turn; "
+                    "set template: chatml (or qwen / llama3)")
 
 
 def _end_of_turn(full: str, end: int) -> int:
@@ -221,24 +241,27 @@ def _mask_outside(ids: list[int], offsets: list[tuple[int, int]], spans: list[tu
     return labels
 
 
-def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size: int = 1000
-              ) -> tuple[list[dict], EncodeStats]:
-    """Join documents (each ended by eos) and cut the stream into cutoff_len blocks."""
+def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size: int = 1000,
+              packing: bool = True) -> tuple[list[dict], EncodeStats]:
+    """Join documents (each ended by eos) and cut the stream into cutoff_len blocks; with
+    `packing=False` each document is cut on its own, so no block holds two documents (a
+    document's last block is shorter and padded in the batch)."""
     stats = EncodeStats(records=len(examples))
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stream: list[int] = []
+    documents: list[list[int]] = []
     for begin in range(0, len(examples), batch_size):
         texts = [_as_text(ex) for ex in examples[begin: begin + batch_size]]
         for ids in tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
             stats.lengths.append(len(ids) + len(eos))
-            stream.extend(ids)
-            stream.extend(eos)
+            documents.append(list(ids) + eos)
+    streams = [list(itertools.chain.from_iterable(documents))] if packing else documents
     samples = []
-    for start in range(0, len(stream), cutoff_len):
-        block = stream[start: start + cutoff_len]
-        if len(block) < 2:  # nothing to predict
-            continue
-        samples.append({"input_ids": block, "labels": list(block)})
+    for stream in streams:
+        for start in range(0, len(stream), cutoff_len):
+            block = stream[start: start + cutoff_len]
+            if len(block) < 2:  # nothing to predict
+                continue
+            samples.append({"input_ids": block, "labels": list(block)})
     stats.samples = len(samples)
     stats.tokens = stats.trainable_tokens = sum(len(s["input_ids"]) for s in samples)
     return samples, stats
@@ -327,10 +350,13 @@ def fingerprint(examples: list[dict], tokenizer: Any, settings: dict) -> str:
 
 
 def tokenize_dataset(examples: list[dict], tokenizer: Any, stage: str, cutoff_len: int,
-                     cache_dir: str | Path | None, log=print) -> tuple[list[dict], EncodeStats]:
-    """Tokenize examples for `stage`, from the cache when the same data was seen before."""
+                     cache_dir: str | Path | None, log=print, packing: bool = True) -> tuple[list[dict], EncodeStats]:
+    """Tokenize examples for `stage`, from the cache when the same data was seen before.
+    `packing` decides whether pt documents share blocks (SFT packing happens after the cache)."""
     start = time.perf_counter()
-    settings = {"stage": stage, "cutoff_len": cutoff_len}
+    settings: dict[str, Any] = {"stage": stage, "cutoff_len": cutoff_len}
+    if stage == "pt" and not packing:
+        settings["packing"] = False  # absent when True: earlier caches stay valid
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{stage}-{fingerprint(examples, tokenizer, settings)}.npz"
@@ -342,8 +368,10 @@ def tokenize_dataset(examples: list[dict], tokenizer: Any, stage: str, cutoff_le
                 return samples, stats
             except Exception as exc:  # noqa: BLE001 - a damaged cache is only a slower start
                 log(f"Ignoring unreadable tokenization cache {path.name}: {exc}")
-    encode = encode_sft if stage == "sft" else encode_pt
-    samples, stats = encode(examples, tokenizer, cutoff_len)
+    if stage == "sft":
+        samples, stats = encode_sft(examples, tokenizer, cutoff_len)
+    else:
+        samples, stats = encode_pt(examples, tokenizer, cutoff_len, packing=packing)
     if path is not None:
         _save_cache(path, samples, stats)
     stats.seconds = time.perf_counter() - start

@@ -103,7 +103,7 @@ def setup_reporting(cfg: TrainConfig, run_dir: Path) -> None:
 def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> Any:
     from transformers import TrainingArguments
 
-    from trainer_core.models import has_cuda
+    from trainer_core.models import has_cuda, tf32_supported
 
     kwargs: dict[str, Any] = dict(
         output_dir=str(run_dir),
@@ -133,12 +133,25 @@ def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) ->
         disable_tqdm=not sys.stderr.isatty(),
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False if cfg.finetuning_type != "full" else None,
+        tf32=True if tf32_supported() else None,
     )
     if has_eval:
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps or cfg.logging_steps * 10)
     if cfg.deepspeed:
         kwargs["deepspeed"] = deepspeed_config(cfg.deepspeed)
-    return TrainingArguments(**kwargs)
+    return one_device_per_process(TrainingArguments(**kwargs))
+
+
+def one_device_per_process(args: Any, log=print) -> Any:
+    """One process that sees several GPUs would get nn.DataParallel from the Trainer, whose
+    replicas break the lean layers (bound to the first GPU's modules) and the trained-rows loss
+    (one batch-wide mask over per-replica slices). Such a process trains on its first GPU only;
+    several GPUs are used through torchrun or DeepSpeed (num_gpus)."""
+    if args.n_gpu > 1:
+        log(f"This process sees {args.n_gpu} GPUs but was started as one process: training on the first only. "
+            "Set num_gpus to use them all (torchrun or DeepSpeed, one process per GPU).")
+        args._n_gpu = 1  # the Trainer wraps the model in nn.DataParallel exactly when n_gpu > 1
+    return args
 
 
 def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
@@ -233,7 +246,8 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
         if not examples:
             splits.append([])
             continue
-        samples, stats = tokenize_dataset(examples, tokenizer, cfg.stage, cfg.cutoff_len, cache_dir, log)
+        samples, stats = tokenize_dataset(examples, tokenizer, cfg.stage, cfg.cutoff_len, cache_dir, log,
+                                          packing=cfg.resolved_packing())
         special = special_token_problems(examples, tokenizer)
         if special:  # a warning, not a stop: the tokenizer would read this text the same way at inference
             log(f"warning: {len(special)}{'+' if len(special) >= 1000 else ''} {name} record field(s) hold "
@@ -374,23 +388,42 @@ def _maybe_recording(collator: Any, run_dir: Path) -> Any:
 
 def make_trainer(**kwargs: Any) -> Any:
     """A transformers Trainer whose loss computes the output layer only at trained positions, a
-    slice of rows at a time (trainer_core/loss.py): the same loss, less arithmetic and memory."""
+    slice of rows at a time (trainer_core/loss.py): the same loss, less arithmetic and memory.
+    An architecture that trainer_core.loss does not list trains with the model's own loss."""
     from transformers import Trainer
 
-    from trainer_core.loss import TrainedRowsOnly
+    from trainer_core.loss import TrainedRowsOnly, trained_rows_path
 
-    class TrainedRowsTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self.trained_rows.select(inputs["labels"])
-            try:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            finally:
-                self.trained_rows.clear()
+    path = trained_rows_path(kwargs["model"])
+    if path is None:
+        trainer = Trainer(**kwargs)
+    else:
+        class TrainedRowsTrainer(Trainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                self.trained_rows.select(inputs["labels"])
+                try:
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                finally:
+                    self.trained_rows.clear()
 
-    rows = TrainedRowsOnly(kwargs["model"])
-    trainer = TrainedRowsTrainer(compute_loss_func=rows.loss, **kwargs)
-    trainer.trained_rows = rows
+        rows = TrainedRowsOnly(kwargs["model"], fused=path == "fused")
+        trainer = TrainedRowsTrainer(compute_loss_func=rows.loss, **kwargs)
+        trainer.trained_rows = rows
+    trainer.add_callback(_lean_norm_step_callback())
     return trainer
+
+
+def _lean_norm_step_callback() -> Any:
+    """After each optimizer step the lean norms check their (trainable) weights for zeros again."""
+    from transformers import TrainerCallback
+
+    from trainer_core.lean_layers import weights_changed
+
+    class LeanNormStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            weights_changed()
+
+    return LeanNormStep()
 
 
 def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tuple[Any, str | None]:

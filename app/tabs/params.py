@@ -383,7 +383,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     def flags(*args: Any) -> list[Any]:
         *rest, language = args
-        _, problems, general = check(as_values(rest))
+        _, problems, general = check(as_values(rest), ctx)
         updates = [gr.update(info=field_info(k, language, problems.get(k))) for k in (*FORM_KEYS, "model_path")]
         return [*updates, summary(problems, general, language)]
 
