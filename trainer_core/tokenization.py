@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,15 @@ def _compile_template(tokenizer: Any):
     return render
 
 
-def assistant_spans(render, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "</s>", "<|endoftext|>",
+                       "<end_of_turn>")
+
+
+def assistant_spans(render, messages: list[dict], end_markers: tuple[str, ...] = END_OF_TURN_MARKERS
+                    ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of every assistant reply, each
-    from the first character of the reply through its end-of-turn token."""
+    from the first character of the reply through its end-of-turn token (one of
+    `end_markers`: the tokenizer's special tokens)."""
     full = render(messages)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
@@ -96,42 +103,67 @@ def assistant_spans(render, messages: list[dict]) -> tuple[str, list[tuple[int, 
         if full.startswith(upto) and upto.startswith(prompt):
             # Trailing newlines after the end-of-turn token belong to the layout, not to the reply.
             spans.append((len(prompt), len(upto.rstrip("\n"))))
-        else:  # a template that rewrites earlier turns (Qwen3's drops past reasoning)
-            header = prompt[len(before):] if prompt.startswith(before) else ""
-            spans.append(_rewritten_reply_span(full, header, message["content"], spans[-1][1] if spans else 0))
+        else:  # a template that rewrites a turn once later turns exist (Qwen3, Phi-3.5, Mistral-Nemo)
+            header = _assistant_header(before, prompt, messages[i - 1]["content"] if i else "")
+            spans.append(_rewritten_reply_span(full, header, message["content"], spans[-1][1] if spans else 0,
+                                               end_markers))
     return full, spans
 
 
-def _rewritten_reply_span(full: str, header: str, content: str, search_from: int) -> tuple[int, int]:
+def _assistant_header(before: str, prompt: str, previous: str) -> str:
+    """What the template writes before an assistant reply: the generation prompt (what the
+    prompt adds to the conversation so far), or, for a template without one (Mistral's), the
+    text after the previous message (its "[/INST]")."""
+    common = len(os.path.commonprefix([before, prompt]))
+    if len(prompt) > common:
+        return prompt[common:]
+    at = before.rfind(previous) if previous else -1
+    return before[at + len(previous):] if at >= 0 else ""
+
+
+def _rewritten_reply_span(full: str, header: str, content: str, search_from: int,
+                          end_markers: tuple[str, ...]) -> tuple[int, int]:
     """The span of a reply in a rendering that rewrote it: from the end of its own assistant
     header (the first one after the previous reply) through the end-of-turn token after the
     reply's text. The text is the reply as written, or, where the template dropped a reasoning
     part, what follows "</think>"; it must lie inside this turn, never in an earlier or later one."""
-    # The generation prompt may end in more than the header (an empty think block, blank lines).
-    header = next((h for h in (header.strip(), header.split("\n")[0]) if h and full.find(h, search_from) >= 0), "")
-    turn = full.find(header, search_from) if header else -1
+    # The generation prompt may hold more than the header (a think block, blank lines) that an
+    # earlier turn does not show: its first line is the header proper.
+    # The nearest one wins: the whole prompt may occur only at a later (the final) turn.
+    found_at = [(full.find(h, search_from), -len(h), h) for h in (header.strip(), header.strip().split("\n")[0]) if h]
+    found_at = sorted(f for f in found_at if f[0] >= 0)
+    turn, header = (found_at[0][0], found_at[0][2]) if found_at else (-1, "")
     if turn < 0:
         raise UserError("the chat template does not mark assistant turns with the header of its generation "
                         "prompt; set template: chatml (or qwen / llama3)")
     start = turn + len(header)
-    while start < len(full) and full[start] == "\n" and not header.endswith("\n"):
+    while start < len(full) and full[start] == "\n":
         start += 1  # the header's own line break, stripped above
     next_turn = full.find(header, start)
     limit = len(full) if next_turn < 0 else next_turn
-    for text in dict.fromkeys([content, content.split("</think>")[-1].lstrip("\n")]):
+    for text in dict.fromkeys([content, content.split("</think>")[-1].lstrip("\n"), content.strip()]):
         found = full.find(text, start, limit)
         if text and found >= 0:
-            return start, _end_of_turn(full, found + len(text))
+            return start, _end_of_turn(full, found + len(text), end_markers)
     raise UserError("the chat template does not reproduce an assistant reply verbatim in its turn; "
                     "set template: chatml (or qwen / llama3)")
 
 
-def _end_of_turn(full: str, end: int) -> int:
+def _end_of_turn(full: str, end: int, markers: tuple[str, ...]) -> int:
     """Extend a reply's span over the special end-of-turn marker that follows it, if any."""
-    for marker in ("<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>", "<end_of_turn>"):
+    for marker in markers:
         if full.startswith(marker, end):
             return end + len(marker)
     return end
+
+
+def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
+    """The texts that may end a turn: our known markers and the tokenizer's special tokens,
+    longest first (so "<|end_of_text|>" wins over a shorter token it starts with)."""
+    specials = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+    specials |= {str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                 if getattr(t, "special", False)}
+    return tuple(sorted(set(END_OF_TURN_MARKERS) | {t for t in specials if len(t) > 1}, key=len, reverse=True))
 
 
 @dataclass
@@ -162,11 +194,12 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
     """Token ids and labels for conversations; samples left with no trainable token after
     truncation are dropped and counted, never kept silently."""
     render = _compile_template(tokenizer)
+    markers = end_of_turn_markers(tokenizer)
     stats = EncodeStats(records=len(examples))
     samples: list[dict] = []
     for begin in range(0, len(examples), batch_size):
         batch = examples[begin: begin + batch_size]
-        rendered = [assistant_spans(render, ex["messages"]) for ex in batch]
+        rendered = [assistant_spans(render, ex["messages"], markers) for ex in batch]
         for ids, labels in encode_with_labels(tokenizer, rendered):
             stats.lengths.append(len(ids))
             if len(ids) > cutoff_len:

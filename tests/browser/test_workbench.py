@@ -46,8 +46,43 @@ def app_url(tmp_path_factory, tiny_model_dir, tiny_data_dir):
         jobs.abort_job(run_dir, grace_seconds=10, log=lambda _: None)
 
 
+# Every toast Gradio shows is recorded as it appears (they fade), with its kind (error, warning, ...).
+RECORD_TOASTS = """
+window.__qhToasts = [];
+new MutationObserver(records => { for (const r of records) for (const node of r.addedNodes) {
+    if (!(node instanceof Element)) continue;
+    const bodies = node.matches('[data-testid=toast-body]') ? [node] : node.querySelectorAll('[data-testid=toast-body]');
+    for (const b of bodies) window.__qhToasts.push({kind: b.className, text: b.innerText});
+} }).observe(document, {subtree: true, childList: true});
+"""
+
+
+class PageErrors:
+    """Error toasts, console errors and page errors seen since the last check; a test that expects
+    one names it with `expect(text)`, and every other one fails the test (guard fixture below)."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.console: list[str] = []
+        self.expected: list[str] = []
+        page.on("console", lambda msg: self.console.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: self.console.append(f"page error: {exc}"))
+
+    def expect(self, text: str) -> None:
+        self.expected.append(text)
+
+    def take(self) -> list[str]:
+        toasts = self.page.evaluate("() => (window.__qhToasts || []).splice(0)")
+        seen = [f"{'error' if 'error' in t['kind'] else t['kind']} toast: {t['text']}" for t in toasts
+                if "error" in t["kind"] or "warning" in t["kind"]] + self.console
+        self.console = []
+        unexpected = [s for s in seen if not any(e in s for e in self.expected)]
+        self.expected = []
+        return unexpected
+
+
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser_page(app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
@@ -55,10 +90,23 @@ def page(app_url):
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
+        page.add_init_script(RECORD_TOASTS)
+        page.errors = PageErrors(page)
         page.goto(app_url)
         page.wait_for_selector("#tab-data")
+        page.wait_for_timeout(1500)  # the load events (the Parameters tab's checks among them) have run
         yield page
         browser.close()
+
+
+@pytest.fixture
+def page(browser_page):
+    """The shared page, guarded: the test fails on any error toast, console error or page error it
+    did not expect (`page.errors.expect(text)`), including those the page showed on load."""
+    yield browser_page
+    browser_page.wait_for_timeout(500)  # a toast from the last action has time to appear
+    unexpected = browser_page.errors.take()
+    assert not unexpected, "the page showed errors: " + "; ".join(unexpected)
 
 
 def open_tab(page, name: str, lang: str = "zh") -> None:
