@@ -51,7 +51,8 @@ RECORD_TOASTS = """
 window.__qhToasts = [];
 new MutationObserver(records => { for (const r of records) for (const node of r.addedNodes) {
     if (!(node instanceof Element)) continue;
-    const bodies = node.matches('[data-testid=toast-body]') ? [node] : node.querySelectorAll('[data-testid=toast-body]');
+    const toast = '[data-testid=toast-body]';
+    const bodies = node.matches(toast) ? [node] : node.querySelectorAll(toast);
     for (const b of bodies) window.__qhToasts.push({kind: b.className, text: b.innerText});
 } }).observe(document, {subtree: true, childList: true});
 """
