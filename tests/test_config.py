@@ -3,7 +3,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer_core.config import TrainConfig, config_from_dict, load_config, parse_overrides, save_config
+from trainer_core.config import (
+    KNOWN_MODELS_FILE,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+    preset_paths,
+    save_config,
+)
 from trainer_core.errors import UserError
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -64,9 +72,16 @@ def test_run_yaml_reloads_to_the_same_config(tmp_path):
     assert set(yaml.safe_load((tmp_path / "run.yaml").read_text())) == set(TrainConfig.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("name", ["sft_lora", "sft_qlora", "sft_full", "pt_lora"])
-def test_presets_load(name):
-    cfg = load_config(PRESETS / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_is_a_preset_that_loads_or_the_known_models_list(path):
+    """By glob: a file added to presets/ is tested the day it is added."""
+    if path.name == KNOWN_MODELS_FILE:
+        assert path not in preset_paths(PRESETS)
+        models = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert isinstance(models, list) and all({"name", "template"} <= set(m) for m in models)
+        return
+    assert path in preset_paths(PRESETS)
+    cfg = load_config(path)
     assert cfg.model_name_or_path == "default"
 
 

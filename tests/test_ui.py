@@ -167,6 +167,17 @@ def test_preset_fills_the_form_but_keeps_the_data_folder_and_launch_model(ctx):
     assert values["model_path"] == ctx.model
 
 
+def test_the_preset_list_offers_only_presets_and_each_fills_a_valid_form(ctx):
+    """presets/models.yaml (the known-models list) is no preset: choosing it raised."""
+    names = params.preset_names(ctx)
+    assert names and "models" not in names
+    for name in names:
+        values = params.values_from_config(params.read_preset(ctx, name), ctx, form(ctx),
+                                           data.dataset_names(ctx.data_dir))
+        cfg, problems, general = params.check(values, ctx)
+        assert cfg is not None and not problems and not general, (name, problems, general)
+
+
 # ---- Data ----------------------------------------------------------------------------------
 
 def test_preview_renders_conversations_escaped_and_paged():

@@ -189,6 +189,14 @@ def default_output_dir(cfg: TrainConfig, root: str | Path = "outputs") -> str:
     return str(Path(root) / f"{cfg.stage}-{cfg.finetuning_type}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+KNOWN_MODELS_FILE = "models.yaml"  # in the presets folder beside the run presets: a list, not a config
+
+
+def preset_paths(folder: str | Path) -> list[Path]:
+    """The run presets of a presets folder: every *.yaml file except the known-models list."""
+    return sorted(p for p in Path(folder).glob("*.yaml") if p.name != KNOWN_MODELS_FILE)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist")

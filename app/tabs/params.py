@@ -22,7 +22,15 @@ from app.i18n import t
 from app.models_catalog import KNOWN_MODELS, known_model
 from app.tabs.data import dataset_names, page_dataset_choices
 from app.ui_kit import Labels
-from trainer_core.config import DEEPSPEED_PRESETS, KEYS, TrainConfig, allowed_values, config_from_dict, config_to_yaml
+from trainer_core.config import (
+    DEEPSPEED_PRESETS,
+    KEYS,
+    TrainConfig,
+    allowed_values,
+    config_from_dict,
+    config_to_yaml,
+    preset_paths,
+)
 from trainer_core.errors import UserError
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
@@ -47,7 +55,7 @@ DEFAULT_PRESET = "sft_lora"
 # ---- presets and initial values ------------------------------------------------------------
 
 def preset_names(ctx: AppContext) -> list[str]:
-    return sorted(p.stem for p in Path(ctx.presets_dir).glob("*.yaml"))
+    return [p.stem for p in preset_paths(ctx.presets_dir)]
 
 
 def read_preset(ctx: AppContext, name: str) -> dict:
