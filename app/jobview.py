@@ -49,7 +49,13 @@ def progress_html(p: dict | None, lang: str) -> str:
         meta.append(f"loss {p['loss']:.4f}")
     if p.get("eval_loss") is not None:
         meta.append(f"eval_loss {p['eval_loss']:.4f}")
-    error = f"<div class='qh-error'>⚠ {html.escape(p['error'])}</div>" if p.get("error") else ""
+    error = ""
+    if state == "aborted":  # a requested stop is no error: a neutral note in the page's language
+        step = p.get("step") or 0
+        note = t("job.stopped_at", lang).format(step=step) if step else t("job.stopped_before_start", lang)
+        error = f"<div class='qh-note'>{html.escape(note)}</div>"
+    elif p.get("error"):
+        error = f"<div class='qh-error'>⚠ {html.escape(p['error'])}</div>"
     return (f"<div class='qh-job'><div class='qh-job-head'><span class='qh-state qh-state-{html.escape(state)}'>"
             f"{t('state.' + state if state in runs.STATES else 'state.unknown', lang)}</span> "
             f"<code>{html.escape(Path(p.get('run_dir', '')).name)}</code></div>"

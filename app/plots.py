@@ -52,6 +52,18 @@ def curves(run_dirs: list[str], train_label: str, eval_label: str) -> list[dict]
     return rows
 
 
+def axis_ranges(rows: list[dict]) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """Axis ranges where matplotlib's own would mislead: one logged step (or a flat curve) would
+    get an axis of a few percent around the value (0.96 to 1.04 for a loss of 1.0), which makes
+    nothing look like a large change. Such a curve is drawn from 0; None keeps matplotlib's."""
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    x_range = (0.0, max(steps) + 1.0) if max(steps) == min(steps) else None
+    low, high = min(losses), max(losses)
+    y_range = (0.0, high * 1.15) if low >= 0 and high > 0 and high - low < 0.05 * high else None
+    return x_range, y_range
+
+
 _DRAWING = threading.Lock()  # matplotlib's font and text caches are not thread-safe
 
 
@@ -61,6 +73,7 @@ def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -
     if not rows:
         return f"<div class='qh-plot qh-plot-empty'>{html.escape(empty_text)}</div>"
     import matplotlib
+    import matplotlib.ticker
     from matplotlib.figure import Figure
 
     with _DRAWING:
@@ -73,6 +86,12 @@ def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -
             line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
                             linewidth=1.6, label=series)
             line.set_gid(f"loss-{n}")
+        x_range, y_range = axis_ranges(rows)
+        if x_range:
+            ax.set_xlim(*x_range)
+        if y_range:
+            ax.set_ylim(*y_range)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_xlabel(step_label)
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)

@@ -44,6 +44,7 @@ CSS = """
 .qh-bar-text { position: absolute; inset: 0; text-align: center; line-height: 22px; font-size: 13px; }
 .qh-job-meta { font-size: 13px; margin-top: 6px; color: var(--body-text-color-subdued); }
 .qh-error { margin-top: 6px; color: #c62828; font-weight: 600; }
+.qh-note { margin-top: 6px; color: var(--body-text-color-subdued); }
 .qh-console textarea { font-family: ui-monospace, monospace; font-size: 12px; }
 #qh-header h1 { margin: 0; }
 .qh-plot { padding-top: 26px; } .qh-plot svg { width: 100%; height: auto; }

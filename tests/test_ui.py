@@ -315,6 +315,24 @@ def test_runs_table_progress_and_curves(ctx):
     assert "100%" in jobview.progress_html(jobview.job_progress(str(first)), "zh")
 
 
+def test_a_requested_stop_is_a_neutral_note_in_the_pages_language(ctx):
+    stopped = _fake_run(ctx.outputs_root, "sft-lora-3", "aborted", [2.0, 1.8],
+                        error="Stopped by request (SIGTERM); resume with resume_from_checkpoint=auto from step 2.")
+    for lang, words in (("zh", "第 2 步停止"), ("en", "Stopped on request at step 2")):
+        shown = jobview.progress_html(jobview.job_progress(str(stopped)), lang)
+        assert words in shown and "qh-error" not in shown and "SIGTERM" not in shown
+        assert t("train.resume", lang) in shown  # the way on
+
+
+def test_one_logged_point_is_drawn_on_an_axis_from_zero():
+    from app.plots import axis_ranges, loss_svg
+
+    assert axis_ranges([{"step": 1, "loss": 1.0, "series": "train"}]) == ((0.0, 2.0), (0.0, 1.15))
+    assert axis_ranges([{"step": s, "loss": 3.0 - s, "series": "train"} for s in (1, 2)]) == (None, None)
+    svg = loss_svg([{"step": 1, "loss": 1.0, "series": "train"}])
+    assert "0.96" not in svg and "1.04" not in svg
+
+
 def test_start_refuses_an_invalid_form_and_resume_needs_a_stopped_run(ctx, tmp_path):
     with pytest.raises(UserError, match="lora_rank"):
         train.start(form(ctx, lora_rank=0), ctx)
