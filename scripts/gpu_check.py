@@ -1,4 +1,5 @@
-"""One prepared GPU check: train a random ~0.5B Qwen2 through our CLI in five modes and report speed and memory.
+"""One prepared GPU check: the model-zoo parity tests on the GPU, then a random ~0.5B Qwen2 trained through our CLI
+in five modes, with speed and memory.
 
     bash scripts/gpu_check.sh                      # on a machine with one NVIDIA GPU, about 5-8 minutes
     bash scripts/gpu_check.sh --cpu-smoke          # the same flow on CPU with a tiny model (tests this script)
@@ -9,6 +10,8 @@ architecture) and the data (synthetic TCM alpaca records) are built here, in a t
 deepspeed and bitsandbytes, when missing, are installed from the wheels in WHEELS_DIR (default: .wheels
 in the repository root). Each mode runs as a real job (`python -m trainer_core train ... --detach`);
 a failing mode is recorded with the one-line error from its status.json, and the next one runs.
+First, the model-zoo parity tests (every test marked `zoo`, tests/test_zoo_parity.py) run on the GPU:
+`python -m pytest -m zoo -q -rA --junitxml ...` with QIHUANG_TEST_DEVICE=cuda, one PASS/FAIL line per case.
 The Markdown report goes to $OUT/gpu_check.md when OUT is set, else to bench/GPU-<card>.md.
 """
 
@@ -23,12 +26,14 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +57,9 @@ MODES: dict[str, tuple[list[str], tuple[str, ...], int]] = {
                         ("deepspeed",), 180),
 }
 CPU_SMOKE_TIMEOUT = 240  # per mode; DeepSpeed compiles an op on its first CPU run
+ZOO_TIMEOUT = 150  # seconds for the zoo parity tests on a GPU (--zoo-timeout); the modes get the rest of the budget
+ZOO_SMOKE_CASES = 2  # --cpu-smoke runs only the first cases of the zoo tests: it checks this script, not the zoo
+ZOO_MARK = "zoo"
 
 CHATML = (
     "{% for message in messages %}"
@@ -426,6 +434,160 @@ def read_metrics(result: ModeResult, log: list[dict]) -> None:
         result.seconds_per_step = statistics.median(deltas)
 
 
+# ---- the model-zoo parity tests -------------------------------------------------------------------
+
+@dataclass
+class ZooCase:
+    case: str  # the pytest node id
+    outcome: str  # PASS, FAIL, ERROR, XFAIL, SKIP
+    message: str = ""
+
+
+@dataclass
+class ZooResult:
+    state: str = "not run"  # finished, failed (some case failed), timeout, error, skipped
+    error: str = ""
+    cases: list[ZooCase] = field(default_factory=list)
+    exit_code: int | None = None
+    wall_seconds: float = 0.0
+    console_tail: list[str] = field(default_factory=list)
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for c in self.cases if c.outcome == outcome)
+
+    def ok(self) -> bool:
+        return self.state in ("finished", "skipped") and not any(c.outcome in ("FAIL", "ERROR") for c in self.cases)
+
+
+def zoo_test_files() -> list[str]:
+    """The test files that hold zoo-marked tests. Naming them keeps the other test modules (the
+    workbench's, the browser's) out of the collection: their imports may be missing on a GPU image."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if f"mark.{ZOO_MARK}" in text:
+            found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def junit_cases(xml_path: Path) -> list[ZooCase]:
+    """One ZooCase per <testcase> of a pytest --junitxml file."""
+    cases = []
+    for testcase in ElementTree.parse(xml_path).getroot().iter("testcase"):
+        if not testcase.get("name"):
+            continue  # the case a SIGINT cut short: pytest writes it without a name or a result
+        module = testcase.get("classname", "").replace(".", "/")
+        name = f"{module}.py::{testcase.get('name', '?')}" if module else testcase.get("name", "?")
+        outcome, message = "PASS", ""
+        for child in testcase:
+            if child.tag in ("failure", "error", "skipped"):
+                message = child.get("message") or (child.text or "").strip()
+                if child.tag == "failure":
+                    outcome = "FAIL"
+                elif child.tag == "error":
+                    outcome = "ERROR"
+                else:
+                    outcome = "XFAIL" if child.get("type") == "pytest.xfail" else "SKIP"
+                if outcome in ("FAIL", "ERROR"):
+                    break  # a failing test whose teardown also errs: the failure is the news
+        cases.append(ZooCase(name, outcome, " ".join(message.split())[:300]))
+    return cases
+
+
+_SUMMARY_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+(\S+)(?:\s+-\s+(.*))?$")
+_SUMMARY_OUTCOME = {"PASSED": "PASS", "FAILED": "FAIL", "ERROR": "ERROR", "XFAIL": "XFAIL", "XPASS": "FAIL",
+                    "SKIPPED": "SKIP"}
+
+
+def summary_cases(text: str) -> list[ZooCase]:
+    """The same from pytest's -rA short summary, when no junit file was written (pytest killed)."""
+    cases = []
+    for line in text.splitlines():
+        match = _SUMMARY_LINE.match(line.strip())
+        if match:
+            cases.append(ZooCase(match.group(2), _SUMMARY_OUTCOME[match.group(1)], (match.group(3) or "")[:300]))
+    return cases
+
+
+def collect_zoo_cases(files: list[str], env: dict[str, str], timeout: float) -> list[str]:
+    """The node ids of the zoo tests (pytest --collect-only)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", ZOO_MARK, "-q", "--collect-only",
+                           "-p", "no:cacheprovider", *files], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return [line.strip() for line in done.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+
+
+def run_zoo_tests(device: str, env: dict[str, str], timeout: float, work: Path, limit: int = 0) -> ZooResult:
+    """`python -m pytest -m zoo -q -rA --junitxml ...` with QIHUANG_TEST_DEVICE=device; limit > 0 runs only the
+    first `limit` cases. At the timeout pytest gets SIGINT: it still writes the junit file for the cases it ran."""
+    result = ZooResult()
+    started = time.time()
+    files = zoo_test_files()
+    if not files:
+        result.state, result.error = "skipped", "no test file under tests/ holds a test marked zoo"
+        return result
+    env = {**env, "QIHUANG_TEST_DEVICE": device}
+    xml_path = work / "zoo-junit.xml"
+    targets = files
+    print(f"\n== zoo parity tests on {device}: {', '.join(files)} (timeout {timeout:.0f} s)", flush=True)
+    try:
+        if limit > 0:
+            targets = collect_zoo_cases(files, env, timeout)[:limit]
+            if not targets:
+                result.state, result.error = "error", "pytest collected no zoo case"
+                return result
+        argv = [sys.executable, "-m", "pytest", "-m", ZOO_MARK, "-q", "-rA", "-p", "no:cacheprovider",
+                "--continue-on-collection-errors", f"--junitxml={xml_path}", *targets]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            output, _ = proc.communicate(timeout=max(timeout - (time.time() - started), 10))
+        except subprocess.TimeoutExpired:
+            result.state, result.error = "timeout", f"no end within {timeout:.0f} s; interrupted"
+            os.killpg(proc.pid, signal.SIGINT)  # pytest ends the session and writes the junit file
+            try:
+                output, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                output, _ = proc.communicate()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        result.state, result.error = "error", f"pytest did not run: {exc}"
+        result.wall_seconds = time.time() - started
+        return result
+    result.exit_code = proc.returncode
+    result.wall_seconds = time.time() - started
+    result.console_tail = (output or "").splitlines()[-60:]
+    result.cases = junit_cases(xml_path) if xml_path.is_file() else summary_cases(output or "")
+    if result.state == "not run":
+        if result.exit_code in (0, 1) and result.cases:
+            result.state = "finished" if result.exit_code == 0 else "failed"
+        else:
+            result.state = "error"
+            result.error = f"pytest exit code {result.exit_code}: {_last_lines(output, 1)}"
+    for case in result.cases:
+        print(f"{case.outcome:5} {case.case}" + (f"  ({case.message})" if case.message and case.outcome != "PASS"
+                                                 else ""), flush=True)
+    print(f"   zoo: {result.state} after {result.wall_seconds:.0f} s; " + zoo_counts(result)
+          + (f"; {result.error}" if result.error else ""), flush=True)
+    return result
+
+
+def zoo_counts(zoo: ZooResult) -> str:
+    return ", ".join(f"{zoo.count(o)} {o}" for o in ("PASS", "FAIL", "ERROR", "XFAIL", "SKIP") if zoo.count(o)) or \
+        "no cases"
+
+
+def zoo_report(zoo: ZooResult, device: str) -> str:
+    lines = [f"Zoo parity tests (`python -m pytest -m zoo`, QIHUANG_TEST_DEVICE={device}): {zoo.state}, "
+             f"{zoo_counts(zoo)}, {zoo.wall_seconds:.0f} s" + (f"; {_table_safe(zoo.error)}" if zoo.error else ""), ""]
+    if zoo.cases:
+        lines += ["| case | result |", "|---|---|"]
+        for case in zoo.cases:
+            note = f": {_table_safe(case.message, 160)}" if case.message and case.outcome != "PASS" else ""
+            lines.append(f"| `{case.case}` | {case.outcome}{note} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the report -----------------------------------------------------------------------------------
 
 def markdown_report(results: list[ModeResult], card: str, versions: dict[str, str], settings: str) -> str:
@@ -489,7 +651,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true", default=os.environ.get("GPU_CHECK_CPU_SMOKE") == "1",
                         help="tiny model on CPU, 3 steps, no nvidia-smi (also GPU_CHECK_CPU_SMOKE=1)")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma list of: " + ", ".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="comma list of: " + ", ".join(MODES) + "; 'none' for the zoo tests alone")
+    parser.add_argument("--no-zoo", action="store_true", help="leave out the model-zoo parity tests")
+    parser.add_argument("--zoo-timeout", type=float, default=None,
+                        help=f"seconds for the zoo parity tests (default {ZOO_TIMEOUT}; "
+                             f"{CPU_SMOKE_TIMEOUT} with --cpu-smoke)")
+    parser.add_argument("--zoo-cases", type=int, default=None,
+                        help=f"run only the first N zoo cases (default: all; {ZOO_SMOKE_CASES} with --cpu-smoke)")
     parser.add_argument("--max-steps", type=int, default=None, help="steps per mode (default 20; 3 with --cpu-smoke)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole check (default 470; 1500 with --cpu-smoke)")
@@ -498,10 +667,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="download/build the deepspeed and bitsandbytes wheels into WHEELS_DIR, then exit")
     parser.add_argument("--wheel-python", default="3.12", help="Python version of the GPU machine's wheels")
     opts = parser.parse_args(argv)
+    if opts.modes.strip() == "none":
+        opts.modes = ""
     unknown = [m for m in opts.modes.split(",") if m and m not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     return opts
+
+
+def run_modes(modes: list[str], work: Path, env: dict[str, str], deadline: float,
+              still_missing: list[str], smoke: bool, gpu: bool, max_steps: int) -> list[ModeResult]:
+    """Build the model and the data, then run each mode through our CLI until the budget is spent."""
+    results: list[ModeResult] = []
+    model_dir, dataset_dir = prepare_inputs(work, tiny=smoke)
+    common = [f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"dataset={DATASET_NAME}",
+              "stage=sft", "template=auto", "cutoff_len=512", "per_device_train_batch_size=4",
+              "gradient_accumulation_steps=1", f"max_steps={max_steps}", "logging_steps=1",
+              "save_steps=100000", "report_to=none", "resume_from_checkpoint=none", "val_size=0",
+              "learning_rate=1e-4", "seed=42"]
+    for mode in modes:
+        overrides, needs, gpu_timeout = MODES[mode]
+        left = deadline - time.time() - 15
+        absent = [name for name in needs if name in still_missing]
+        if absent:
+            results.append(ModeResult(mode, "skipped", f"{', '.join(absent)} not installed"))
+        elif left < 30:
+            results.append(ModeResult(mode, "skipped", "time budget spent"))
+        else:
+            timeout = min(CPU_SMOKE_TIMEOUT if smoke else gpu_timeout, left)
+            results.append(run_mode(mode, overrides, common, work / "runs" / mode, env, timeout, gpu))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,24 +728,18 @@ def main(argv: list[str] | None = None) -> int:
            "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
     results: list[ModeResult] = []
+    zoo_device = "cuda" if gpu else "cpu"
+    zoo = ZooResult(state="skipped", error="--no-zoo")
     try:
-        model_dir, dataset_dir = prepare_inputs(work, tiny=smoke)
-        common = [f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"dataset={DATASET_NAME}",
-                  "stage=sft", "template=auto", "cutoff_len=512", "per_device_train_batch_size=4",
-                  "gradient_accumulation_steps=1", f"max_steps={max_steps}", "logging_steps=1",
-                  "save_steps=100000", "report_to=none", "resume_from_checkpoint=none", "val_size=0",
-                  "learning_rate=1e-4", "seed=42"]
-        for mode in modes:
-            overrides, needs, gpu_timeout = MODES[mode]
-            left = deadline - time.time() - 15
-            absent = [name for name in needs if name in still_missing]
-            if absent:
-                results.append(ModeResult(mode, "skipped", f"{', '.join(absent)} not installed"))
-            elif left < 30:
-                results.append(ModeResult(mode, "skipped", "time budget spent"))
-            else:
-                timeout = min(CPU_SMOKE_TIMEOUT if smoke else gpu_timeout, left)
-                results.append(run_mode(mode, overrides, common, work / "runs" / mode, env, timeout, gpu))
+        if not opts.no_zoo:
+            # First, while the GPU is empty: its figures below are not disturbed, and a slow zoo run
+            # leaves the modes less time instead of being cut itself.
+            zoo_timeout = opts.zoo_timeout or (CPU_SMOKE_TIMEOUT if smoke else ZOO_TIMEOUT)
+            zoo_cases = opts.zoo_cases if opts.zoo_cases is not None else (ZOO_SMOKE_CASES if smoke else 0)
+            zoo = run_zoo_tests(zoo_device, env, min(zoo_timeout, max(deadline - time.time() - 60, 30)), work,
+                                zoo_cases)
+        if modes:
+            results = run_modes(modes, work, env, deadline, still_missing, smoke, gpu, max_steps)
     finally:
         if opts.keep:
             print(f"Kept {work}")
@@ -564,15 +753,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"check took {time.time() - start:.0f} s")
     if still_missing:
         settings += f"; MISSING packages: {', '.join(still_missing)} (no wheels for them in {wheels_dir})"
-    report = markdown_report(results, card, versions, settings)
+    report = markdown_report(results, card, versions, settings) + "\n" + zoo_report(zoo, zoo_device)
     print("\n" + report, flush=True)
     report_path, logs_path = report_paths(card, smoke)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     title = "# GPU check (CPU smoke run)" if smoke else "# GPU check"
     report_path.write_text(f"{title}, {time.strftime('%Y-%m-%d %H:%M')}\n\n{report}", encoding="utf-8")
-    logs_path.write_text(console_tails(results), encoding="utf-8")
+    zoo_tail = f"===== zoo parity tests ({zoo.state}), pytest output, last lines =====\n" + "\n".join(zoo.console_tail)
+    logs_path.write_text(console_tails(results) + ("\n" + zoo_tail + "\n" if zoo.console_tail else ""),
+                         encoding="utf-8")
     print(f"Wrote {report_path} and {logs_path}")
-    return 0 if results and all(r.state == "finished" for r in results) else 1
+    modes_ok = all(r.state == "finished" for r in results) and (bool(results) or not modes)
+    return 0 if modes_ok and zoo.ok() and (results or zoo.cases) else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check: train a random ~0.5B Qwen2 through our CLI in five modes (LoRA bf16, QLoRA 4-bit, full with
-# DeepSpeed ZeRO-2 / ZeRO-3 / ZeRO-3 offload) and print s/step, tokens/s, peak GPU memory and loss.
+# GPU check: the model-zoo parity tests on the GPU (pytest -m zoo, QIHUANG_TEST_DEVICE=cuda, one PASS/FAIL line
+# per case), then a random ~0.5B Qwen2 trained through our CLI in five modes (LoRA bf16, QLoRA 4-bit, full with
+# DeepSpeed ZeRO-2 / ZeRO-3 / ZeRO-3 offload), printing s/step, tokens/s, peak GPU memory and loss.
 # All the logic is in scripts/gpu_check.py; see bench/GPU.md.
 #
 #   bash scripts/gpu_check.sh                     # one NVIDIA GPU; report in $OUT/gpu_check.md or bench/GPU-<card>.md

@@ -47,3 +47,14 @@ def test_default_launch_is_four_gpus_with_deepspeed_zero3(tmp_path):
         assert "deepspeed --master_port" in result.stdout
         assert f"--num_gpus 4 --no_local_rank --module trainer_core train {tmp_path / 'x'}/run.yaml" in result.stdout
         assert '"stage": 3' in result.stdout
+
+
+def test_gpu_check_cpu_smoke_runs_a_mode_and_the_zoo_parity(tmp_path):
+    """scripts/gpu_check.sh in its CPU smoke mode: what runs on a GPU whenever one is lent, here on
+    a tiny model, so the script cannot rot between GPU sessions."""
+    env = {**os.environ, "OUT": str(tmp_path)}
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--modes", "lora_bf16", "--zoo-cases", "1"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "| lora_bf16 | finished |" in report and "1 PASS" in report

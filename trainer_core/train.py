@@ -316,7 +316,8 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> 
             trainer.processing_class.save_pretrained(str(final_dir))
             runs.honour_umask(final_dir)
         saving_final = None
-        log(f"Saved the {'model' if cfg.finetuning_type == 'full' else 'LoRA adapter'} to {final_dir}")
+        if is_main:  # only rank 0 writes it
+            log(f"Saved the {'model' if cfg.finetuning_type == 'full' else 'LoRA adapter'} to {final_dir}")
         _finish(run_dir, is_main, "finished", 0, None)
         return 0
     except AbortRequested:
@@ -452,6 +453,13 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
         (run_dir / runs.LOG_FILE).unlink()  # a fresh start has a fresh log
 
     args = build_training_arguments(cfg, run_dir, has_eval=bool(eval_samples))
+    if cfg.deepspeed:
+        # ZeRO-3 partitions the model while it is built, before the Trainer starts DeepSpeed: its
+        # communication layer must know the ranks by then (on CPU nothing else initialises it,
+        # and the model would be built for a world of one). Reuses the process group above.
+        import deepspeed
+
+        deepspeed.init_distributed()
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
