@@ -35,12 +35,17 @@ class AppContext:
         return self.workdir / "configs"
 
     def writable_roots(self) -> list[Path]:
-        return [self.workdir, self.data_dir, *self.allowed_dirs]
+        """Where the page may write: the work and data folders only (--allow_path adds reading)."""
+        return [self.workdir, self.data_dir]
+
+    def data_roots(self) -> list[Path]:
+        """Where a dataset_info.json entry's file may lie: the data folder and --allow_path folders."""
+        return [self.data_dir, *self.allowed_dirs]
 
     def readable_roots(self) -> list[Path]:
         """Where a path typed on the page may point: the work and data folders, the model cache,
         the model named at launch, and folders added with --allow_path."""
-        roots = [*self.writable_roots(), qihuang_home() / "models"]
+        roots = [*self.writable_roots(), *self.allowed_dirs, qihuang_home() / "models"]
         if self.model != "default":
             roots.append(Path(self.model))
         return roots

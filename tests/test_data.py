@@ -516,3 +516,12 @@ def test_sample_datasets_read_without_problems():
         examples, problems = read_dataset(name, SAMPLE_DATA, stage)
         assert problems == [], f"{name}: {problems[:3]}"
         assert examples, f"{name} holds no records"
+
+
+def test_a_csv_with_a_header_and_no_rows_is_an_empty_dataset(tmp_path):
+    from trainer_core.data import read_file
+
+    path = tmp_path / "empty.csv"
+    path.write_text("instruction,input,output\n", encoding="utf-8")
+    examples, problems = read_file(path, "alpaca")
+    assert examples == [] and [p.message for p in problems] == ["holds no records: the dataset is empty"]

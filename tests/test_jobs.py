@@ -54,6 +54,11 @@ def test_detached_run_list_follow_abort_resume(cli, tiny_model_dir, tiny_data_di
     # A second job on the same devices is refused, naming the running one.
     second = cli("train", *_args(tiny_model_dir, tiny_data_dir, tmp_path / "outputs" / "other", max_steps=2))
     assert second.returncode == 2 and str(out) in second.stderr and "busy" in second.stderr
+    # ... also when it writes somewhere else entirely (the busy check is machine-wide) ...
+    elsewhere = cli("train", *_args(tiny_model_dir, tiny_data_dir, tmp_path / "elsewhere" / "deep" / "run",
+                                    max_steps=2))
+    assert elsewhere.returncode == 2 and str(out) in elsewhere.stderr and "busy" in elsewhere.stderr
+    assert not (tmp_path / "elsewhere" / "deep" / "run").exists()
 
     aborted = cli("runs", "--abort", str(out))
     assert aborted.returncode == 0, aborted.stderr

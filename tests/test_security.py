@@ -4,6 +4,7 @@ model code runs only with trust_remote_code, and secrets never reach the run fol
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -76,7 +77,37 @@ def test_every_path_field_of_the_form_is_confined(ctx, path):
     with pytest.raises(UserError, match="outside"):
         params.preview(form(ctx, output_dir=path), ctx)
     assert data.page_dataset_choices(ctx, path) == []
+    for key in ("resume_from_checkpoint", "hostfile"):  # free text fields that reach the trainer and launcher
+        _, fields, _ = params.check(form(ctx, **{key: path}), ctx)
+        assert "outside" in fields[key], key
     assert not (ctx.workdir.parent / "outside").exists()
+
+
+def test_allow_path_folders_are_read_only_from_the_page(ctx, tmp_path):
+    extra = tmp_path / "models"
+    extra.mkdir()
+    allowed = make_context(ctx.workdir, ctx.data_dir, ctx.model, allowed_dirs=[extra])
+    assert allowed.page_path(str(extra / "qwen"), "model") == extra / "qwen"
+    with pytest.raises(UserError, match="may write"):
+        allowed.page_path(str(extra / "run"), "output_dir", write=True)
+
+
+def test_a_dataset_entry_pointing_outside_the_data_folder_is_refused_on_the_page(ctx, tmp_path):
+    outside = ctx.workdir.parent / "outside"
+    outside.mkdir()
+    (outside / "secret.json").write_text('[{"instruction": "secret", "output": "secret"}]', encoding="utf-8")
+    info_path = ctx.data_dir / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["leak"] = {"file_name": "../../outside/secret.json", "formatting": "alpaca"}
+    info_path.write_text(json.dumps(info), encoding="utf-8")
+    with pytest.raises(UserError, match="dataset 'leak' .*file_name '../../outside/secret.json' lies outside"):
+        data.inspect_dataset("leak", str(ctx.data_dir), "sft", ctx.data_roots())
+    cfg, _, general = params.check(form(ctx, datasets=["leak"]), ctx)
+    assert cfg is None and any("lies outside the data folder" in g for g in general)
+    # an --allow_path folder may hold data
+    allowed = make_context(ctx.workdir, ctx.data_dir, ctx.model, allowed_dirs=[outside])
+    examples, _ = data.inspect_dataset("leak", str(ctx.data_dir), "sft", allowed.data_roots())
+    assert examples[0]["messages"][0]["content"] == "secret"
 
 
 def test_uploads_land_in_the_data_folder_under_a_safe_name(ctx):

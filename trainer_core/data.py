@@ -218,6 +218,24 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
     return _read(path, file_name, spec, stage, name, max_record_chars, max_file_bytes)
 
 
+def dataset_outside(names: list[str], dataset_dir: str | Path, roots: list[Path]) -> list[str]:
+    """One message for each dataset whose file_name resolves outside `roots` (symlinks followed):
+    the workbench's page may read only its data folder and the folders added with --allow_path."""
+    dataset_dir = Path(dataset_dir)
+    info = load_dataset_info(dataset_dir)
+    messages = []
+    for name in names:
+        file_name = info.get(name, {}).get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            continue  # read_dataset names that mistake
+        path = (dataset_dir / file_name).resolve()
+        if not any(path.is_relative_to(root.resolve()) for root in roots):
+            messages.append(f"dataset '{name}' in {dataset_dir / 'dataset_info.json'}: file_name '{file_name}' "
+                            f"lies outside the data folder ({', '.join(str(r) for r in roots)}); move the file "
+                            "into the data folder, or start the workbench with --allow_path DIR")
+    return messages
+
+
 def read_file(path: str | Path, formatting: str, columns: dict | None = None, stage: str = "sft", *,
               tags: dict | None = None, max_record_chars: int = 200_000,
               max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
@@ -282,6 +300,8 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
         example["file"] = display
         example["index"] = index
         examples.append(example)
+    if not rows and not problems:  # a header with no rows, an empty list: nothing to train on
+        problems.append(Problem(display, None, None, "holds no records: the dataset is empty"))
     problems.sort(key=lambda p: -1 if p.record is None else p.record)  # file order; whole-file first
     return examples, [_printable(p) for p in problems]
 

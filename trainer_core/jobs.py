@@ -119,9 +119,41 @@ def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env:
     return launch(run_dir, build_command(cfg, run_dir / runs.CONFIG_FILE), key, launcher_kind(cfg), extra_env)
 
 
+def registered_jobs() -> list[Path]:
+    """Job folders started on this machine (wherever their output_dir lies) that still run; the
+    registry is $QIHUANG_HOME/running/, one file per job, dropped once its job has ended."""
+    from trainer_core.models import qihuang_home
+
+    found = []
+    for entry in sorted((qihuang_home() / "running").glob("*.json")):
+        try:
+            job_dir = Path(json.loads(entry.read_text(encoding="utf-8"))["run_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            job_dir = None
+        if job_dir is not None and refresh_status(job_dir).get("state") == "running":
+            found.append(job_dir)
+        else:
+            entry.unlink(missing_ok=True)
+    return found
+
+
+def _register(run_dir: Path) -> None:
+    import hashlib
+
+    from trainer_core.models import qihuang_home
+
+    folder = qihuang_home() / "running"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    (folder / f"{name}.json").write_text(json.dumps({"run_dir": str(run_dir.resolve())}), encoding="utf-8")
+
+
 def refuse_if_busy(root: Path, key: str, own_dir: Path) -> None:
-    for other in running_jobs(root):
-        if runs.read_status(other).get("devices") == key and other.resolve() != own_dir.resolve():
+    """Refuse a job whose devices a running one holds: any job under root and any job started on
+    this machine (the registry), so one writing elsewhere is seen too."""
+    others = dict.fromkeys(p.resolve() for p in [*running_jobs(root), *registered_jobs()])
+    for other in others:
+        if runs.read_status(other).get("devices") == key and other != own_dir.resolve():
             raise UserError(f"the devices ({key}) are busy with the running job {other}; wait for it or abort it "
                             f"with: python -m trainer_core runs --abort {other}")
 
@@ -157,6 +189,7 @@ def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_en
                                 env={**os.environ, **env}, start_new_session=True, cwd=os.getcwd())
     runs.update_status(run_dir, state="running", pid=proc.pid, pgid=proc.pid, started_at=runs.now_iso(),
                        ended_at=None, exit_code=None, error=None, devices=devices, launcher=launcher)
+    _register(run_dir)
     return run_dir
 
 

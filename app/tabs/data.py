@@ -24,7 +24,15 @@ from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
 from app.ui_kit import Labels
-from trainer_core.data import EXTENSIONS, FORMATTINGS, load_dataset_info, read_dataset, read_file, text_stats
+from trainer_core.data import (
+    EXTENSIONS,
+    FORMATTINGS,
+    dataset_outside,
+    load_dataset_info,
+    read_dataset,
+    read_file,
+    text_stats,
+)
 from trainer_core.errors import Problem, UserError
 
 PAGE_SIZE = 5
@@ -72,7 +80,12 @@ def reading_stage(formatting: str, stage: str) -> str:
     return stage if stage in ("sft", "pt") else "sft"
 
 
-def inspect_dataset(name: str, dataset_dir: str, stage: str) -> tuple[list[dict], list[Problem]]:
+def inspect_dataset(name: str, dataset_dir: str, stage: str, roots: list[Path] | None = None
+                    ) -> tuple[list[dict], list[Problem]]:
+    """Read a dataset for the page; `roots`: the folders its file must lie in (AppContext.data_roots)."""
+    outside = dataset_outside([name], dataset_dir, roots) if roots is not None else []
+    if outside:
+        raise UserError(outside[0])
     stage = reading_stage(formatting_of(name, dataset_dir), stage)
     return read_dataset(name, dataset_dir, stage)
 
@@ -419,7 +432,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             yield [t("data.pick_one", language), *[gr.update()] * 8]
             return
         try:
-            examples, problems = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage)
+            examples, problems = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage,
+                                                 ctx.data_roots())
             model = model_of(source, path)
         except Exception as exc:  # noqa: BLE001 - shown on the page, never a traceback
             yield failed(exc, language)

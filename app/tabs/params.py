@@ -31,6 +31,7 @@ from trainer_core.config import (
     config_to_yaml,
     preset_paths,
 )
+from trainer_core.data import dataset_outside
 from trainer_core.errors import UserError
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
@@ -147,12 +148,18 @@ def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, 
     model_problem = check_model(values, ctx)
     if model_problem:
         fields["model_path"] = model_problem
-    for key, write in (("dataset_dir", False), ("output_dir", True)):
-        if raw.get(key):
+    for key, write in (("dataset_dir", False), ("output_dir", True), ("resume_from_checkpoint", False),
+                       ("hostfile", False)):
+        if raw.get(key) and not (key == "resume_from_checkpoint" and raw[key] in ("auto", "none")):
             try:
                 raw[key] = str(ctx.page_path(raw[key], key, write=write))
             except UserError as exc:
                 fields[key] = str(exc)
+    if raw.get("dataset") and raw.get("dataset_dir") and "dataset_dir" not in fields:
+        try:
+            general += dataset_outside(raw["dataset"].split(","), raw["dataset_dir"], ctx.data_roots())
+        except UserError as exc:
+            general.append(str(exc))
     try:
         cfg = config_from_dict(raw)
     except UserError as exc:
