@@ -62,7 +62,11 @@ def trained_rows_path(model: Any) -> str | None:
     head = model.get_output_embeddings()
     if path == "fused" and not (type(head) is torch.nn.Linear and head.bias is None):
         return "rows"
-    return path
+    # A listed architecture may still be configured to change its logits after the head (Gemma 3
+    # soft-caps them when final_logit_softcapping is set): then only the rows path is exact.
+    rescaled = any(getattr(config, key, None) not in (None, 1.0)
+                   for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    return "rows" if path == "fused" and rescaled else path
 
 
 def can_fuse_output_layer(model: Any) -> bool:
