@@ -160,12 +160,9 @@ class ChatSession:
 
     def _stop_ids(self) -> list[int]:
         """Stop on eos and on the template's end-of-turn tokens, whichever the model emits."""
-        ids = {self.tokenizer.eos_token_id}
-        for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                ids.add(token_id)
-        return sorted(i for i in ids if i is not None)
+        from trainer_core.tokenization import stop_token_ids
+
+        return stop_token_ids(self.tokenizer)
 
     def _adapter(self, use_adapter: bool):
         if self.has_adapter and not use_adapter:

@@ -35,7 +35,7 @@ from typing import Any
 
 from trainer_core import runs
 from trainer_core.errors import UserError
-from trainer_core.tokenization import IGNORE_INDEX
+from trainer_core.tokenization import IGNORE_INDEX, stop_token_ids
 
 TASKS = ("ppl", "generate", "mcq")
 SPLITS = ("validation", "all")
@@ -43,7 +43,6 @@ SPLITS = ("validation", "all")
 # conversations (alpaca, sharegpt, openai) allow CHAT_TASKS.
 TASKS_FOR_FORMATTING = {"mcq": ("mcq",), "text": ("ppl",)}
 CHAT_TASKS = ("ppl", "generate")
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
 NO_SUBJECT = "(no subject)"
 
 Progress = Callable[[int], None] | None
@@ -154,16 +153,6 @@ def _text_blocks(examples: list[dict], tokenizer: Any, cutoff_len: int) -> list[
 # ---------------------------------------------------------------------------------------------
 # 2. Generation
 # ---------------------------------------------------------------------------------------------
-
-def stop_token_ids(tokenizer: Any) -> list[int]:
-    """eos and the template's end-of-turn tokens, whichever of them the tokenizer knows."""
-    ids = {tokenizer.eos_token_id}
-    for token in END_OF_TURN_TOKENS:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(i for i in ids if i is not None)
-
 
 def split_conversation(tokenizer: Any, messages: list[dict]) -> tuple[str, str] | None:
     """(prompt, reference): every message before the last assistant turn, rendered with the chat

@@ -37,7 +37,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 GGUF_TYPES = ("f16", "q8_0")
 GGUF_ARCHITECTURES = ("llama", "qwen2")
 # Tokens that end an assistant turn in the chat templates we train with (chatml/qwen, llama3, gemma).
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 MARKER_FILE = "export.json"  # written last: a folder holding it is a complete export
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,7 +159,9 @@ def check_dtype(dtype: str) -> None:
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The token that ends an assistant turn in the tokenizer's chat template (else eos)."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    for token in END_OF_TURN_TOKENS:
+    from trainer_core.tokenization import END_OF_TURN_MARKERS
+
+    for token in END_OF_TURN_MARKERS:
         if token in template:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:

@@ -83,6 +83,8 @@ def _compile_template(tokenizer: Any):
     return render
 
 
+# The texts that end a turn in the chat templates we know (ChatML/Qwen, Llama 3, Phi-3, Granite,
+# Mistral/Llama 2, GPT-style, Gemma): the one list for labelling, generation stops and export.
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "</s>", "<|endoftext|>",
                        "<end_of_turn>")
 
@@ -155,6 +157,17 @@ def _end_of_turn(full: str, end: int, markers: tuple[str, ...]) -> int:
         if full.startswith(marker, end):
             return end + len(marker)
     return end
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """eos and every end-of-turn token the tokenizer knows (END_OF_TURN_MARKERS): generation
+    (chat, evaluation) stops on whichever the model emits."""
+    ids = {tokenizer.eos_token_id}
+    for token in END_OF_TURN_MARKERS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(i for i in ids if i is not None)
 
 
 def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:
