@@ -276,3 +276,11 @@ def test_qwen_tokenizer_is_a_chinese_vocabulary():
     punctuation, Qwen 1.09 and SmolLM2 2.45 tokens per ideograph)."""
     ratio = chinese_tokens_per_character(_tokenizer("qwen3"), _data_strings())
     assert 0.5 < ratio < 1.0, ratio
+
+
+@pytest.mark.parametrize("family,dropped", [("mistral-nemo", 1), ("qwen2.5", 0), ("llama3.2", 0)])
+def test_a_system_prompt_the_template_leaves_out_is_counted(family, dropped):
+    """Mistral-Nemo's template shows the system prompt only when the last message is the user's,
+    so never in training data: the count makes training warn about it."""
+    _, stats = encode_sft([{"messages": SHAPES["short-in-prompt+system"]}], tokenizer_for(family), cutoff_len=4096)
+    assert stats.system_dropped == dropped

@@ -23,7 +23,7 @@ import numpy as np
 from trainer_core.errors import Problem, UserError
 
 IGNORE_INDEX = -100
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: EncodeStats.system_dropped
 
 # Fallback templates for tokenizers that ship none (Jinja, the same dialect as HF chat templates).
 CHATML = (
@@ -187,6 +187,7 @@ class EncodeStats:
     samples: int = 0
     truncated: int = 0
     dropped_no_trainable: int = 0
+    system_dropped: int = 0  # conversations whose system prompt the chat template does not show
     tokens: int = 0
     trainable_tokens: int = 0
     lengths: list[int] = field(default_factory=list)
@@ -213,6 +214,7 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
     for begin in range(0, len(examples), batch_size):
         batch = examples[begin: begin + batch_size]
         rendered = [assistant_spans(render, ex["messages"], markers) for ex in batch]
+        stats.system_dropped += sum(_system_dropped(ex["messages"], full) for ex, (full, _) in zip(batch, rendered))
         for ids, labels in encode_with_labels(tokenizer, rendered):
             stats.lengths.append(len(ids))
             if len(ids) > cutoff_len:
@@ -227,6 +229,13 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
             samples.append({"input_ids": ids, "labels": labels})
     stats.samples = len(samples)
     return samples, stats
+
+
+def _system_dropped(messages: list[dict], full: str) -> bool:
+    """A template may show the system prompt only in some conversations (Mistral-Nemo's only when
+    the last message is the user's, so never in training data): the model would not learn it."""
+    system = [m["content"] for m in messages if m["role"] == "system" and m["content"].strip()]
+    return any(text.strip() not in full for text in system)
 
 
 def encode_with_labels(tokenizer: Any, rendered: list[tuple[str, list[tuple[int, int]]]]

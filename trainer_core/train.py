@@ -258,6 +258,10 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
         log(f"{name}: {stats.records} records → {stats.samples} samples ({source} in {stats.seconds:.2f} s); "
             f"{stats.truncated} truncated to cutoff_len {cfg.cutoff_len}, "
             f"{stats.dropped_no_trainable} dropped with no answer tokens left")
+        if stats.system_dropped:
+            log(f"warning: the chat template leaves out the system prompt of {stats.system_dropped} {name} "
+                "conversation(s) (some templates show it only before the last user turn); the model will not "
+                "learn from it there. Choose another template, or put the instruction in the first user turn.")
         if not samples:
             raise UserError(f"no {name} samples left after tokenization: every record's answer lies beyond "
                             f"cutoff_len {cfg.cutoff_len}; raise cutoff_len")
