@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
+
+from trainer_core.jobs import free_port  # noqa: E402, F401 - shared with the tests that import it from here
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,11 +69,6 @@ def tuned_run(tmp_path_factory, tiny_model_dir, tiny_data_dir) -> Path:
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_workbench(args: list[str], output, timeout: float = 60) -> tuple[subprocess.Popen, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from trainer_core.jobs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,11 +35,6 @@ def test_public_page_needs_auth(args, words):
     assert words in result.stderr and "Traceback" not in result.stderr
     assert time.time() - started < 10  # refused before gradio is even imported
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_page_answers_within_seconds(tmp_path, tiny_data_dir, tiny_model_dir):
