@@ -1,11 +1,19 @@
 """Every string of the workbench, Chinese first, English second: key -> (zh, en).
 
 `t(key, lang, **values)` looks a string up and fills `{placeholders}`. A missing key is a bug
-(KeyError), and tests check that every key has both languages. Messages that come from the core
-(config and data problems) are shown as the core wrote them.
+(KeyError), and tests check that every key has both languages.
+
+Messages written in English by the core (config problems, a job's error) and by the tabs' own
+checks (paths, uploads, config files) are translated on the page by `translate`: each line that
+matches one of MESSAGES (or a TEXT string, in either language) is written in the page's
+language; a line that matches none is shown as it is (data problems, library errors).
 """
 
 from __future__ import annotations
+
+import functools
+import re
+import string
 
 LANGS = ("zh", "en")
 
@@ -173,7 +181,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "cfg.lora_rank": ("LoRA 秩 r", "LoRA rank r"),
     "help.lora_rank": ("LoRA 低秩矩阵的秩", "LoRA rank r"),
     "cfg.lora_alpha": ("LoRA alpha", "LoRA alpha"),
-    "help.lora_alpha": ("缩放系数 = alpha / rank", "scale = alpha / rank"),
+    "help.lora_alpha": ("缩放系数 = alpha / r（秩）", "scale = alpha / rank"),
     "cfg.lora_dropout": ("LoRA dropout", "LoRA dropout"),
     "help.lora_dropout": ("LoRA 分支上的 dropout", "dropout on the LoRA path"),
     "cfg.lora_target": ("LoRA 目标层", "LoRA target"),
@@ -365,6 +373,138 @@ TEXT: dict[str, tuple[str, str]] = {
     "export.size": ("大小", "size"),
     "export.card": ("模型卡 README.md", "Model card README.md"),
 }
+
+
+# English as the core and the tabs write it -> Chinese. `{name}` captures any text, `{_name}` a
+# text translated in turn (the allowed values inside a config problem), `{min}`/`{max}`/`{n}` a
+# number; `{{` and `}}` are literal braces.
+MESSAGES: list[tuple[str, str]] = [
+    # trainer_core.config: one problem of a config key ("  - key: ...")
+    ("config problem(s):", "配置有问题："),
+    ("{name}: a value is required ({_allowed})", "{name}：必须填写（{_allowed}）"),
+    ("{name}: {value} is not a valid int ({_allowed})", "{name}：{value} 不是有效的整数（{_allowed}）"),
+    ("{name}: {value} is not a valid float ({_allowed})", "{name}：{value} 不是有效的数值（{_allowed}）"),
+    ("{name}: {value} is not a valid bool ({_allowed})", "{name}：{value} 不是有效的布尔值（{_allowed}）"),
+    ("{name}: {value} is not a valid str ({_allowed})", "{name}：{value} 不是有效的文本（{_allowed}）"),
+    ("{name}: '{value}' is not allowed; choose one of {choices}", "{name}：不允许 '{value}'；可选 {choices}"),
+    ("{name}: {value} is out of range ({_allowed})", "{name}：{value} 超出范围（{_allowed}）"),
+    ("bf16 and fp16 are both true; choose one", "bf16 与 fp16 不能同时开启，请只选一个"),
+    ("deepspeed: '{value}' is neither a preset ({presets}) nor a .json file",
+     "deepspeed：'{value}' 既不是预设（{presets}），也不是 .json 文件"),
+    ("deepspeed: '{value}' is neither a preset ({presets}) nor a .json file; did you mean '{close}'?",
+     "deepspeed：'{value}' 既不是预设（{presets}），也不是 .json 文件；是不是想写 '{close}'？"),
+    ("QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed",
+     "QLoRA 不能与 DeepSpeed ZeRO-3 一起使用；请改用 z2 或不用 DeepSpeed"),
+    ("dataset: give at least one dataset name from dataset_info.json",
+     "dataset：请至少选择一个 dataset_info.json 中的数据集（在数据页选择）"),
+    ("unknown key '{name}'; did you mean '{close}'?", "未知的配置项 '{name}'；是不是想写 '{close}'？"),
+    ("unknown key '{name}'; see README.md for the list of keys", "未知的配置项 '{name}'；全部配置项见 README.md"),
+    ("config file '{path}' does not exist", "配置文件 '{path}' 不存在"),
+    ("config file '{path}' is not valid YAML{where}: {problem}", "配置文件 '{path}' 不是有效的 YAML{where}：{problem}"),
+    ("config file '{path}' must be a mapping of key: value, got {kind}",
+     "配置文件 '{path}' 应是“键: 值”的映射，而不是 {kind}"),
+    # trainer_core.config.allowed_values, inside the problems above and under every field
+    ("one of {choices}", "可选 {choices}"),
+    ("true or false", "true 或 false"),
+    ("an integer", "整数"),
+    ("a number", "数值"),
+    ("text", "文本"),
+    ("{_kind} >= {min}", "{_kind}，≥ {min}"),
+    ("{_kind} > {min}", "{_kind}，> {min}"),
+    ("{_kind} >= {min} and <= {max}", "{_kind}，≥ {min} 且 ≤ {max}"),
+    ("{_kind} > {min} and <= {max}", "{_kind}，> {min} 且 ≤ {max}"),
+    ("{_kind}, or null", "{_kind}，或留空"),
+    # trainer_core: models, data registry, jobs
+    ("model folder '{path}' does not exist. Set model_name_or_path to a local model folder, or to 'default' for "
+     "the built-in model.", "模型文件夹 '{path}' 不存在。请把 model_name_or_path 设为本地模型文件夹，或设为 'default' "
+     "使用内置模型。"),
+    ("model folder '{path}' has no config.json; is it the right folder?",
+     "模型文件夹 '{path}' 里没有 config.json；是这个文件夹吗？"),
+    ("model_name_or_path '{path}' is a file; give the model's folder (the one holding config.json).",
+     "model_name_or_path '{path}' 是一个文件；请给出模型所在的文件夹（含 config.json）。"),
+    ("dataset '{name}' in {registry}: file_name '{file}' lies outside the data folder ({roots}); move the file into "
+     "the data folder, or start the workbench with --allow_path DIR",
+     "{registry} 中的数据集 '{name}'：file_name '{file}' 不在数据文件夹内（{roots}）；请把文件移到数据文件夹，"
+     "或启动工作台时加 --allow_path DIR"),
+    ("The job's processes are gone without a report (killed, or the machine restarted); resume with "
+     "resume_from_checkpoint=auto.", "任务的进程已不在，且没有留下报告（被终止，或机器重启过）；"
+     "可用 resume_from_checkpoint=auto 继续训练。"),
+    ("{run} is not running (state: {state})", "{run} 没有在运行（状态：{state}）"),
+    ("'{run}' holds no finished adapter/ or model/ (has the run finished?)",
+     "'{run}' 中没有完成的 adapter/ 或 model/（这个运行结束了吗？）"),
+    ("no model is loaded; load one first", "还没有加载模型；请先加载"),
+    ("the message is empty", "消息是空的"),
+    ("base vs tuned needs a model loaded with a LoRA adapter", "对比基座与微调需要加载带 LoRA 适配器的模型"),
+    # the tabs' own checks (app/)
+    ("{field}: empty path", "{field}：路径为空"),
+    ("{field}: '{path}' is outside the folders this workbench may read ({roots}); start it with --allow_path DIR "
+     "to add one", "{field}：'{path}' 不在本工作台可读取的文件夹内（{roots}）；启动时用 --allow_path DIR 添加"),
+    ("{field}: '{path}' is outside the folders this workbench may write ({roots}); start it with --allow_path DIR "
+     "to add one", "{field}：'{path}' 不在本工作台可写入的文件夹内（{roots}）；启动时用 --allow_path DIR 添加"),
+    ("model_name_or_path: give the local model folder (the one holding config.json)",
+     "model_name_or_path：请填写本地模型文件夹（含 config.json 的那个）"),
+    ("model folder '{path}' does not exist here (there is no model hub on this machine)",
+     "模型文件夹 '{path}' 在本机不存在（本机没有模型仓库）"),
+    ("give a file name for the config, e.g. configs/my_run.yaml", "请给配置文件起个名字，例如 configs/my_run.yaml"),
+    ("'{path}': a config file ends in .yaml", "'{path}'：配置文件须以 .yaml 结尾"),
+    ("preset '{name}' not found in {folder}", "在 {folder} 中没有找到预设 '{name}'"),
+    ("'{name}': unsupported file type (expected one of {types})", "'{name}'：不支持的文件类型（应为 {types} 之一）"),
+    ("'{name}' would be saved outside the data folder", "'{name}' 会被保存到数据文件夹之外"),
+    ("give the dataset a name (letters, digits, '_' or '-')", "请给数据集起个名字（字母、数字、'_' 或 '-'）"),
+    ("columns: not valid JSON ({problem})", "列映射：不是有效的 JSON（{problem}）"),
+    ('columns: write {{"instruction": "问题", "output": "回答"}}',
+     '列映射：请写成 {{"instruction": "问题", "output": "回答"}}'),
+    ("columns: '{part}' should look like field=column, e.g. instruction=问题",
+     "列映射：'{part}' 应写成 字段=列名，例如 instruction=问题"),
+    ("the file is {size} MB; the upload limit is {limit} MB", "文件大小为 {size} MB，超过上传上限 {limit} MB"),
+    ("the file has {n} problem(s); fix them first (see the table)", "文件有 {n} 个问题，请先修正（见下表）"),
+    ("a dataset named '{name}' exists already; choose another name", "已有名为 '{name}' 的数据集，请换一个名字"),
+    ("pick a finished run first", "请先选择一个完成的运行"),
+    ("base vs tuned needs a run with a LoRA adapter", "对比基座与微调需要一个带 LoRA 适配器的运行"),
+    ("{run} has no run.yaml to resume from", "{run} 中没有可用来继续训练的 run.yaml"),
+    ("{run} is running already", "{run} 已经在运行"),
+]
+
+NUMBER_FIELDS = ("min", "max", "n", "size", "limit")
+LINE = re.compile(r"^(\s*(?:⚠\s*|[-*]\s+)*)(.*?)(\s*)$", re.DOTALL)
+
+
+def _pattern(template: str) -> re.Pattern:
+    parts = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P<{name}>-?[\\d.,e+]+)" if name in NUMBER_FIELDS else f"(?P<{name}>.+?)")
+    return re.compile("".join(parts), re.DOTALL)
+
+
+@functools.cache
+def _catalogue() -> list[tuple[re.Pattern, dict[str, str]]]:
+    """(pattern, {lang: template}) for every message and TEXT string with letters, either language."""
+    entries = [dict(en=en, zh=zh) for en, zh in MESSAGES]
+    entries += [dict(zh=zh, en=en) for zh, en in TEXT.values() if re.search(r"[^\W\d_]", zh + en)]
+    return [(_pattern(entry[source]), entry) for entry in entries for source in LANGS]
+
+
+def translate_line(line: str, lang: str) -> str:
+    """One line in `lang` when a known message (in either language) matches all of it; its
+    leading '⚠ ' or '- ' is kept. Any other line is returned as it is."""
+    head, body, tail = LINE.match(line).groups()
+    if not body:
+        return line
+    for pattern, entry in _catalogue():
+        match = pattern.fullmatch(body)
+        if match:
+            values = {k: translate_line(v, lang) if k.startswith("_") else v for k, v in match.groupdict().items()}
+            return head + entry[lang].format(**values) + tail
+    return line
+
+
+def translate(text: str | None, lang: str) -> str:
+    """A message (several lines, Markdown) in `lang`, line by line (translate_line)."""
+    if not text:
+        return text or ""
+    return "\n".join(translate_line(line, lang) for line in str(text).split("\n"))
 
 
 def t(key: str, lang: str = "zh", **values: object) -> str:

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from app.i18n import t
+from app.i18n import t, translate
 from trainer_core import jobs, runs
 
 CONSOLE_LINES = 300  # lines kept on the page; the file keeps everything
@@ -55,7 +55,7 @@ def progress_html(p: dict | None, lang: str) -> str:
         note = t("job.stopped_at", lang).format(step=step) if step else t("job.stopped_before_start", lang)
         error = f"<div class='qh-note'>{html.escape(note)}</div>"
     elif p.get("error"):
-        error = f"<div class='qh-error'>⚠ {html.escape(p['error'])}</div>"
+        error = f"<div class='qh-error'>⚠ {html.escape(translate(p['error'], lang))}</div>"
     return (f"<div class='qh-job'><div class='qh-job-head'><span class='qh-state qh-state-{html.escape(state)}'>"
             f"{t('state.' + state if state in runs.STATES else 'state.unknown', lang)}</span> "
             f"<code>{html.escape(Path(p.get('run_dir', '')).name)}</code></div>"
@@ -90,10 +90,13 @@ def run_label(p: dict, lang: str) -> str:
     return f"{Path(p['run_dir']).name} · {t('state.' + state if state in runs.STATES else 'state.unknown', lang)}"
 
 
-def error_text(exc: Exception) -> str:
+def error_text(exc: Exception, lang: str | None = None) -> str:
+    """'⚠ message' (a UserError's own words, else with the exception's type), in `lang` where
+    the message is one the page knows (app.i18n.translate)."""
     from trainer_core.errors import UserError
 
-    return f"⚠ {exc}" if isinstance(exc, UserError) else f"⚠ {type(exc).__name__}: {exc}"
+    text = f"⚠ {exc}" if isinstance(exc, UserError) else f"⚠ {type(exc).__name__}: {exc}"
+    return translate(text, lang) if lang else text
 
 
 def only_changed(values: list[Any], last: list[Any] | None) -> list[Any]:

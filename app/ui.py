@@ -11,12 +11,14 @@ from typing import Any
 import gradio as gr
 
 from app.context import AppContext
-from app.i18n import t
+from app.i18n import t, translate
 from app.tabs import chat, data, evaluate, export, params, train
 from app.ui_kit import Labels
 
 TABS = (("data", data), ("params", params), ("train", train), ("evaluate", evaluate), ("chat", chat),
         ("export", export))
+
+STATUS_LINES = ("params_msg", "train_msg", "eval_msg", "export_msg", "chat_status")  # one-off messages
 
 CSS = """
 .qh-preview { display: flex; flex-direction: column; gap: 10px; }
@@ -74,6 +76,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         for _, module in TABS:
             module.wire(ctx, c)
         c["lang"].change(L.relabel, c["lang"], L.components, show_progress="hidden")
+        # Status lines already shown follow the language too (each known line is re-written).
+        status = [c[name] for name in STATUS_LINES]
+        c["lang"].change(lambda lang, *texts: [translate(text, lang) for text in texts], [c["lang"], *status], status,
+                         show_progress="hidden")
         for fn, inputs, outputs in c["load_events"]:
             demo.load(fn, inputs, outputs, show_progress="hidden")
     demo.qh_components = c  # for tests: the components by name

@@ -98,7 +98,8 @@ def test_problems_are_flagged_beside_their_fields(ctx):
     assert set(fields) == {"lora_rank", "learning_rate"}
     assert "out of range" in fields["lora_rank"]
     assert params.field_info("lora_rank", "en", fields["lora_rank"]).startswith("⚠ lora_rank:")
-    assert params.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩 (an integer >= 1)"
+    assert params.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩（整数，≥ 1）"  # the allowed values in Chinese too
+    assert params.field_info("lora_rank", "en").endswith("(an integer >= 1)")
 
     _, fields, _ = params.check(form(ctx, bf16=True, fp16=True), ctx)
     assert set(fields) == {"bf16", "fp16"}  # a rule about two keys flags both

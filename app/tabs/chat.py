@@ -73,24 +73,27 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
         c["chat_run"] = L.make(gr.Dropdown, label="chat.run", choices=run_choices(ctx), value=None, scale=3,
                                elem_id="chat-run")
         c["chat_load"] = L.make(gr.Button, text="chat.load", variant="primary", scale=1, elem_id="chat-load")
-        c["chat_unload"] = L.make(gr.Button, text="chat.unload", scale=1)
+        c["chat_unload"] = L.make(gr.Button, text="chat.unload", scale=1, elem_id="chat-unload")
     c["chat_status"] = gr.Markdown(elem_id="chat-status")
     with gr.Row():
-        c["chat_system"] = L.make(gr.Textbox, label="chat.system", placeholder="chat.system_ph", scale=4, lines=1)
+        c["chat_system"] = L.make(gr.Textbox, label="chat.system", placeholder="chat.system_ph", scale=4, lines=1,
+                                    elem_id="chat-system")
         c["chat_compare"] = L.make(gr.Checkbox, label="chat.compare", info="chat.compare_info", value=False, scale=1,
                                    elem_id="chat-compare")
-    with L.accordion("chat.settings", open=False):
+    with L.accordion("chat.settings", open=False, elem_id="chat-settings-acc"):
         with gr.Row():
             c["gen_max_new_tokens"] = L.make(gr.Slider, label="chat.max_new_tokens", minimum=1, maximum=2048,
-                                             value=256, step=1)
+                                             value=256, step=1, elem_id="chat-max-new-tokens")
             c["gen_temperature"] = L.make(gr.Slider, label="chat.temperature", minimum=0, maximum=2, value=0.7,
-                                          step=0.05)
-            c["gen_top_p"] = L.make(gr.Slider, label="chat.top_p", minimum=0.05, maximum=1, value=0.9, step=0.05)
+                                          step=0.05, elem_id="chat-temperature")
+            c["gen_top_p"] = L.make(gr.Slider, label="chat.top_p", minimum=0.05, maximum=1, value=0.9, step=0.05,
+                                    elem_id="chat-top-p")
         with gr.Row():
-            c["gen_top_k"] = L.make(gr.Slider, label="chat.top_k", minimum=0, maximum=200, value=50, step=1)
+            c["gen_top_k"] = L.make(gr.Slider, label="chat.top_k", minimum=0, maximum=200, value=50, step=1,
+                                    elem_id="chat-top-k")
             c["gen_repetition_penalty"] = L.make(gr.Slider, label="chat.repetition_penalty", minimum=0.5, maximum=2,
-                                                 value=1.1, step=0.05)
-            c["gen_greedy"] = L.make(gr.Checkbox, label="chat.greedy", value=False)
+                                                 value=1.1, step=0.05, elem_id="chat-repetition-penalty")
+            c["gen_greedy"] = L.make(gr.Checkbox, label="chat.greedy", value=False, elem_id="chat-greedy")
     with gr.Row():
         c["chat_base_box"] = L.make(gr.Chatbot, label="chat.base", visible=False, height=420, elem_id="chat-base")
         c["chat_box"] = L.make(gr.Chatbot, label="chat.tuned", height=420, elem_id="chat-tuned")
@@ -121,7 +124,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir and source == "run" else run_dir
             loaded = load_model(source, run_dir, base)
         except Exception as exc:  # noqa: BLE001 - a model that will not load is reported on the page
-            yield error_text(exc)
+            yield error_text(exc, language)
             return
         adapter = t("chat.with_adapter", language) if session().has_adapter else ""
         yield t("chat.loaded", language, model=loaded) + adapter
@@ -152,7 +155,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                                        bool(compare)):
                 yield [tuned, base, tuned, base, "", gr.update()]
         except Exception as exc:  # noqa: BLE001 - shown beside the chat, never a traceback
-            yield [gr.update()] * 5 + [error_text(exc)]
+            yield [gr.update()] * 5 + [error_text(exc, language)]
 
     send_inputs = [c["chat_input"], c["chat_history"], c["chat_base_history"], c["chat_system"], c["chat_compare"],
                    c["gen_max_new_tokens"], c["gen_temperature"], c["gen_top_p"], c["gen_top_k"],

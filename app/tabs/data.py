@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import unicodedata
 from pathlib import Path, PurePosixPath
@@ -170,13 +171,22 @@ def _number(value: Any, key: str) -> str:
 # ---- token statistics ----------------------------------------------------------------------
 
 _TOKENIZERS: dict[tuple, Any] = {}  # (model path, template, stage) -> tokenizer; loading costs seconds
+# Two inspections at once (the picker and the Inspect button are separate events) must not both
+# import transformers: the second sees it half-imported ("cannot import name 'AutoTokenizer'").
+_TOKENIZER_LOCK = threading.Lock()
 
 
 def tokenizer_for(model: str, template: str, stage: str, trust_remote_code: bool = False) -> Any:
+    key = (model, template, stage, trust_remote_code)
+    with _TOKENIZER_LOCK:
+        return _load_tokenizer(key)
+
+
+def _load_tokenizer(key: tuple) -> Any:
     from trainer_core.models import load_tokenizer, resolve_model_path
     from trainer_core.tokenization import setup_chat_template
 
-    key = (model, template, stage, trust_remote_code)
+    model, template, stage, trust_remote_code = key
     if key not in _TOKENIZERS:
         tokenizer = load_tokenizer(resolve_model_path(model, log=lambda _: None), trust_remote_code)
         if stage == "sft":
@@ -393,7 +403,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                 view]
 
     def failed(exc: Exception, language: str) -> list[Any]:
-        return present({"what": "", "problems": [], "text": {}, "error": error_text(exc)}, [], 1, language)
+        return present({"what": "", "problems": [], "text": {}, "error": error_text(exc, language)}, [], 1, language)
 
     def show(examples: list[dict], problems: list[Problem], what: str, language: str, model: str, template: str,
              cutoff_len: Any, trust: bool, with_tokens: bool = True):
@@ -408,7 +418,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             view = {**view, "tokens": tokens, "lengths": lengths, "cutoff": cutoff,
                     "problems": [*problems, *special]}
         except Exception as exc:  # noqa: BLE001 - a tokenizer that will not load is reported, not raised
-            view = {**view, "token_error": error_text(exc)}
+            view = {**view, "token_error": error_text(exc, language)}
         yield present(view, examples, 1, language)
 
     def on_language(view: dict | None, examples: list[dict], page: Any, language: str) -> list[Any]:
@@ -442,7 +452,10 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     inspect_inputs = [c["inspect_name"], c["dataset_dir"], f["stage"], lang, *model_inputs]
     c["inspect_btn"].click(on_inspect, inspect_inputs, table_outputs)
-    c["inspect_name"].input(on_inspect, inspect_inputs, table_outputs)
+    # One inspection per pick (`input` fires twice per pick), and the latest pick wins: one made while
+    # token statistics are computed runs after them (the default would drop it, leaving the picker
+    # and the preview showing different datasets).
+    c["inspect_name"].select(on_inspect, inspect_inputs, table_outputs, trigger_mode="always_last")
 
     def on_open(*args: Any):
         """A fresh page shows the first dataset at once; token statistics wait for a click, since
@@ -464,7 +477,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             folder = ctx.page_path(dataset_dir, "dataset_dir")
         except UserError as exc:
-            return [gr.update(choices=[], value=[]), gr.update(choices=[], value=None), f"⚠ {exc}"]
+            return [gr.update(choices=[], value=[]), gr.update(choices=[], value=None),
+                    error_text(exc, language)]
         choices = dataset_choices(folder)
         names = [name for _, name in choices]
         message = "" if choices else t("data.no_registry", language, path=folder / "dataset_info.json")
@@ -509,7 +523,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             folder = ctx.page_path(dataset_dir, "dataset_dir", write=True)
             registered, target = register_upload(file, Path(file).name, name, formatting, columns, ctx, folder)
         except Exception as exc:  # noqa: BLE001
-            return [error_text(exc), gr.update(), gr.update()]
+            return [error_text(exc, language), gr.update(), gr.update()]
         choices = dataset_choices(folder)
         return [t("data.registered", language, name=registered, path=target),
                 gr.update(choices=choices, value=chosen), gr.update(choices=choices, value=registered)]

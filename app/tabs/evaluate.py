@@ -101,20 +101,25 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
         c["eval_run"] = L.make(gr.Dropdown, label="eval.run", choices=run_choices(ctx), value=None, scale=3,
                                elem_id="eval-run")
         c["eval_base_only"] = L.make(gr.Checkbox, label="eval.base_only", info="eval.base_only_info", value=False,
-                                     scale=2)
+                                     scale=2, elem_id="eval-base-only")
     with gr.Row():
         c["eval_tasks"] = L.make(gr.CheckboxGroup, label="eval.tasks", info="eval.tasks_info",
                                  choice_keys=[("task." + k, k) for k in TASKS], value=[], scale=2,
                                  elem_id="eval-tasks")
         c["eval_datasets"] = L.make(gr.Dropdown, label="eval.datasets", info="eval.datasets_info", multiselect=True,
-                                    choices=dataset_choices(ctx.data_dir), value=[], scale=3)
+                                    choices=dataset_choices(ctx.data_dir), value=[], scale=3,
+                                    elem_id="eval-datasets")
         c["eval_split"] = L.make(gr.Dropdown, label="eval.split", choice_keys=[("split." + s, s) for s in SPLITS],
-                                 value="auto", scale=1)
+                                 value="auto", scale=1, elem_id="eval-split")
     with gr.Row():
-        c["eval_max_samples"] = L.make(gr.Number, label="eval.max_samples", value=20, precision=0, minimum=1)
-        c["eval_n_shot"] = L.make(gr.Number, label="eval.n_shot", value=0, precision=0, minimum=0)
-        c["eval_max_new_tokens"] = L.make(gr.Number, label="eval.max_new_tokens", value=64, precision=0, minimum=1)
-        c["eval_batch_size"] = L.make(gr.Number, label="eval.batch_size", value=4, precision=0, minimum=1)
+        c["eval_max_samples"] = L.make(gr.Number, label="eval.max_samples", value=20, precision=0, minimum=1,
+                                           elem_id="eval-max-samples")
+        c["eval_n_shot"] = L.make(gr.Number, label="eval.n_shot", value=0, precision=0, minimum=0,
+                                      elem_id="eval-n-shot")
+        c["eval_max_new_tokens"] = L.make(gr.Number, label="eval.max_new_tokens", value=64, precision=0,
+                                              minimum=1, elem_id="eval-max-new-tokens")
+        c["eval_batch_size"] = L.make(gr.Number, label="eval.batch_size", value=4, precision=0, minimum=1,
+                                          elem_id="eval-batch-size")
     c["eval_start"] = L.make(gr.Button, text="eval.start", variant="primary", elem_id="eval-start")
     c["eval_msg"] = gr.Markdown(elem_id="eval-msg")
     c["eval_job"] = L.make(gr.Dropdown, label="eval.job", choices=[], value=None, elem_id="eval-job")
@@ -122,10 +127,11 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     c["eval_console"] = L.make(gr.Textbox, label="eval.console", lines=8, max_lines=8, interactive=False,
                                elem_id="eval-console", elem_classes=["qh-console"])
     c["eval_results"] = gr.Markdown(elem_id="eval-results")
-    with L.accordion("eval.compare", open=False):
+    with L.accordion("eval.compare", open=False, elem_id="eval-compare-acc"):
         c["eval_compare_jobs"] = L.make(gr.Dropdown, label="eval.compare_jobs", info="eval.compare_info",
-                                        multiselect=True, choices=[], value=[])
-        c["eval_compare_out"] = gr.Markdown()
+                                        multiselect=True, choices=[], value=[],
+                                        elem_id="eval-compare-jobs")
+        c["eval_compare_out"] = gr.Markdown(elem_id="eval-compare-out")
     c["eval_console_state"] = gr.State({})
     c["eval_tick_state"] = gr.State(None)
     c["eval_timer"] = gr.Timer(2.0)
@@ -161,7 +167,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                              max_new_tokens=max_new_tokens, batch_size=batch_size)
             job_dir = start_eval(run_dir or "", args)
         except UserError as exc:
-            return [f"⚠ {exc}", gr.update(), gr.update()]
+            return [jobview.error_text(exc, language), gr.update(), gr.update()]
         choices = _job_choices(run_dir)
         return [t("eval.started", language, job=job_dir), gr.update(choices=choices, value=str(job_dir)),
                 gr.update(choices=choices)]
@@ -184,5 +190,6 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["eval_timer"].tick(tick, inputs, outputs, show_progress="hidden")
     jobview.scroll_to_end(c["eval_console"], "eval-console")
     c["eval_job"].change(tick, inputs, outputs, show_progress="hidden")
+    lang.change(tick, inputs, outputs, show_progress="hidden")  # the progress line in the new language
     c["eval_compare_jobs"].change(lambda chosen: results_markdown(chosen or []), c["eval_compare_jobs"],
                                   c["eval_compare_out"])

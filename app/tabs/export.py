@@ -84,21 +84,23 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     with gr.Row():
         c["export_run"] = L.make(gr.Dropdown, label="export.run", choices=run_choices(ctx), value=None, scale=3,
                                  elem_id="export-run")
-        c["export_dtype"] = L.make(gr.Dropdown, label="export.dtype", choices=list(DTYPES), value="float16")
-        c["export_shard"] = L.make(gr.Textbox, label="export.shard", value="2GB")
+        c["export_dtype"] = L.make(gr.Dropdown, label="export.dtype", choices=list(DTYPES), value="float16",
+                                   elem_id="export-dtype")
+        c["export_shard"] = L.make(gr.Textbox, label="export.shard", value="2GB", elem_id="export-shard")
     with gr.Row():
         c["export_gguf"] = L.make(gr.CheckboxGroup, label="export.gguf", info="export.gguf_info",
-                                  choices=list(GGUF_TYPES), value=["f16"])
-        c["export_overwrite"] = L.make(gr.Checkbox, label="export.overwrite", value=True)
+                                  choices=list(GGUF_TYPES), value=["f16"], elem_id="export-gguf")
+        c["export_overwrite"] = L.make(gr.Checkbox, label="export.overwrite", value=True,
+                                          elem_id="export-overwrite")
     c["export_start"] = L.make(gr.Button, text="export.start", variant="primary", elem_id="export-start")
     c["export_msg"] = gr.Markdown(elem_id="export-msg")
-    c["export_job"] = L.make(gr.Dropdown, label="export.job", choices=[], value=None)
+    c["export_job"] = L.make(gr.Dropdown, label="export.job", choices=[], value=None, elem_id="export-job")
     c["export_progress"] = gr.HTML(jobview.progress_html(None, L.lang), elem_id="export-progress")
     c["export_console"] = L.make(gr.Textbox, label="export.console", lines=8, max_lines=8, interactive=False,
                                  elem_id="export-console", elem_classes=["qh-console"])
     c["export_files"] = L.make(gr.Dataframe, label="export.files", value=[], interactive=False,
                                headers=[t("export.file", L.lang), t("export.size", L.lang)], elem_id="export-files")
-    with L.accordion("export.card", open=True):
+    with L.accordion("export.card", open=True, elem_id="export-card-acc"):
         c["export_card"] = gr.Markdown(elem_id="export-card")
     c["export_console_state"] = gr.State({})
     c["export_tick_state"] = gr.State(None)
@@ -125,7 +127,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
             job_dir = start_export(run_dir or "", export_args(run_dir or "", dtype, shard, gguf, overwrite))
         except UserError as exc:
-            return [f"⚠ {exc}", gr.update()]
+            return [jobview.error_text(exc, language), gr.update()]
         choices = [(Path(d).name, d) for d in export_jobs(run_dir)]
         return [t("export.started", language, job=job_dir), gr.update(choices=choices, value=str(job_dir))]
 
@@ -150,3 +152,4 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["export_timer"].tick(tick, inputs, outputs, show_progress="hidden")
     jobview.scroll_to_end(c["export_console"], "export-console")
     c["export_job"].change(tick, inputs, outputs, show_progress="hidden")
+    lang.change(tick, inputs, outputs, show_progress="hidden")  # progress and table headers in the new language

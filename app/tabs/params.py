@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 
 from app.context import AppContext
-from app.i18n import t
+from app.i18n import t, translate
 from app.models_catalog import KNOWN_MODELS, known_model
 from app.tabs.data import dataset_names, page_dataset_choices
 from app.ui_kit import Labels
@@ -221,9 +221,10 @@ def split_problems(message: str) -> tuple[dict[str, str], list[str]]:
 def field_info(key: str, lang: str, problem: str | None = None) -> str:
     """The line under a field: its help, or the problem with it."""
     if problem:
-        return "⚠ " + problem
+        return "⚠ " + translate(problem, lang)
     if key in KEYS:
-        return f"{t('help.' + key, lang)} ({allowed_values(key)})"
+        allowed = translate(allowed_values(key), lang)
+        return f"{t('help.' + key, lang)}（{allowed}）" if lang == "zh" else f"{t('help.' + key, lang)} ({allowed})"
     return t("help." + key, lang)
 
 
@@ -231,8 +232,10 @@ def summary(fields: dict[str, str], general: list[str], lang: str) -> str:
     if not fields and not general:
         return t("params.ok", lang)
     lines = [f"**{t('params.problems', lang)}**"]
-    lines += [f"- `{key}`: {text}" for key, text in fields.items()]
-    lines += [f"- {text}" for text in general]
+    for key, text in fields.items():  # the key once, not "`key`: key: ..."
+        text = re.sub(rf"^{re.escape(key)}\s*[:：]\s*", "", translate(text, lang))
+        lines.append(f"- `{key}`: {text}")
+    lines += [f"- {translate(text, lang)}" for text in general]
     return "\n".join(lines)
 
 
@@ -321,7 +324,7 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     with gr.Row():
         c["preset"] = L.make(gr.Dropdown, label="params.preset", info="params.preset_info",
                              choices=preset_names(ctx), value=None, elem_id="params-preset", scale=1)
-    with L.accordion("params.model", open=True):
+    with L.accordion("params.model", open=True, elem_id="params-acc-model"):
         with gr.Row():
             fields["model_source"] = L.make(gr.Radio, label="params.model_source", elem_id="params-model-source",
                                             choice_keys=[("source." + s, s) for s in MODEL_SOURCES],
@@ -329,7 +332,7 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
             fields["known_model"] = L.make(gr.Dropdown, label="params.known_model", info="params.known_note",
                                            choices=[m["name"] for m in KNOWN_MODELS],
                                            value=values["known_model"], visible=values["model_source"] == "known",
-                                           scale=2)
+                                           scale=2, elem_id="params-known-model")
         fields["model_path"] = L.make(gr.Textbox, label="params.model_path", placeholder="params.model_path_ph",
                                       info_text=field_info("model_path", L.lang),
                                       value=values["model_path"], visible=values["model_source"] != "builtin",
@@ -338,26 +341,26 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
             field("stage")
             field("finetuning_type")
             field("template")
-    with L.accordion("params.method", open=True):
+    with L.accordion("params.method", open=True, elem_id="params-acc-method"):
         with gr.Row(visible=values["finetuning_type"] != "full") as c["lora_row"]:
             for key in LORA_KEYS:
                 field(key)
         with gr.Row(visible=values["finetuning_type"] == "qlora") as c["qlora_row"]:
             field("quantization_bit")
             L.markdown("params.qlora_note")
-    with L.accordion("params.main", open=True):
+    with L.accordion("params.main", open=True, elem_id="params-acc-main"):
         with gr.Row():
             for key in MAIN_KEYS[:4]:
                 field(key)
         with gr.Row():
             for key in MAIN_KEYS[4:]:
                 field(key)
-    with L.accordion("params.advanced", open=False):
+    with L.accordion("params.advanced", open=False, elem_id="params-acc-advanced"):
         for start in range(0, len(ADVANCED_KEYS), 4):
             with gr.Row():
                 for key in ADVANCED_KEYS[start:start + 4]:
                     field(key)
-    with L.accordion("params.hardware", open=False):
+    with L.accordion("params.hardware", open=False, elem_id="params-acc-hardware"):
         with gr.Row():
             for key in HARDWARE_KEYS:
                 field(key)
@@ -369,15 +372,16 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
         c["preview_btn"] = L.make(gr.Button, text="params.preview", elem_id="params-preview")
         c["config_path"] = L.make(gr.Textbox, label="params.config_path", value="configs/my_run.yaml", scale=2,
                                   elem_id="params-config-path")
-        c["save_btn"] = L.make(gr.Button, text="params.save")
-        c["load_btn"] = L.make(gr.Button, text="params.load")
-        c["upload_cfg"] = L.make(gr.UploadButton, label="params.upload", file_types=[".yaml", ".yml"])
+        c["save_btn"] = L.make(gr.Button, text="params.save", elem_id="params-save")
+        c["load_btn"] = L.make(gr.Button, text="params.load", elem_id="params-load")
+        c["upload_cfg"] = L.make(gr.UploadButton, label="params.upload", file_types=[".yaml", ".yml"],
+                                   elem_id="params-upload")
     c["params_msg"] = gr.Markdown(elem_id="params-msg")
     with gr.Row():
         c["command"] = L.make(gr.Code, label="params.command", language="shell", interactive=False, lines=3,
                               max_lines=12, wrap_lines=True, elem_id="params-command")
         c["config_yaml"] = L.make(gr.Code, label="params.yaml", language="yaml", interactive=False, lines=3,
-                                  max_lines=24)
+                                  max_lines=24, elem_id="params-yaml")
     c["fields"] = fields
 
 
@@ -396,16 +400,21 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     form = form_inputs(c)
     checked = [fields[k] for k in (*FORM_KEYS, "model_path")]
 
-    def flags(*args: Any) -> list[Any]:
-        *rest, language = args
-        _, problems, general = check(as_values(rest), ctx)
-        updates = [gr.update(info=field_info(k, language, problems.get(k))) for k in (*FORM_KEYS, "model_path")]
-        return [*updates, summary(problems, general, language)]
+    infos = gr.State(None)  # the lines under the fields as this page shows them: only changes are sent
 
-    flag_outputs = [*checked, c["params_summary"]]
+    def flags(*args: Any) -> list[Any]:
+        *rest, language, shown = args
+        _, problems, general = check(as_values(rest), ctx)
+        now = [field_info(k, language, problems.get(k)) for k in (*FORM_KEYS, "model_path")]
+        before = shown if isinstance(shown, list) and len(shown) == len(now) else [None] * len(now)
+        updates = [gr.update() if text == old else gr.update(info=text) for text, old in zip(now, before)]
+        return [*updates, summary(problems, general, language), now]
+
+    flag_inputs = [*form, lang, infos]
+    flag_outputs = [*checked, c["params_summary"], infos]
     gr.on([fields[k].change for k in (*FORM_KEYS, "model_path", "model_source")] + [lang.change],
-          flags, inputs=[*form, lang], outputs=flag_outputs, trigger_mode="always_last", show_progress="hidden")
-    c["load_events"].append((flags, [*form, lang], flag_outputs))
+          flags, inputs=flag_inputs, outputs=flag_outputs, trigger_mode="always_last", show_progress="hidden")
+    c["load_events"].append((flags, flag_inputs, flag_outputs))
 
     def on_source(source: str) -> list[Any]:
         return [gr.update(visible=source != "builtin"), gr.update(visible=source == "known")]
@@ -443,7 +452,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             command, text = preview(as_values(rest), ctx)
         except UserError as exc:
-            return ["", "", f"⚠ {t('params.fix_first', language)}\n\n```\n{exc}\n```"]
+            return ["", "", f"⚠ {t('params.fix_first', language)}\n\n```\n{translate(str(exc), language)}\n```"]
         return [command, text, t("params.previewed", language)]
 
     c["preview_btn"].click(on_preview, [*form, lang], [c["command"], c["config_yaml"], c["params_msg"]])
@@ -453,7 +462,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             target = save(as_values(rest), path, ctx)
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"⚠ {translate(str(exc), language)}"
         return t("params.saved", language, path=target)
 
     c["save_btn"].click(on_save, [c["config_path"], *form, lang], c["params_msg"])
@@ -465,7 +474,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             data_dir = ctx.page_path(current["dataset_dir"], "dataset_dir")
             values = load(target or resolve_config_path(path, ctx), ctx, current, dataset_names(data_dir))
         except UserError as exc:
-            return [gr.update() for _ in ORDER] + [f"⚠ {exc}"]
+            return [gr.update() for _ in ORDER] + [f"⚠ {translate(str(exc), language)}"]
         return apply(values) + [t("params.loaded", language, path=path)]
 
     def on_load(path: str, *args: Any) -> list[Any]:

@@ -15,7 +15,7 @@ import gradio as gr
 
 from app import jobview
 from app.context import AppContext
-from app.i18n import t
+from app.i18n import t, translate
 from app.plots import curves, loss_svg
 from app.tabs import params
 from app.ui_kit import Labels
@@ -157,6 +157,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     jobview.scroll_to_end(c["console"], "train-console")
     c["run_select"].change(tick, tick_inputs, tick_outputs, show_progress="hidden")
     c["overlay"].change(tick, tick_inputs, tick_outputs, show_progress="hidden")
+    lang.change(tick, tick_inputs, tick_outputs, show_progress="hidden")  # the progress line in the new language
 
     def refresh(run_dir: str | None, language: str, last: Any, select: str | None = None) -> list[Any]:
         """Run list and table; sent only when they changed, so a user's selection is not reset."""
@@ -183,7 +184,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             run_dir = start(params.as_values(rest), ctx)
         except UserError as exc:
-            return [f"⚠ {t('train.not_started', language)}\n\n{exc}", *[gr.update()] * 4]
+            return [f"⚠ {t('train.not_started', language)}\n\n{translate(str(exc), language)}",
+                    *[gr.update()] * 4]
         return [t("train.started", language, run=run_dir), *refresh(None, language, None, select=str(run_dir))]
 
     c["start_btn"].click(on_start, [*form, lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
@@ -194,7 +196,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True))
         except UserError as exc:
-            return f"⚠ {exc}"
+            return jobview.error_text(exc, language)
         if jobs.refresh_status(run_dir).get("state") != "running":
             return t("train.not_running", language)
         abort_in_background(run_dir)
@@ -209,7 +211,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             run_dir = str(ctx.page_path(run_dir, "run", write=True))
             resume(run_dir)
         except UserError as exc:
-            return [f"⚠ {exc}", *[gr.update()] * 4]
+            return [jobview.error_text(exc, language), *[gr.update()] * 4]
         return [t("train.resumed", language, run=run_dir), *refresh(None, language, None, select=run_dir)]
 
     c["resume_btn"].click(on_resume, [c["run_select"], lang, c["table_state"]], [c["train_msg"], *refresh_outputs])

@@ -2,102 +2,41 @@
 training to 100 %, an abort (after a page reload re-attaches to the job), a streamed chat reply,
 an evaluation, an export; screenshots of every tab in both languages go to test-artifacts/.
 
-Needs /usr/bin/chromium (scripts/setup.sh --dev installs it) and the playwright package; the
-browser is the system's, never one downloaded by `playwright install`.
+The browser, the workbench and the error guard are pagekit's (shared with test_walk.py).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
-# Needed, not optional: without playwright or /usr/bin/chromium these tests fail (setup.sh --dev installs both).
-import playwright.sync_api as playwright_api
 import pytest
-from conftest import start_workbench, stop_workbench
+from pagekit import (
+    ARTIFACTS,
+    BAD_DATA,
+    assert_no_errors,
+    chromium_page,
+    open_tab,
+    set_number,
+    shoot_every_tab,
+    shot,
+    wait_text,
+    workbench,
+)
 
 from app.i18n import t
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
-BAD_DATA = REPO / "tests" / "bad_data"
-TABS = ("data", "params", "train", "evaluate", "chat", "export")
-TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, tiny_model_dir, tiny_data_dir):
     """The workbench on a free localhost port, preselecting the tiny model and a copy of the tiny data."""
-    root = tmp_path_factory.mktemp("workbench")
-    data_dir = root / "data"
-    shutil.copytree(tiny_data_dir, data_dir)
-    with open(root / "launch.log", "w") as log:
-        proc, url = start_workbench(["--workdir", str(root / "work"), "--model", str(tiny_model_dir),
-                                     "--data_dir", str(data_dir)], log)
-        yield url + "/"
-        stop_workbench(proc)
-    # No job may outlive the test: abort whatever is still running.
-    from trainer_core import jobs
-
-    for run_dir in jobs.running_jobs(root / "work" / "outputs"):
-        jobs.abort_job(run_dir, grace_seconds=10, log=lambda _: None)
-
-
-# Every toast Gradio shows is recorded as it appears (they fade), with its kind (error, warning, ...).
-RECORD_TOASTS = """
-window.__qhToasts = [];
-new MutationObserver(records => { for (const r of records) for (const node of r.addedNodes) {
-    if (!(node instanceof Element)) continue;
-    const toast = '[data-testid=toast-body]';
-    const bodies = node.matches(toast) ? [node] : node.querySelectorAll(toast);
-    for (const b of bodies) window.__qhToasts.push({kind: b.className, text: b.innerText});
-} }).observe(document, {subtree: true, childList: true});
-"""
-
-
-class PageErrors:
-    """Error toasts, console errors and page errors seen since the last check; a test that expects
-    one names it with `expect(text)`, and every other one fails the test (guard fixture below)."""
-
-    def __init__(self, page) -> None:
-        self.page = page
-        self.console: list[str] = []
-        self.expected: list[str] = []
-        page.on("console", lambda msg: self.console.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: self.console.append(f"page error: {exc}"))
-
-    def expect(self, text: str) -> None:
-        self.expected.append(text)
-
-    def take(self) -> list[str]:
-        toasts = self.page.evaluate("() => (window.__qhToasts || []).splice(0)")
-        seen = [f"{'error' if 'error' in t['kind'] else t['kind']} toast: {t['text']}" for t in toasts
-                if "error" in t["kind"] or "warning" in t["kind"]] + self.console
-        self.console = []
-        unexpected = [s for s in seen if not any(e in s for e in self.expected)]
-        self.expected = []
-        return unexpected
+    with workbench(tmp_path_factory.mktemp("workbench"), tiny_model_dir, tiny_data_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser_page(app_url):
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.add_init_script(RECORD_TOASTS)
-        page.errors = PageErrors(page)
-        page.goto(app_url)
-        page.wait_for_selector("#tab-data")
-        page.wait_for_timeout(1500)  # the load events (the Parameters tab's checks among them) have run
+    with chromium_page(app_url) as page:
         yield page
-        browser.close()
 
 
 @pytest.fixture
@@ -105,31 +44,7 @@ def page(browser_page):
     """The shared page, guarded: the test fails on any error toast, console error or page error it
     did not expect (`page.errors.expect(text)`), including those the page showed on load."""
     yield browser_page
-    browser_page.wait_for_timeout(500)  # a toast from the last action has time to appear
-    unexpected = browser_page.errors.take()
-    assert not unexpected, "the page showed errors: " + "; ".join(unexpected)
-
-
-def open_tab(page, name: str, lang: str = "zh") -> None:
-    page.get_by_role("tab", name=t("tab." + name, lang), exact=True).click()
-    page.wait_for_timeout(300)
-
-
-def wait_text(page, selector: str, *texts: str, timeout: int = TIMEOUT_MS) -> None:
-    """Until the element's text contains one of texts."""
-    page.wait_for_function(
-        "([sel, texts]) => { const e = document.querySelector(sel); "
-        "return !!e && texts.some(x => e.innerText.includes(x)); }", arg=[selector, list(texts)], timeout=timeout)
-
-
-def set_number(page, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input").first
-    box.fill(str(value))
-    box.press("Tab")  # commit the value (a change event)
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    assert_no_errors(browser_page)
 
 
 def test_preview_a_dataset_and_see_its_stats(page):
@@ -155,7 +70,7 @@ def test_a_bad_upload_shows_its_problems(page):
     problems = page.inner_text("#data-problems")
     assert "must be a string, got list" in problems and "missing" in problems
     page.click("#data-upload-register")
-    wait_text(page, "#data-msg", "3 problem")  # refused: fix the file first
+    wait_text(page, "#data-msg", "文件有 3 个问题")  # refused: fix the file first (the message in the page's language)
     assert "Traceback" not in page.inner_text("body")
     shot(page, "data-bad-upload-zh")
 
@@ -255,11 +170,5 @@ def test_export_writes_the_model_and_its_card(page):
 
 
 def test_screenshots_of_every_tab_in_both_languages(page):
-    for lang, radio in (("en", "English"), ("zh", "中文")):
-        page.locator("#qh-lang").get_by_text(radio, exact=True).click()
-        page.get_by_role("tab", name=t("tab.params", lang), exact=True).wait_for()  # the page re-labelled
-        for name in TABS:
-            open_tab(page, name, lang)
-            page.wait_for_timeout(700)
-            shot(page, f"tab-{name}-{lang}")
+    shoot_every_tab(page)  # each picture checked first: its tab's main controls visible, no toast
     (ARTIFACTS / "index.json").write_text(json.dumps(sorted(p.name for p in ARTIFACTS.glob("*.png"))))
