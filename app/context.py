@@ -11,8 +11,8 @@ from pathlib import Path
 
 from trainer_core.errors import UserError
 from trainer_core.models import qihuang_home
+from trainer_core.paths import PRESETS_DIR, REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024  # an upload is copied into the data folder whole
 
 
@@ -22,7 +22,7 @@ class AppContext:
     data_dir: Path  # the folder holding dataset_info.json
     model: str = "default"  # the preselected base model: 'default' or a local folder
     lang: str = "zh"
-    presets_dir: Path = REPO / "presets"
+    presets_dir: Path = PRESETS_DIR
     max_upload_bytes: int = UPLOAD_LIMIT_BYTES
     allowed_dirs: tuple[Path, ...] = ()  # --allow_path folders, beyond the work folder
 
@@ -70,7 +70,7 @@ class AppContext:
 def make_context(workdir: str | Path | None = None, data_dir: str | Path | None = None, model: str | None = None,
                  lang: str = "zh", allowed_dirs: list[str | Path] | None = None) -> AppContext:
     """Absolute folders, so a job started from any working directory finds them."""
-    root = Path(workdir or REPO).expanduser().resolve()
+    root = Path(workdir or REPO_ROOT).expanduser().resolve()
     data = Path(data_dir).expanduser().resolve() if data_dir else root / "data"
     chosen = model or "default"
     if chosen != "default":

@@ -489,7 +489,10 @@ def _catalogue() -> list[tuple[re.Pattern, dict[str, str]]]:
 def translate_line(line: str, lang: str) -> str:
     """One line in `lang` when a known message (in either language) matches all of it; its
     leading '⚠ ' or '- ' is kept. Any other line is returned as it is."""
-    head, body, tail = LINE.match(line).groups()
+    parts = LINE.match(line)
+    if parts is None:  # not reached: every group of LINE may be empty, so it matches any line
+        return line
+    head, body, tail = parts.groups()
     if not body:
         return line
     for pattern, entry in _catalogue():

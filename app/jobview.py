@@ -17,15 +17,6 @@ CONSOLE_LINES = 300  # lines kept on the page; the file keeps everything
 FIRST_READ_BYTES = 64 * 1024  # a re-attached page starts from the console's last 64 KiB
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def percent(p: dict) -> float:
     if p.get("state") == "finished":
         return 100.0
@@ -41,8 +32,8 @@ def progress_html(p: dict | None, lang: str) -> str:
     share = percent(p)
     total = p.get("total_steps")
     steps = f"{p.get('step') or 0} / {total}" if total else "–"
-    meta = [f"{t('job.eta', lang)} {duration(p.get('eta_seconds')) if state == 'running' else '–'}",
-            f"{t('job.elapsed', lang)} {duration(p.get('elapsed_seconds'))}"]
+    meta = [f"{t('job.eta', lang)} {runs.format_duration(p.get('eta_seconds')) if state == 'running' else '–'}",
+            f"{t('job.elapsed', lang)} {runs.format_duration(p.get('elapsed_seconds'))}"]
     if p.get("tokens_per_second"):
         meta.append(f"{p['tokens_per_second']:,.0f} tok/s")
     if p.get("loss") is not None:

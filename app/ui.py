@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import choices, form
 from app.context import AppContext
 from app.i18n import t, translate
 from app.tabs import chat, data, evaluate, export, params, train
@@ -62,8 +63,8 @@ def theme() -> gr.themes.Base:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     L = Labels(ctx.lang)
-    names = data.dataset_names(ctx.data_dir)
-    c: dict[str, Any] = {"initial_values": params.initial_values(ctx, names), "load_events": []}
+    names = choices.dataset_names(ctx.data_dir)
+    c: dict[str, Any] = {"initial_values": form.initial_values(ctx, names), "load_events": []}
     with gr.Blocks(title=t("app.title", ctx.lang), analytics_enabled=False) as demo:
         with gr.Row(equal_height=True):
             L.markdown("app.header", elem_id="qh-header")

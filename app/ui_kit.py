@@ -31,9 +31,9 @@ class Labels:
         `choice_keys` are (i18n key, value) pairs; the value is what handlers receive. Plain
         `choices` (values shown as they are) pass through untranslated; so does `info_text`, for
         an info line a handler keeps up to date (a field's help or its problem)."""
-        keys = {name: key for name, key in (("label", label), ("info", info), ("placeholder", placeholder),
-                                            ("text", text)) if key}
-        texts = {TEXT_ATTRS[name]: t(key, self.lang) for name, key in keys.items()}
+        keys: dict[str, Any] = {name: key for name, key in (("label", label), ("info", info),
+                                                            ("placeholder", placeholder), ("text", text)) if key}
+        texts: dict[str, Any] = {TEXT_ATTRS[name]: t(key, self.lang) for name, key in keys.items()}
         if choice_keys is not None:
             keys["choices"] = choice_keys
             texts["choices"] = [(t(key, self.lang), value) for key, value in choice_keys]
@@ -59,7 +59,7 @@ class Labels:
     def relabel(self, lang: str) -> list[Any]:
         updates = []
         for keys in self.keys:
-            change = {TEXT_ATTRS[name]: t(key, lang) for name, key in keys.items() if name != "choices"}
+            change: dict[str, Any] = {TEXT_ATTRS[name]: t(key, lang) for name, key in keys.items() if name != "choices"}
             if "choices" in keys:
                 change["choices"] = [(t(key, lang), value) for key, value in keys["choices"]]
             updates.append(gr.update(**change))

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,15 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python bench/load_chat.py`: our package from this checkout
+from trainer_core.procs import free_port  # noqa: E402
+
 QUESTIONS = ["黄芪的功效是什么？", "人参主治哪些病证？", "当归如何配伍？", "白术的性味归经？", "茯苓有哪些注意事项？",
              "甘草的药性特点？", "麻黄与桂枝的区别？", "柴胡的用量？", "黄连能治什么？", "金银花的功效？"]
 
 
 def start_workbench(workdir: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "launch.py", "--port", str(port), "--workdir", str(workdir),
                              "--lang", "en"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

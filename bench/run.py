@@ -32,7 +32,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,9 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python bench/run.py`: our package from this checkout
+from trainer_core.procs import free_port  # noqa: E402
+
 LF_HARNESS = REPO.parent / "shared" / "bench" / "llamafactory"
 DATASET = "tcm_bench"
 PROMPT = "请介绍黄芪的功效与主治。"
@@ -440,12 +442,6 @@ def probe_ui(argv: list[str], port: int, log: Path, cwd: Path, env: dict | None,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def heldout_loss(model: str, adapter: str, data: Path) -> float:

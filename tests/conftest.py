@@ -17,9 +17,30 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import build_tiny_model  # noqa: E402
 
-from trainer_core.jobs import free_port  # noqa: E402, F401 - shared with the tests that import it from here
+from trainer_core.procs import free_port  # noqa: E402, F401 - shared with the tests that import it from here
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Every test has one kind (README, "Tests"): `browser` (tests/browser/), `dist` (several processes:
+# torchrun, DeepSpeed), `train` (runs a training, evaluation or export, or loads a model beyond the
+# tiny in-process ones), else `fast`. A module or test says `dist` or `train` itself; a test that
+# uses a fixture which trains is `train` without saying so.
+KINDS = ("browser", "dist", "train", "fast")
+TRAINING_FIXTURES = {"tuned_run", "lora_run", "exported", "reference", "live_job"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` picks by these marks
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001 - pytest's hook signature
+    for item in items:
+        kinds = [kind for kind in KINDS if item.get_closest_marker(kind)]
+        if "browser" in Path(str(item.path)).parts:
+            kinds.append("browser")
+        elif not kinds and TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            kinds.append("train")
+        kinds = sorted(set(kinds), key=KINDS.index)
+        assert len(kinds) <= 1, f"{item.nodeid} has two kinds {kinds}: give it one"
+        item.add_marker(kinds[0] if kinds else "fast")
 
 
 @pytest.fixture(scope="session")

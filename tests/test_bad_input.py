@@ -428,6 +428,25 @@ def test_wrong_values_in_a_yaml_file(tmp_path):
         "  - lora_dropout: 0.95 is out of range (a number >= 0 and <= 0.9)")
 
 
+def test_problems_come_as_data_with_their_keys():
+    """validate collects every problem, each with the keys it is about, the one-key and the
+    several-key rules together; ConfigError carries the same list the CLI prints."""
+    from trainer_core.config import ConfigError, ConfigProblem, TrainConfig, validate
+
+    raw = {"lora_rank": 0, "bf16": True, "fp16": True, "lora_rnk": 8, "finetuning_type": "qlora",
+           "deepspeed": "z3"}
+    cfg, problems = validate(raw, TrainConfig)
+    assert cfg is None
+    assert [p.keys for p in problems] == [("lora_rank",), (), ("bf16", "fp16"), ("finetuning_type", "deepspeed")]
+    assert problems[0] == ConfigProblem(("lora_rank",), "lora_rank: 0 is out of range (an integer >= 1)")
+    assert "did you mean 'lora_rank'" in problems[1].message
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw)
+    assert caught.value.problems == problems
+    assert str(caught.value).splitlines()[1:] == [f"  - {p.message}" for p in problems]
+    assert validate({"lora_rank": 16}, TrainConfig) == (TrainConfig(lora_rank=16), [])
+
+
 def test_unknown_deepspeed_preset():
     presets = ", ".join(DEEPSPEED_PRESETS)
     assert config_message({"deepspeed": "z4"}) == (
@@ -588,6 +607,7 @@ def test_data_check_names_a_record_holding_special_token_text(cli, tiny_model_di
     assert result.stdout.count("    - ") == 1  # record 0 is clean
 
 
+@pytest.mark.train
 def test_training_warns_about_special_token_text_and_names_it(cli, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = cli("train", f"model_name_or_path={tiny_model_dir}", f"dataset_dir={BAD}", "dataset=special_token",

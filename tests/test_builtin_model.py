@@ -38,6 +38,7 @@ def test_model_folder_errors(tmp_path):
         models.resolve_model_path(str(tmp_path / "empty"))
 
 
+@pytest.mark.train
 def test_sft_lora_preset_trains_the_builtin_model(cli, tmp_path):
     out = tmp_path / "builtin"
     result = cli("train", "presets/sft_lora.yaml", "max_steps=3", "logging_steps=1", "val_size=0",

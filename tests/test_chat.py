@@ -18,6 +18,7 @@ def test_stream_grows_to_the_full_reply(tiny_model_dir):
     assert parts[-1] == session.reply([], "黄芪的功效？", settings=GREEDY)
 
 
+@pytest.mark.train
 def test_base_answer_comes_from_the_same_weights_with_the_adapter_off(tuned_run, tiny_model_dir):
     tuned = ChatSession()
     tuned.load_run(tuned_run)
@@ -79,6 +80,7 @@ def test_stop_tokens_settings_and_unload(tiny_model_dir):
     assert session.model is None
 
 
+@pytest.mark.train
 def test_cli_chat_answers_scripted_messages(cli, tuned_run):
     result = cli("chat", str(tuned_run), "--compare", "--greedy", "--max_new_tokens", "4",
                  "-m", "黄芪？", "-m", "用量？")

@@ -59,3 +59,13 @@ def test_data_check_reports_all_problems_of_bad_files(cli, tiny_model_dir):
 def test_unknown_command(cli):
     result = cli("trian")
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+
+
+def test_models_lists_the_known_models(capsys):
+    from trainer_core.catalog import KNOWN_MODELS
+    from trainer_core.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [[m["name"], m["hub_id"], m["template"]] for m in KNOWN_MODELS]
+    assert any(line.split()[:2] == ["Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct"] for line in lines)

@@ -40,8 +40,8 @@ accelerator. Its communication backend is gloo, because oneccl is not installed.
 multi-rank DeepSpeed run on a machine compiles DeepSpeed's shared-memory communication op
 (about 90 s on 2 cores); torch caches it in ~/.cache/torch_extensions for later runs.
 
-Runtime: about 2.5 minutes on 2 cores once that op is cached. `pytest -m "not slow"` keeps only
-the dry-run check.
+Runtime: about 2.5 minutes on 2 cores once that op is cached. Every test here is `dist`
+(`pytest -m "not dist"` leaves them out).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from conftest import REPO, free_port, run_cli
 
 from trainer_core import runs
 
-pytestmark = [pytest.mark.distributed]
+pytestmark = [pytest.mark.dist]
 
 STEPS = 3
 BATCH = 2  # per rank; the single-process reference uses 2 * BATCH
@@ -182,7 +182,6 @@ def _parity(setup: str, finetuning_type: str, reference_out: Path, outs_by_rank:
     assert largest <= TOLERANCE
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("finetuning_type", ["lora", "full"])
 def test_torchrun_two_processes_train_the_weights_of_one(reference, tiny_model_dir, parity_data, tmp_path,
                                                          finetuning_type):
@@ -195,7 +194,6 @@ def test_torchrun_two_processes_train_the_weights_of_one(reference, tiny_model_d
     _parity("torchrun-2proc", finetuning_type, reference(finetuning_type), [(out, 0), (out, 1)], out, tiny_model_dir)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["z2", "z3"])
 @pytest.mark.parametrize("finetuning_type", ["lora", "full"])
 def test_deepspeed_zero_two_ranks_train_the_weights_of_one(reference, tiny_model_dir, parity_data, tmp_path,
@@ -219,7 +217,6 @@ def test_deepspeed_zero_two_ranks_train_the_weights_of_one(reference, tiny_model
             tiny_model_dir)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("finetuning_type", ["lora", "full"])
 def test_two_nodes_train_the_weights_of_one(reference, tiny_model_dir, parity_data, tmp_path, finetuning_type):
     """Two nodes, simulated here, each started as a user would start it on its own host:
@@ -274,7 +271,6 @@ def test_two_nodes_train_the_weights_of_one(reference, tiny_model_dir, parity_da
 
 # ---- the checks above fail when the thing they guard breaks --------------------------------------
 
-@pytest.mark.slow
 def test_a_different_global_batch_fails_the_parity_check(reference, tiny_model_dir, parity_data, tmp_path):
     """One process with BATCH instead of 2 x BATCH: half the global batch, the mistake the parity
     tests must not let through. Its weights are far outside the tolerance."""
@@ -287,7 +283,6 @@ def test_a_different_global_batch_fails_the_parity_check(reference, tiny_model_d
     assert largest > 10 * TOLERANCE
 
 
-@pytest.mark.slow
 def test_a_per_rank_normalisation_fails_the_parity_check(reference, tiny_model_dir, parity_data, tmp_path):
     """The ranks run with average_tokens_across_devices=False, put in through a sitecustomize on
     PYTHONPATH. Each rank then divides by its own token count, and DDP averages the two means:

@@ -214,6 +214,7 @@ def test_full_finetuning_run_is_resaved(lora_run, tiny_model_dir, tmp_path):
     assert torch.equal(_logits(original, ids), _logits(resaved, ids))
 
 
+@pytest.mark.train
 def test_builtin_model_gguf_f16_round_trip(tmp_path):
     """The built-in SmolLM2-135M (Llama: GQA 9/3 heads, tied embeddings), base only, f16."""
     base = resolve_model_path("default", log=lambda m: None)
@@ -282,6 +283,7 @@ def test_bad_input_is_a_user_error(lora_run, tiny_model_dir, tmp_path):
     assert not (tmp_path / "y").exists() and not (tmp_path / "y.partial").exists()
 
 
+@pytest.mark.train
 def test_merge_script_runs_the_export_job(lora_run, tmp_path):
     script = REPO / "scripts" / "merge_lora_shuzhiqihuang.sh"
     settings = ("RUN_DIR", "BASE_MODEL_PATH", "ADAPTER_PATH", "OUTPUT_DIR", "DTYPE", "GGUF", "OVERWRITE")

@@ -64,6 +64,7 @@ def _looks_complete(folder: Path) -> bool:
 
 # ---- SIGKILL mid-step ------------------------------------------------------------------------
 
+@pytest.mark.train
 def test_sigkill_mid_step_keeps_checkpoints_and_resume_skips_half_written_ones(tiny_model_dir, tiny_data_dir,
                                                                               tmp_path):
     out = tmp_path / "killed"
@@ -147,6 +148,7 @@ def full_disk(request, tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.mark.train
 def test_disk_full_while_saving_a_checkpoint_or_an_export(full_disk, tiny_model_dir, tiny_data_dir):
     out = full_disk["folder"] / "run"
     first = _cli("train", *_args(tiny_model_dir, tiny_data_dir, out, max_steps=2, save_steps=2))
@@ -222,6 +224,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.train
 def test_a_killed_ui_finds_its_job_again(tiny_model_dir, tiny_data_dir, tmp_path):
     """The workbench's own resume() starts a job from a process that is then SIGKILLed; a fresh
     process (this one) finds the job running through the core and the app, watches it to the end."""

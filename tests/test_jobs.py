@@ -38,6 +38,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.train
 def test_detached_run_list_follow_abort_resume(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "outputs" / "job"
     started = cli("train", *_args(tiny_model_dir, tiny_data_dir, out, max_steps=100000, save_steps=100000),
@@ -78,6 +79,7 @@ def test_detached_run_list_follow_abort_resume(cli, tiny_model_dir, tiny_data_di
     assert runs.read_status(out)["state"] == "finished"
 
 
+@pytest.mark.train
 def test_failures_are_explained_in_status(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "missing-model"
     result = cli("train", *_args(tmp_path / "no-such-model", tiny_data_dir, out, max_steps=2))
@@ -94,6 +96,7 @@ def test_failures_are_explained_in_status(cli, tiny_model_dir, tiny_data_dir, tm
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.train
 def test_a_killed_job_is_reported_as_killed(tiny_model_dir, tiny_data_dir, tmp_path):
     from trainer_core.config import load_config
 
@@ -132,6 +135,7 @@ def test_dry_run_prints_the_launcher_command(cli):
     assert "torchrun --nproc_per_node 2 --master_port" in result.stdout
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("stage", ["z2", "z3"])
 def test_deepspeed_zero_trains_on_cpu(cli, tiny_model_dir, tiny_data_dir, tmp_path, stage):
     out = tmp_path / f"ds-{stage}"
@@ -145,6 +149,7 @@ def test_deepspeed_zero_trains_on_cpu(cli, tiny_model_dir, tiny_data_dir, tmp_pa
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
+@pytest.mark.dist
 def test_torchrun_two_processes_split_the_data(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     out = tmp_path / "ddp"
     result = cli("train", *_args(tiny_model_dir, tiny_data_dir, out, max_steps=6, save_steps=100, num_gpus=2,
@@ -163,6 +168,7 @@ def test_torchrun_two_processes_split_the_data(cli, tiny_model_dir, tiny_data_di
     json.loads((out / "status.json").read_text())
 
 
+@pytest.mark.train
 def test_eval_and_export_run_as_jobs(cli, tiny_model_dir, tiny_data_dir, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *_args(tiny_model_dir, tiny_data_dir, run, max_steps=2, save_steps=100,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer_core.jobs import free_port
+from trainer_core.procs import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 
+import pytest
 from conftest import REPO
 
 from trainer_core import runs
@@ -17,6 +18,7 @@ def _run_script(name: str, out, **env) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.train
 def test_sft_script_keeps_the_seed_settings_and_runs(tmp_path):
     out = tmp_path / "sft"
     result = _run_script("run_sft_shuzhiqihuang.sh", out, DATASET="tcm_qa")
@@ -28,6 +30,7 @@ def test_sft_script_keeps_the_seed_settings_and_runs(tmp_path):
     assert "WANDB_MODE=offline" in (out / "command.txt").read_text()
 
 
+@pytest.mark.train
 def test_pt_script_keeps_the_seed_settings_and_runs(tmp_path):
     out = tmp_path / "pt"
     result = _run_script("run_pt_shuzhiqihuang.sh", out, DATASET="clinical_notes")
@@ -49,6 +52,7 @@ def test_default_launch_is_four_gpus_with_deepspeed_zero3(tmp_path):
         assert '"stage": 3' in result.stdout
 
 
+@pytest.mark.train
 def test_gpu_check_cpu_smoke_runs_a_mode_and_the_zoo_parity(tmp_path):
     """scripts/gpu_check.sh in its CPU smoke mode: what runs on a GPU whenever one is lent, here on
     a tiny model, so the script cannot rot between GPU sessions."""

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import start_workbench, stop_workbench
 
+from app import choices, form
 from app.context import make_context
-from app.tabs import data, params
+from app.tabs import data
 from trainer_core import jobs, runs
 from trainer_core.errors import UserError
 
@@ -32,8 +33,8 @@ def ctx(tmp_path, tiny_data_dir, tiny_model_dir):
     return make_context(tmp_path / "work", data_dir, str(tiny_model_dir))
 
 
-def form(ctx, **changes):
-    values = params.initial_values(ctx, data.dataset_names(ctx.data_dir))
+def form_values(ctx, **changes):
+    values = form.initial_values(ctx, choices.dataset_names(ctx.data_dir))
     values.update(changes)
     return values
 
@@ -64,21 +65,21 @@ def test_inside_paths_resolve_against_the_work_folder_and_symlinks_are_followed(
 
 @pytest.mark.parametrize("path", ["/etc", "../outside"])
 def test_every_path_field_of_the_form_is_confined(ctx, path):
-    _, fields, _ = params.check(form(ctx, model_source="local", model_path=path), ctx)
+    _, fields, _ = form.check(form_values(ctx, model_source="local", model_path=path), ctx)
     assert "outside" in fields["model_path"]
-    _, fields, _ = params.check(form(ctx, output_dir=path), ctx)
+    _, fields, _ = form.check(form_values(ctx, output_dir=path), ctx)
     assert "outside" in fields["output_dir"]
-    _, fields, general = params.check(form(ctx, dataset_dir=path), ctx)
+    _, fields, general = form.check(form_values(ctx, dataset_dir=path), ctx)
     assert any("outside" in text for text in general)
     with pytest.raises(UserError, match="outside"):
-        params.save(form(ctx), f"{path}/evil.yaml", ctx)
+        form.save(form_values(ctx), f"{path}/evil.yaml", ctx)
     with pytest.raises(UserError, match="outside"):
-        params.resolve_config_path(f"{path}/run.yaml", ctx)
+        form.resolve_config_path(f"{path}/run.yaml", ctx)
     with pytest.raises(UserError, match="outside"):
-        params.preview(form(ctx, output_dir=path), ctx)
-    assert data.page_dataset_choices(ctx, path) == []
+        form.preview(form_values(ctx, output_dir=path), ctx)
+    assert choices.page_dataset_choices(ctx, path) == []
     for key in ("resume_from_checkpoint", "hostfile"):  # free text fields that reach the trainer and launcher
-        _, fields, _ = params.check(form(ctx, **{key: path}), ctx)
+        _, fields, _ = form.check(form_values(ctx, **{key: path}), ctx)
         assert "outside" in fields[key], key
     assert not (ctx.workdir.parent / "outside").exists()
 
@@ -102,7 +103,7 @@ def test_a_dataset_entry_pointing_outside_the_data_folder_is_refused_on_the_page
     info_path.write_text(json.dumps(info), encoding="utf-8")
     with pytest.raises(UserError, match="dataset 'leak' .*file_name '../../outside/secret.json' lies outside"):
         data.inspect_dataset("leak", str(ctx.data_dir), "sft", ctx.data_roots())
-    cfg, _, general = params.check(form(ctx, datasets=["leak"]), ctx)
+    cfg, _, general = form.check(form_values(ctx, datasets=["leak"]), ctx)
     assert cfg is None and any("lies outside the data folder" in g for g in general)
     # an --allow_path folder may hold data
     allowed = make_context(ctx.workdir, ctx.data_dir, ctx.model, allowed_dirs=[outside])
@@ -229,6 +230,7 @@ def test_command_txt_keeps_settings_and_drops_secrets(tmp_path):
         assert value not in text
 
 
+@pytest.mark.train
 def test_a_job_started_with_secrets_in_its_environment_writes_none(tiny_model_dir, tiny_data_dir, tmp_path,
                                                                     monkeypatch):
     from trainer_core.config import load_config

@@ -243,3 +243,37 @@ def test_pt_packing_decides_whether_documents_share_blocks(tokenizer, tiny_data_
     assert bool(shared) is packing
     if not packing:
         assert any(len(s["input_ids"]) < 48 for s in train)  # a document's last block, not filled up
+
+
+def test_chat_evaluation_and_export_stop_on_the_same_tokens(tiny_model_dir):
+    """One list of end-of-turn tokens and one function from a tokenizer to stop ids
+    (tokenization.END_OF_TURN_MARKERS, stop_token_ids): chat and evaluation stop on them and
+    export writes them as the model's eos ids, the template's own end of turn first."""
+    import ast
+    from pathlib import Path
+
+    from trainer_core import evaluate, export, tokenization
+    from trainer_core.chat import ChatSession
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", "<end_of_turn>", "<|other|>"]})
+    known = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")}
+    stop_ids = tokenization.stop_token_ids(tok)
+    assert stop_ids == sorted(known)  # eos (<|im_end|>) and the known markers; not <|other|>, not unk
+    session = ChatSession()
+    session.tokenizer = tok
+    assert session._stop_ids() == stop_ids
+    assert evaluate.stop_token_ids is tokenization.stop_token_ids  # generate_answers' stops
+    exported = export.generation_eos_ids(tok, None)
+    assert exported[0] == tok.convert_tokens_to_ids("<|im_end|>") == export.end_of_turn_id(tok)
+    assert sorted(exported) == stop_ids
+    assert export.generation_eos_ids(tok, [7, stop_ids[-1]]) == [*exported, 7]  # the model's own kept
+    # ... and no other module keeps a list of its own.
+    core = Path(tokenization.__file__).parent
+    for path in core.glob("*.py"):
+        if path.name == "tokenization.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.name] if isinstance(node, ast.FunctionDef) else
+                     [t.id for t in node.targets if isinstance(t, ast.Name)] if isinstance(node, ast.Assign) else [])
+            assert not [n for n in names if "end_of_turn" in n.lower() or "stop_token" in n.lower()], path

@@ -15,6 +15,8 @@ from conftest import REPO, current_umask
 from trainer_core import runs
 from trainer_core.config import load_config
 
+pytestmark = pytest.mark.train
+
 
 def _common(model, data, out, **extra):
     args = [f"model_name_or_path={model}", f"dataset_dir={data}", f"output_dir={out}", "cutoff_len=96",

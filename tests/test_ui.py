@@ -14,11 +14,12 @@ from xml.etree import ElementTree
 
 import pytest
 
-from app import jobview
+from app import choices, form, jobview
 from app.context import make_context
 from app.i18n import LANGS, TEXT, t
-from app.tabs import chat, data, evaluate, export, params, train
+from app.tabs import chat, data, evaluate, export, train
 from trainer_core import runs
+from trainer_core.config import ConfigProblem
 from trainer_core.errors import Problem, UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,8 +33,8 @@ def ctx(tmp_path, tiny_data_dir, tiny_model_dir):
     return make_context(tmp_path / "work", data_dir, str(tiny_model_dir))
 
 
-def form(ctx, **changes):
-    values = params.initial_values(ctx, data.dataset_names(ctx.data_dir))
+def form_values(ctx, **changes):
+    values = form.initial_values(ctx, choices.dataset_names(ctx.data_dir))
     values.update(changes)
     return values
 
@@ -59,7 +60,7 @@ def test_every_key_the_app_uses_is_in_the_table(ctx):
     used |= set(re.findall(r'(?:text|label|info|placeholder)="([a-z_]+\.[a-z_0-9]+)"', source))
     missing = sorted(k for k in used if k not in TEXT)
     assert not missing
-    for key in params.FORM_KEYS:
+    for key in form.FORM_KEYS:
         assert f"cfg.{key}" in TEXT and f"help.{key}" in TEXT
 
 
@@ -83,85 +84,100 @@ def test_relabel_gives_one_update_per_translated_component(ctx):
 # ---- Parameters ----------------------------------------------------------------------------
 
 def test_initial_form_is_the_lora_preset_on_the_launch_model_and_sample_data(ctx):
-    values = form(ctx)
+    values = form_values(ctx)
     assert values["model_source"] == "local" and values["model_path"] == ctx.model
     assert values["datasets"] == ["qa", "dialog"]  # conversation data; the text corpus is left out
     assert values["finetuning_type"] == "lora" and values["max_steps"] == 30
-    cfg, fields, general = params.check(values, ctx)
+    cfg, fields, general = form.check(values, ctx)
     assert cfg is not None, (fields, general)
     assert cfg.dataset == "qa,dialog" and cfg.dataset_dir == str(ctx.data_dir)
 
 
 def test_problems_are_flagged_beside_their_fields(ctx):
-    cfg, fields, general = params.check(form(ctx, lora_rank=0, learning_rate=-1, lr_scheduler_type="cosine"), ctx)
+    cfg, fields, general = form.check(form_values(ctx, lora_rank=0, learning_rate=-1, lr_scheduler_type="cosine"), ctx)
     assert cfg is None
     assert set(fields) == {"lora_rank", "learning_rate"}
     assert "out of range" in fields["lora_rank"]
-    assert params.field_info("lora_rank", "en", fields["lora_rank"]).startswith("⚠ lora_rank:")
-    assert params.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩（整数，≥ 1）"  # the allowed values in Chinese too
-    assert params.field_info("lora_rank", "en").endswith("(an integer >= 1)")
+    assert form.field_info("lora_rank", "en", fields["lora_rank"]).startswith("⚠ lora_rank:")
+    assert form.field_info("lora_rank", "zh") == "LoRA 低秩矩阵的秩（整数，≥ 1）"  # the allowed values in Chinese too
+    assert form.field_info("lora_rank", "en").endswith("(an integer >= 1)")
 
-    _, fields, _ = params.check(form(ctx, bf16=True, fp16=True), ctx)
+    _, fields, _ = form.check(form_values(ctx, bf16=True, fp16=True), ctx)
     assert set(fields) == {"bf16", "fp16"}  # a rule about two keys flags both
 
-    _, fields, general = params.check(form(ctx, datasets=[]), ctx)
+    _, fields, general = form.check(form_values(ctx, datasets=[]), ctx)
     assert not fields and "dataset" in general[0]  # chosen on the Data tab, so reported in general
 
 
 def test_model_folder_must_exist_here(ctx, tmp_path):
-    _, fields, _ = params.check(form(ctx, model_source="local", model_path=str(ctx.workdir / "nope")), ctx)
+    _, fields, _ = form.check(form_values(ctx, model_source="local", model_path=str(ctx.workdir / "nope")), ctx)
     assert "does not exist" in fields["model_path"]
-    _, fields, _ = params.check(form(ctx, model_source="known", model_path=""), ctx)
+    _, fields, _ = form.check(form_values(ctx, model_source="known", model_path=""), ctx)
     assert "local model folder" in fields["model_path"]
-    cfg, fields, _ = params.check(form(ctx, model_source="builtin"), ctx)
+    cfg, fields, _ = form.check(form_values(ctx, model_source="builtin"), ctx)
     assert cfg.model_name_or_path == "default" and not fields
 
 
 def test_form_values_become_config_values(ctx):
-    raw = params.raw_config(form(ctx, deepspeed="none", packing="true", max_samples=0, eval_steps=None,
+    raw = form.raw_config(form_values(ctx, deepspeed="none", packing="true", max_samples=0, eval_steps=None,
                                  output_dir="  "))
     assert raw["deepspeed"] == "" and raw["packing"] is True
     assert raw["max_samples"] is None and raw["eval_steps"] is None and raw["output_dir"] == ""
-    assert params.raw_config(form(ctx, deepspeed="z3"))["deepspeed"] == "z3"
+    assert form.raw_config(form_values(ctx, deepspeed="z3"))["deepspeed"] == "z3"
 
 
-def test_split_problems_maps_core_messages():
-    fields, general = params.split_problems(
-        "config problem(s):\n  - lora_rank: 0 is out of range (an integer >= 1)\n"
-        "  - QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed\n  - something else entirely")
+def test_each_core_problem_goes_under_the_fields_it_names_by_key(ctx):
+    """The core's problems carry their keys; the tab reads no message's wording to place them."""
+    fields, general = form.by_field([
+        ConfigProblem(("lora_rank",), "lora_rank: 0 is out of range (an integer >= 1)"),
+        ConfigProblem(("finetuning_type", "deepspeed"), "QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 "
+                                                        "or no DeepSpeed"),
+        ConfigProblem((), "something else entirely"),
+        ConfigProblem(("dataset",), "dataset: give at least one dataset name from dataset_info.json")])
     assert fields["lora_rank"].startswith("lora_rank:")
-    assert "deepspeed" in fields  # named in the sentence (any case)
-    assert general == ["something else entirely"]
+    assert fields["deepspeed"] == fields["finetuning_type"]  # a rule about two keys flags both
+    assert general == ["something else entirely", "dataset: give at least one dataset name from dataset_info.json"]
+    # A reworded message lands in the same place: only the keys count.
+    fields, _ = form.by_field([ConfigProblem(("lora_rank",), "rank must be positive")])
+    assert fields == {"lora_rank": "rank must be positive"}
+    _, fields, _ = form.check(form_values(ctx, finetuning_type="qlora", deepspeed="z3"), ctx)
+    assert set(fields) == {"finetuning_type", "deepspeed"} and "ZeRO-3" in fields["deepspeed"]
+
+
+def test_the_summary_names_each_key_once(ctx):
+    _, fields, general = form.check(form_values(ctx, lora_rank=0), ctx)
+    assert form.summary(fields, general, "en").splitlines()[1] == "- `lora_rank`: 0 is out of range (an integer >= 1)"
+    assert form.summary(fields, general, "zh").splitlines()[1] == "- `lora_rank`: 0 超出范围（整数，≥ 1）"
 
 
 def test_preview_shows_the_exact_command_and_run_yaml(ctx):
-    command, text = params.preview(form(ctx), ctx)
+    command, text = form.preview(form_values(ctx), ctx)
     assert "-m trainer_core train" in command and str(ctx.outputs_root) in command
     assert "run.yaml" in command
     assert "finetuning_type: lora" in text and f"model_name_or_path: {ctx.model}" in text
     with pytest.raises(UserError, match="lora_rank"):
-        params.preview(form(ctx, lora_rank=0), ctx)
+        form.preview(form_values(ctx, lora_rank=0), ctx)
 
 
 def test_save_and_load_config_round_trip(ctx):
-    path = params.save(form(ctx, lora_rank=16, learning_rate=5e-4), "configs/mine.yaml", ctx)
+    path = form.save(form_values(ctx, lora_rank=16, learning_rate=5e-4), "configs/mine.yaml", ctx)
     assert path == ctx.workdir / "configs" / "mine.yaml" and path.is_file()
-    saved = params.resolve_config_path("configs/mine.yaml", ctx)
-    values = params.load(saved, ctx, form(ctx), data.dataset_names(ctx.data_dir))
+    saved = form.resolve_config_path("configs/mine.yaml", ctx)
+    values = form.load(saved, ctx, form_values(ctx), choices.dataset_names(ctx.data_dir))
     assert values["lora_rank"] == 16 and values["learning_rate"] == 5e-4
     assert values["datasets"] == ["qa", "dialog"] and values["model_path"] == ctx.model
     with pytest.raises(UserError, match=r"\.yaml"):
-        params.save(form(ctx), "configs/mine.txt", ctx)
+        form.save(form_values(ctx), "configs/mine.txt", ctx)
     bad = ctx.workdir / "configs" / "bad.yaml"
     bad.write_text("lora_rnk: 8\n", encoding="utf-8")
     with pytest.raises(UserError, match="did you mean 'lora_rank'"):
-        params.load(params.resolve_config_path(str(bad), ctx), ctx, form(ctx), [])
+        form.load(form.resolve_config_path(str(bad), ctx), ctx, form_values(ctx), [])
 
 
 def test_preset_fills_the_form_but_keeps_the_data_folder_and_launch_model(ctx):
-    current = form(ctx)
-    values = params.values_from_config(params.read_preset(ctx, "sft_qlora"), ctx, current,
-                                       data.dataset_names(ctx.data_dir))
+    current = form_values(ctx)
+    values = form.values_from_config(form.read_preset(ctx, "sft_qlora"), ctx, current,
+                                       choices.dataset_names(ctx.data_dir))
     assert values["finetuning_type"] == "qlora" and values["max_steps"] == 10
     assert values["dataset_dir"] == str(ctx.data_dir)
     assert values["datasets"] == ["qa", "dialog"]  # the preset's tcm_qa is not in this folder
@@ -170,12 +186,12 @@ def test_preset_fills_the_form_but_keeps_the_data_folder_and_launch_model(ctx):
 
 def test_the_preset_list_offers_only_presets_and_each_fills_a_valid_form(ctx):
     """presets/models.yaml (the known-models list) is no preset: choosing it raised."""
-    names = params.preset_names(ctx)
+    names = form.preset_names(ctx)
     assert names and "models" not in names
     for name in names:
-        values = params.values_from_config(params.read_preset(ctx, name), ctx, form(ctx),
-                                           data.dataset_names(ctx.data_dir))
-        cfg, problems, general = params.check(values, ctx)
+        values = form.values_from_config(form.read_preset(ctx, name), ctx, form_values(ctx),
+                                           choices.dataset_names(ctx.data_dir))
+        cfg, problems, general = form.check(values, ctx)
         assert cfg is not None and not problems and not general, (name, problems, general)
 
 
@@ -263,7 +279,7 @@ def test_register_refuses_a_file_with_problems_and_an_oversized_file(ctx):
     with pytest.raises(UserError, match="3 problem"):
         data.register_upload(str(BAD_DATA / "three_problems.json"), "three.json", "three", "alpaca", "", ctx,
                              ctx.data_dir)
-    assert "three" not in data.dataset_names(ctx.data_dir)
+    assert "three" not in choices.dataset_names(ctx.data_dir)
     ctx.max_upload_bytes = 10
     with pytest.raises(UserError, match="upload limit"):
         data.check_upload(str(BAD_DATA / "three_problems.json"), "alpaca", "", "sft", ctx.max_upload_bytes)
@@ -295,7 +311,7 @@ def _fake_run(root: Path, name: str, state: str, losses: list[float], error: str
 def test_runs_table_progress_and_curves(ctx):
     first = _fake_run(ctx.outputs_root, "sft-lora-1", "finished", [2.0, 1.5, 1.2, 1.0])
     second = _fake_run(ctx.outputs_root, "sft-lora-2", "failed", [2.1, 1.9], error="Out of memory: <lower> it.")
-    rows = train.list_runs(ctx)
+    rows = choices.list_runs(ctx)
     assert {r["run_dir"] for r in rows} == {str(first), str(second)}
     table = {r[0]: r for r in train.table_rows(rows, "en")}
     assert table["sft-lora-1"][1:4] == ["finished", "4/4", "1.0000"]
@@ -336,7 +352,7 @@ def test_one_logged_point_is_drawn_on_an_axis_from_zero():
 
 def test_start_refuses_an_invalid_form_and_resume_needs_a_stopped_run(ctx, tmp_path):
     with pytest.raises(UserError, match="lora_rank"):
-        train.start(form(ctx, lora_rank=0), ctx)
+        train.start(form_values(ctx, lora_rank=0), ctx)
     with pytest.raises(UserError, match="no run.yaml"):
         train.resume(str(tmp_path))
 
@@ -370,10 +386,10 @@ def test_eval_and_export_commands(ctx, tmp_path):
     with pytest.raises(UserError, match="pick a finished run"):
         evaluate.start_eval("", [])
     run = _fake_run(ctx.outputs_root, "sft-lora-3", "finished", [1.0])
-    assert evaluate.finished_runs(ctx) == []  # no adapter/ yet
+    assert choices.finished_runs(ctx) == []  # no adapter/ yet
     (run / "adapter").mkdir()
     (run / "adapter" / "adapter_config.json").write_text("{}")
-    assert evaluate.finished_runs(ctx) == [str(run)]
+    assert choices.finished_runs(ctx) == [str(run)]
     (run / "export").mkdir()
     (run / "export" / "loss.png").write_bytes(b"\x89PNG")
     (run / "export" / "README.md").write_text("# card\n![loss](loss.png)\n![x](../secret.png)\n")
@@ -436,3 +452,17 @@ def test_problem_rows_keep_whole_file_problems_first():
     rows = data.problem_rows([Problem("f.json", None, None, "not JSON"), Problem("f.json", 3, "output", "missing")])
     assert rows == [["", "", "not JSON"], [3, "output", "missing"]]
     assert t("data.page_of", "en", page=1, pages=2, records=7) == "page 1 of 2, 7 records"
+
+
+def test_one_duration_format_for_the_page_and_the_training_log():
+    """runs.format_duration: the page's ETA and elapsed (M:SS, H:MM:SS from an hour, – unknown)
+    and the training log's ETA (always H:MM:SS, whole seconds)."""
+    from trainer_core.train import format_progress
+
+    assert [runs.format_duration(s) for s in (None, 0, 59.4, 59.6, 61, 3599, 3600, 36000 + 62)] == [
+        "–", "0:00", "0:59", "1:00", "1:01", "59:59", "1:00:00", "10:01:02"]
+    assert [runs.format_duration(s, always_hours=True) for s in (0, 61, 3661)] == ["0:00:00", "0:01:01", "1:01:01"]
+    assert format_progress({"step": 1, "total_steps": 4, "eta_seconds": 3661.9}) == "step 1/4  ETA 1:01:01"
+    shown = jobview.progress_html({"state": "running", "step": 1, "total_steps": 4, "eta_seconds": 75,
+                                   "elapsed_seconds": 3725}, "en")
+    assert "ETA 1:15" in shown and "1:02:05" in shown

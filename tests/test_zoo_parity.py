@@ -32,7 +32,7 @@ from trainer_core.loss import TRAINED_ROWS_PATHS, trained_rows_path  # noqa: E40
 from trainer_core.models import bf16_supported, load_model, lora_target_modules  # noqa: E402
 from trainer_core.tokenization import IGNORE_INDEX, SupervisedCollator  # noqa: E402
 
-pytestmark = pytest.mark.zoo
+pytestmark = [pytest.mark.zoo, pytest.mark.train]  # optimizer steps of the Trainer
 
 DEVICE = os.environ.get("QIHUANG_TEST_DEVICE", "cpu")
 

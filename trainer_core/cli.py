@@ -9,8 +9,11 @@
     data check NAME [NAME ...] [--key value ...]          validate datasets and print statistics
     chat [RUN_DIR | MODEL] [--adapter DIR] [--compare]    chat in the terminal (streaming)
     eval --run RUN_DIR [--task mcq|ppl|generate] ...      evaluate (a job; results in RUN_DIR/eval/)
+    eval JOB_DIR/eval.yaml [--key value ...]              run an eval job again from its config
     eval --compare RESULT [RESULT ...]                    base vs tuned, side by side
     export --run RUN_DIR [--gguf f16,q8_0] ...            merge + model card + GGUF (a job)
+    export JOB_DIR/export.yaml [--key value ...]          run an export job again from its config
+    models                                                the known base models: name, hub id, template
 
 A mistake in a config or a dataset ends the command with exit code 2 and one clear message;
 a traceback, when there is one, goes to the run's console.log, not to the screen.
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat,
-                "eval": cmd_eval, "export": cmd_export}
+                "eval": cmd_eval, "export": cmd_export, "models": cmd_models}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
@@ -181,18 +184,21 @@ def _existing_run(path: str) -> Path:
 
 def _train_in_this_process(cfg, args: list[str]) -> int:
     from trainer_core import runs
-    from trainer_core.train import prepare_run_dir, run_training
+    from trainer_core.train import run_training
 
     if cfg.finetuning_type != "qlora":
         _skip_unused_imports()
     _quiet_libraries()
-    run_dir = prepare_run_dir(cfg)
+    launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
+    # A launched job's folder was prepared by its launcher (jobs.start_job); run.yaml names it.
+    run_dir = Path(cfg.output_dir) if launched and cfg.output_dir else runs.prepare_run_dir(cfg)
     console = None
-    if os.environ.get("QIHUANG_LAUNCHED") != "1" and os.environ.get("RANK", "0") == "0":
+    if not launched and os.environ.get("RANK", "0") == "0":
         console = runs.tee_console(run_dir)
     print(f"Run folder: {run_dir}", flush=True)
     try:
-        return run_training(cfg, argv=[sys.executable, "-m", "trainer_core", "train", *args], log=_log)
+        return run_training(cfg, argv=[sys.executable, "-m", "trainer_core", "train", *args], log=_log,
+                            run_dir=run_dir)
     except UserError:
         raise
     except BaseException as exc:  # noqa: BLE001 - reported, not swallowed: status.json and exit code
@@ -208,8 +214,9 @@ def _report_crash(exc: BaseException, console, run_dir: Path) -> None:
     if console is not None:
         console.write(trace)
         console.flush()
-        sys.__stderr__.write(f"error: {read_status(run_dir).get('error') or exc}\n"
-                             f"(traceback in {run_dir / 'console.log'})\n")
+        terminal = sys.__stderr__ or sys.stderr  # sys.stderr is the console tee by now
+        terminal.write(f"error: {read_status(run_dir).get('error') or exc}\n"
+                       f"(traceback in {run_dir / 'console.log'})\n")
     else:
         sys.stderr.write(trace)
 
@@ -225,7 +232,7 @@ def _skip_unused_imports() -> None:
     bitsandbytes is the only part of a job that uses scipy. None in sys.modules makes find_spec
     say 'not installed', so peft and transformers skip them."""
     for name in ("bitsandbytes", "scipy"):
-        sys.modules.setdefault(name, None)
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def _quiet_libraries() -> None:
@@ -262,36 +269,33 @@ def cmd_export(args: list[str]) -> int:
 
 
 def _task_command(kind: str, args: list[str]) -> int:
-    """eval and export: parse, then either do the work here (inside a job) or start the job and
-    follow it, exactly like train."""
-    import importlib
+    """eval and export: the flags (or a job's eval.yaml / export.yaml, flags on top) become the
+    job's config (jobconfig.config_from_args); then either do the work here (inside a job) or
+    start the job and follow it, exactly like train."""
+    from trainer_core.jobconfig import EvalConfig, config_from_args
 
-    module = importlib.import_module("trainer_core.evaluate" if kind == "eval" else "trainer_core.export")
-    parser = argparse.ArgumentParser(prog=f"python -m trainer_core {kind}")
-    module.add_arguments(parser)
-    parser.add_argument("--detach", action="store_true", help="start the job and return at once")
-    parser.add_argument("--job_dir", help=argparse.SUPPRESS)
-    opts = parser.parse_args(args)
+    cfg = config_from_args(kind, args)
     if os.environ.get("QIHUANG_LAUNCHED") == "1":
         if kind == "export":  # merging and saving never quantize
             _skip_unused_imports()
         _quiet_libraries()
-        result = (module.run_eval if kind == "eval" else module.run_export)(opts, log=_log)
+        if isinstance(cfg, EvalConfig):
+            from trainer_core.evaluate import run_eval
+
+            result = run_eval(cfg, log=_log)
+        else:
+            from trainer_core.export import run_export
+
+            result = run_export(cfg, log=_log)
         print(json.dumps(result, ensure_ascii=False, indent=1, default=str), flush=True)
         return 0
 
     from trainer_core import jobs
 
-    # Mistakes that need no model are reported now, before a job folder exists.
-    if getattr(opts, "run", None) and not (Path(opts.run) / "run.yaml").is_file():
-        raise UserError(f"'{opts.run}' is not a training run folder (no run.yaml)")
-    if hasattr(module, "check_options"):
-        module.check_options(opts)
-    job_dir = jobs.task_job_dir(kind, opts)
-    child_args = [a for a in args if a != "--detach"]
-    run_dir = jobs.start_task(kind, child_args, job_dir)
+    # Mistakes that need no model are reported by start_task, before a job folder exists.
+    run_dir = jobs.start_task(kind, cfg)
     print(f"Started {kind} job {run_dir}", flush=True)
-    if opts.detach:
+    if "--detach" in args:
         print(f"Follow it with:  python -m trainer_core runs --follow {run_dir}")
         return 0
     return _follow(run_dir, abort_on_interrupt=True)
@@ -305,6 +309,20 @@ def cmd_chat(args: list[str]) -> int:
     opts = parser.parse_args(args)
     _quiet_libraries()
     return chat.run_chat(opts)
+
+
+def cmd_models(args: list[str]) -> int:
+    """The base models the workbench knows by name (presets/models.yaml), one a line."""
+    argparse.ArgumentParser(prog="python -m trainer_core models",
+                            description="List the known base models (presets/models.yaml).").parse_args(args)
+    from trainer_core.catalog import KNOWN_MODELS
+
+    rows = [(str(m.get("name") or "-"), str(m.get("hub_id") or "-"), str(m.get("template") or "-"))
+            for m in KNOWN_MODELS]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(2)]
+    for name, hub_id, template in rows:
+        print(f"{name:{widths[0]}}  {hub_id:{widths[1]}}  {template}")
+    return 0
 
 
 def cmd_data(args: list[str]) -> int:

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -95,12 +95,55 @@ class TrainConfig:
     def resolved_packing(self) -> bool:
         return self.stage == "pt" if self.packing is None else self.packing
 
+    def rules(self) -> list[ConfigProblem]:
+        """Problems that involve more than one key (each key alone is checked on conversion)."""
+        problems = []
+        if self.bf16 and self.fp16:
+            problems.append(ConfigProblem(("bf16", "fp16"), "bf16 and fp16 are both true; choose one"))
+        if self.deepspeed and self.deepspeed not in DEEPSPEED_PRESETS and not self.deepspeed.endswith(".json"):
+            close = difflib.get_close_matches(self.deepspeed, DEEPSPEED_PRESETS, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            problems.append(ConfigProblem(("deepspeed",), f"deepspeed: '{self.deepspeed}' is neither a preset "
+                                          f"({', '.join(DEEPSPEED_PRESETS)}) nor a .json file{hint}"))
+        if self.finetuning_type == "qlora" and self.deepspeed in ("z3", "z3_offload"):
+            problems.append(ConfigProblem(("finetuning_type", "deepspeed"),
+                                          "QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed"))
+        if not [d for d in self.dataset.split(",") if d.strip()]:
+            problems.append(ConfigProblem(("dataset",), "dataset: give at least one dataset name from "
+                                          "dataset_info.json"))
+        return problems
 
-KEYS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One mistake in a config: the keys it is about (none for a key the schema does not know)
+    and one sentence that names them, e.g. "lora_rank: 0 is out of range (an integer >= 1)".
+    The CLI prints the sentence; the workbench shows it under each of the keys' fields."""
+
+    keys: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def key_help(name: str) -> str:
-    return KEYS[name].metadata["help"]
+class ConfigError(UserError):
+    """Every problem of a config at once (as torchtune's ConfigError collects a list)."""
+
+    def __init__(self, problems: list[ConfigProblem]):
+        self.problems = list(problems)
+        super().__init__("config problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+Schema = TypeVar("Schema")
+
+
+def schema_keys(schema: type) -> dict[str, dataclasses.Field]:
+    """A config dataclass's keys by name, in their order."""
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+KEYS: dict[str, dataclasses.Field] = schema_keys(TrainConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
@@ -115,40 +158,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return config_from_dict(raw)
 
 
-def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    errors: list[str] = []
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in KEYS:
-            errors.append(_unknown_key_message(name))
-            continue
-        try:
-            values[name] = _convert(name, value)
-        except ValueError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise UserError("config problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
-    cfg = TrainConfig(**values)
-    check_config(cfg)
+def config_from_dict(raw: dict[str, Any], schema: type[Schema] = TrainConfig) -> Schema:  # type: ignore[assignment]
+    """The config `raw` describes, or a ConfigError listing every problem."""
+    cfg, problems = validate(raw, schema)
+    if cfg is None:
+        raise ConfigError(problems)
     return cfg
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Rules that involve more than one key."""
-    errors = []
-    if cfg.bf16 and cfg.fp16:
-        errors.append("bf16 and fp16 are both true; choose one")
-    if cfg.deepspeed and cfg.deepspeed not in DEEPSPEED_PRESETS and not cfg.deepspeed.endswith(".json"):
-        close = difflib.get_close_matches(cfg.deepspeed, DEEPSPEED_PRESETS, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        errors.append(f"deepspeed: '{cfg.deepspeed}' is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) "
-                      f"nor a .json file{hint}")
-    if cfg.finetuning_type == "qlora" and cfg.deepspeed in ("z3", "z3_offload"):
-        errors.append("QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed")
-    if not [d for d in cfg.dataset.split(",") if d.strip()]:
-        errors.append("dataset: give at least one dataset name from dataset_info.json")
-    if errors:
-        raise UserError("config problem(s):\n" + "\n".join(f"  - {e}" for e in errors))
+def validate(raw: dict[str, Any], schema: type[Schema] = TrainConfig) -> tuple[Schema | None, list[ConfigProblem]]:  # type: ignore[assignment]
+    """(the config, []) or (None, every problem): each key converted and range-checked on its
+    own, then the schema's rules over several keys (on the keys that converted)."""
+    keys = schema_keys(schema)
+    problems: list[ConfigProblem] = []
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in keys:
+            problems.append(ConfigProblem((), _unknown_key_message(name, keys)))
+            continue
+        try:
+            values[name] = _convert(keys[name], value)
+        except ValueError as exc:
+            problems.append(ConfigProblem((name,), str(exc)))
+    cfg = schema(**values)
+    problems += cfg.rules() if hasattr(cfg, "rules") else []
+    return (None if problems else cfg), problems
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -172,8 +206,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write every key, in schema order, so the file reloads to exactly this run."""
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write every key of a config (TrainConfig, or a job's: trainer_core/jobconfig.py), in schema
+    order, so the file reloads to exactly this run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -181,7 +216,7 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     tmp.replace(path)  # atomic: a crash never leaves half a run.yaml
 
 
-def config_to_yaml(cfg: TrainConfig) -> str:
+def config_to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True)
 
 
@@ -213,8 +248,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _unknown_key_message(name: str) -> str:
-    close = difflib.get_close_matches(name, KEYS, n=1, cutoff=0.6)
+def _unknown_key_message(name: str, keys: dict[str, dataclasses.Field]) -> str:
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else "; see README.md for the list of keys"
     return f"unknown key '{name}'{hint}"
 
@@ -223,10 +258,9 @@ _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
 
-def _convert(name: str, value: Any) -> Any:
+def _convert(f: dataclasses.Field, value: Any) -> Any:
     """Convert a YAML or command-line value to the key's type and check its range."""
-    f = KEYS[name]
-    meta = f.metadata
+    name, meta = f.name, f.metadata
     kind = _base_type(f)
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")
                          and meta["optional"]):
@@ -234,7 +268,8 @@ def _convert(name: str, value: Any) -> Any:
             return None
         if kind is str:
             return ""
-        raise ValueError(f"{name}: a value is required ({allowed_values(name)})")
+        raise ValueError(f"{name}: a value is required ({allowed_values(f)})")
+    converted: bool | int | float | str
     try:
         if kind is bool:
             converted = _to_bool(value)
@@ -245,20 +280,21 @@ def _convert(name: str, value: Any) -> Any:
         else:
             converted = _to_str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: {_quote(value)} is not a valid {kind.__name__} ({allowed_values(name)})") from None
+        raise ValueError(f"{name}: {_quote(value)} is not a valid {kind.__name__} ({allowed_values(f)})") from None
     if meta["choices"] is not None and converted not in meta["choices"]:
         raise ValueError(f"{name}: '{value}' is not allowed; choose one of "
                          f"{', '.join(str(c) for c in meta['choices'])}")
     low, high = meta["min"], meta["max"]
     if low is not None and (converted < low or (meta["min_exclusive"] and converted == low)):
-        raise ValueError(f"{name}: {value} is out of range ({allowed_values(name)})")
+        raise ValueError(f"{name}: {value} is out of range ({allowed_values(f)})")
     if high is not None and converted > high:
-        raise ValueError(f"{name}: {value} is out of range ({allowed_values(name)})")
+        raise ValueError(f"{name}: {value} is out of range ({allowed_values(f)})")
     return converted
 
 
-def allowed_values(name: str) -> str:
-    f = KEYS[name]
+def allowed_values(key: str | dataclasses.Field) -> str:
+    """The values a key allows, in words ("an integer >= 1, or null"); a name is a TrainConfig key."""
+    f = KEYS[key] if isinstance(key, str) else key
     meta = f.metadata
     if meta["choices"]:
         return "one of " + ", ".join(str(c) for c in meta["choices"])

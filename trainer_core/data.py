@@ -38,7 +38,7 @@ import math
 import random
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +290,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
             problems.append(Problem(display, index, *bad_unicode))
             continue
         example, errors = convert(row, spec)
-        if errors:
+        if errors or example is None:  # a converter returns None only together with its errors
             problems.extend(Problem(display, index, key, message) for key, message in errors)
             continue
         if stage == "pt" and "messages" in example:
@@ -508,7 +508,7 @@ def _alpaca(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
                 else:
                     messages.append({"role": "user", "content": pair[0]})
                     messages.append({"role": "assistant", "content": pair[1]})
-    if errors:
+    if errors or output is None:  # output is None only when _string noted an error for it
         return None, errors
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": output}]
     return {"messages": messages}, []
@@ -583,7 +583,7 @@ def _check_turns(turns: list[tuple[str, str, int]]) -> list[str]:
         if not content.strip():
             messages.append(f"turn {n}: empty {'question' if role == 'user' else 'answer'}")
         previous = (role, content, n)
-    if previous[0] == "user":
+    if previous is not None and previous[0] == "user":  # never None here: body holds a non-system turn
         messages.append("conversation ends with a user turn and has no answer to train on")
     return messages
 
@@ -827,14 +827,14 @@ def text_stats(examples: list[dict]) -> dict:
                 "duplicates": n - len({_normalise(e["text"]) for e in examples})}
     if all("question" in e for e in examples):
         lengths = [len(e["question"]) + sum(len(o) for o in e["options"].values()) for e in examples]
-        keys = {(_normalise(e["question"]), tuple(sorted(e["options"].items()))) for e in examples}
-        return {"kind": "mcq", "records": n, **_length_stats(lengths), "duplicates": n - len(keys),
+        distinct = {(_normalise(e["question"]), tuple(sorted(e["options"].items()))) for e in examples}
+        return {"kind": "mcq", "records": n, **_length_stats(lengths), "duplicates": n - len(distinct),
                 "multi_answer": sum(bool(e.get("multi")) for e in examples),
                 "subjects": len({e.get("subject") for e in examples if e.get("subject")})}
     raise ValueError("text_stats needs examples of one kind: all chat, all text or all multiple-choice")
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (q in 0..100) with linear interpolation, as numpy's default; 0.0 if empty."""
     if not 0 <= q <= 100:
         raise ValueError(f"q must be between 0 and 100, got {q}")

@@ -9,7 +9,8 @@ Three tasks, each a plain function over a loaded model and its tokenizer:
 - `mcq_accuracy`     C-Eval/CMMLU-style single-choice accuracy from the next-token logits of the
                      option letters, 0- or n-shot.
 
-`run_eval` is the body of an eval job (`python -m trainer_core eval ...`): it resolves the model
+`run_eval` is the body of an eval job (`python -m trainer_core eval JOB_DIR/eval.yaml`, an
+`EvalConfig` from trainer_core/jobconfig.py): it resolves the model
 (a training run's adapter or full model, its base, or any model), the datasets (by default the
 run's own validation split), runs the tasks, writes `<task>-<dataset>.json` (and the predictions)
 into the job folder and logs progress to its trainer_log.jsonl. `compare` puts several results
@@ -21,24 +22,22 @@ the UI can import this module cheaply.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from trainer_core import runs
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import SPLITS, TASKS, EvalConfig, checked, parse_tasks  # noqa: F401 - the job's config
 from trainer_core.tokenization import IGNORE_INDEX, stop_token_ids
 
-TASKS = ("ppl", "generate", "mcq")
-SPLITS = ("validation", "all")
 # The tasks a dataset's formatting allows, all of which run when no --task is given;
 # conversations (alpaca, sharegpt, openai) allow CHAT_TASKS.
 TASKS_FOR_FORMATTING = {"mcq": ("mcq",), "text": ("ppl",)}
@@ -292,7 +291,7 @@ def bleu_rouge(predictions: list[str], references: list[str]) -> dict:
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         return {"bleu-4": 0.0, "rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
-    sums = Counter()
+    sums: defaultdict[str, float] = defaultdict(float)
     for prediction, reference in zip(predictions, references):
         hyp, ref = words(prediction), words(reference)
         sums["bleu-4"] += sentence_bleu(hyp, ref)
@@ -381,12 +380,12 @@ def mcq_accuracy(model: Any, tokenizer: Any, questions: list[dict], dev_question
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         for i, q in enumerate(batch):
             last = logits[i, len(rows[i]) - 1].float()
-            scores = {}
+            scores: dict[str, float] = {}
             for letter in q["options"]:
                 if letter not in letter_ids:
                     letter_ids[letter] = letter_token_ids(tokenizer, letter)
                 scores[letter] = max(last[t].item() for t in letter_ids[letter])
-            predicted = max(scores, key=scores.get)  # max keeps the first of equal scores
+            predicted = max(scores, key=scores.__getitem__)  # max keeps the first of equal scores
             predictions.append({"question": q["question"], "answer": q["answer"], "predicted": predicted,
                                 "subject": q.get("subject") or NO_SUBJECT})
         if progress:
@@ -411,60 +410,9 @@ def mcq_accuracy(model: Any, tokenizer: Any, questions: list[dict], dev_question
 # 5. The eval job
 # ---------------------------------------------------------------------------------------------
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The eval command's options (each also spelled with hyphens: --max-samples = --max_samples)."""
-
-    def option(name: str, **kwargs: Any) -> None:
-        names = [name] + ([name.replace("_", "-")] if "_" in name else [])
-        parser.add_argument(*names, **kwargs)
-
-    what = parser.add_argument_group("what to evaluate")
-    what.add_argument("--run", metavar="RUN_DIR", help="a training run: its adapter/ (or model/) on its base model")
-    what.add_argument("--model", metavar="PATH", help="a model folder, a hub id or 'default' (instead of --run)")
-    what.add_argument("--adapter", metavar="DIR", help="a LoRA adapter folder on top of --model")
-    what.add_argument("--base-only", "--base_only", dest="base_only", action="store_true",
-                      help="with --run: the run's base model without its adapter")
-    what.add_argument("--label", help="the name of this model in results and comparisons "
-                                      "(default: base, tuned (adapter) or tuned (full))")
-    parser.add_argument("--task", action="append", metavar="TASK",
-                        help="ppl, generate or mcq; repeat or comma-separate "
-                             "(default: mcq for multiple-choice data, else ppl,generate)")
-    parser.add_argument("--dataset", metavar="NAME[,NAME]",
-                        help="datasets from dataset_info.json (default with --run: the run's validation split)")
-    option("--dataset_dir", help="folder holding dataset_info.json (default: the run's, else data)")
-    parser.add_argument("--split", choices=SPLITS,
-                        help="validation: the records the run held out (needs --run); all: every record "
-                             "(default: validation with --run and no --dataset, else all)")
-    option("--max_samples", type=int, help="at most this many records of each dataset")
-    option("--n_shot", type=int, default=0, help="mcq: examples from the dev set shown before each question")
-    option("--dev_dataset", help="mcq: the dev set for n-shot examples (default: <dataset>_dev)")
-    parser.add_argument("--subject", metavar="NAME[,NAME]", help="mcq: only questions of these subjects")
-    option("--cutoff_len", type=int, help="maximum tokens per sample (default: the run's, else 1024)")
-    option("--batch_size", type=int, default=4, help="samples per forward pass or generate call")
-    option("--max_new_tokens", type=int, default=128, help="generate: longest answer in tokens")
-    option("--do_sample", action="store_true", help="generate: sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7, help="generate: sampling temperature")
-    option("--top_p", type=float, default=0.9, help="generate: nucleus sampling share")
-    parser.add_argument("--seed", type=int, default=42, help="random seed for sampling")
-    parser.add_argument("--template", choices=("auto", "chatml", "qwen", "llama3"),
-                        help="chat template (default: the run's, else auto = the tokenizer's own)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                        help="weights' dtype (auto: bfloat16 on a GPU that has it, else float32)")
-    option("--output_dir", metavar="JOB_DIR", help="where results go (the eval job's folder)")
-
-
-def default_options(**values: Any) -> argparse.Namespace:
-    """The eval options with their CLI defaults, overridden by `values` (run_eval in-process:
-    `run_eval(default_options(model="default", dataset="tcm_mcq", output_dir="..."))`)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    opts = parser.parse_args([])
-    unknown = sorted(set(values) - set(vars(opts)))
-    if unknown:
-        raise UserError(f"unknown eval option '{unknown[0]}' (known: {', '.join(sorted(vars(opts)))})")
-    for key, value in values.items():
-        setattr(opts, key, value)
-    return opts
+class _Progress(TypedDict):
+    done: int  # records scored so far, over all tasks
+    logged: float  # time.time() of the last progress line
 
 
 @dataclass
@@ -478,21 +426,15 @@ class Target:
     run_config: dict | None = None
 
 
-def resolve_target(opts: argparse.Namespace) -> Target:
-    """--run (adapter/ or model/, or its base with --base-only) or --model [--adapter]."""
+def resolve_target(cfg: EvalConfig) -> Target:
+    """--run (adapter/ or model/, or its base with --base-only) or --model [--adapter]. Which of
+    them go together is the config's rule (EvalConfig.rules); this checks the folders."""
     import yaml
 
     from trainer_core.models import run_base_model
 
-    run, model, adapter = getattr(opts, "run", None), getattr(opts, "model", None), getattr(opts, "adapter", None)
-    label = getattr(opts, "label", None)
-    if run and model:
-        raise UserError("give either --run RUN_DIR or --model PATH, not both")
-    if not run and not model:
-        raise UserError("nothing to evaluate: give --run RUN_DIR (a training run) or --model PATH_OR_default")
+    run, model, adapter, label = cfg.run, cfg.model, cfg.adapter, cfg.label
     if not run:
-        if getattr(opts, "base_only", False):
-            raise UserError("--base-only goes with --run (the run's base model without its adapter)")
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"--adapter '{adapter}' is not a LoRA adapter folder (no adapter_config.json)")
         return Target(model, adapter, label or ("tuned (adapter)" if adapter else "base"))
@@ -500,9 +442,7 @@ def resolve_target(opts: argparse.Namespace) -> Target:
     run_dir = Path(run)
     base = run_base_model(run_dir)  # raises if there is no run.yaml
     config = yaml.safe_load((run_dir / runs.CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    if adapter:
-        raise UserError("--adapter goes with --model; with --run the run's own adapter/ is used")
-    if getattr(opts, "base_only", False):
+    if cfg.base_only:
         return Target(base, None, label or "base", run_dir, config)
     if (run_dir / "adapter" / "adapter_config.json").is_file():
         return Target(base, str(run_dir / "adapter"), label or "tuned (adapter)", run_dir, config)
@@ -510,19 +450,6 @@ def resolve_target(opts: argparse.Namespace) -> Target:
         return Target(str(run_dir / "model"), None, label or "tuned (full)", run_dir, config)
     raise UserError(f"run '{run_dir}' holds no adapter/ or model/ yet (has it finished?); "
                     "use --base-only to evaluate its base model")
-
-
-def parse_tasks(values: list[str] | str | None) -> list[str]:
-    """--task values (repeated and/or comma lists) as a list of known tasks, in the given order."""
-    if not values:
-        return []
-    if isinstance(values, str):
-        values = [values]
-    tasks = [t.strip() for v in values for t in v.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise UserError(f"unknown task '{unknown[0]}': choose from {', '.join(TASKS)}")
-    return list(dict.fromkeys(tasks))
 
 
 def _stage_for(formatting: str) -> str:
@@ -537,7 +464,7 @@ def _check_task(task: str, name: str, formatting: str) -> None:
                         f"{formatting}); its tasks are {', '.join(allowed)}")
 
 
-def load_eval_data(opts: argparse.Namespace, target: Target) -> tuple[str, str, dict[str, list[dict]], dict]:
+def load_eval_data(opts: EvalConfig, target: Target) -> tuple[str, str, dict[str, list[dict]], dict]:
     """(split, dataset_dir, {dataset name: examples}, {dataset name: formatting}) for the job."""
     from trainer_core.data import load_dataset_info, read_dataset
     from trainer_core.errors import DataError
@@ -547,14 +474,9 @@ def load_eval_data(opts: argparse.Namespace, target: Target) -> tuple[str, str, 
     names = list(dict.fromkeys(n.strip() for n in (opts.dataset or "").split(",") if n.strip()))
     split = opts.split or ("validation" if target.run_dir and not names else "all")
     max_samples = opts.max_samples
-    if max_samples is not None and max_samples < 1:
-        raise UserError(f"--max_samples must be at least 1, got {max_samples}")
     info = load_dataset_info(dataset_dir)
 
-    if split == "validation":
-        if not target.run_dir:
-            raise UserError("--split validation needs --run: the split comes from the run's val_size and seed; "
-                            "with --model use --split all")
+    if split == "validation":  # with --run (EvalConfig.rules)
         held_out = _run_validation_split(run_config, dataset_dir)
         if not held_out:
             raise UserError(f"run '{target.run_dir}' held out no validation records (val_size 0 and no "
@@ -569,9 +491,7 @@ def load_eval_data(opts: argparse.Namespace, target: Target) -> tuple[str, str, 
                                 f"{', '.join(by_name)}); use --split all to evaluate all its records")
             by_name = {n: by_name[n] for n in names}
         data = {name: examples[:max_samples] if max_samples else examples for name, examples in by_name.items()}
-    else:
-        if not names:
-            raise UserError("no dataset: name one with --dataset NAME (from dataset_info.json)")
+    else:  # with --dataset (EvalConfig.rules)
         data, problems = {}, []
         for name in names:
             if name not in info:
@@ -598,7 +518,7 @@ def _run_validation_split(config: dict, dataset_dir: str) -> list[dict]:
     return evals
 
 
-def _dev_questions(opts: argparse.Namespace, name: str, dataset_dir: str, info: dict) -> tuple[str | None, list]:
+def _dev_questions(opts: EvalConfig, name: str, dataset_dir: str, info: dict) -> tuple[str | None, list]:
     """The n-shot examples for mcq dataset `name`: --dev_dataset or `<name>_dev` when registered."""
     from trainer_core.data import read_dataset
     from trainer_core.errors import DataError
@@ -619,7 +539,7 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name)
 
 
-def run_eval(opts: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     """Evaluate one model on one or more datasets and tasks; the body of an eval job.
 
     Writes, into opts.output_dir: `<task>-<dataset>.json` ({"task", "model", "adapter", "label",
@@ -632,12 +552,10 @@ def run_eval(opts: argparse.Namespace, log: Callable[[str], None] = print) -> di
     from trainer_core.models import load_for_inference
     from trainer_core.tokenization import setup_chat_template
 
-    if not getattr(opts, "output_dir", None):
+    opts = checked(cfg)  # every key and rule, also for a config built in code
+    if not opts.output_dir:
         raise UserError("run_eval needs output_dir: the folder the results go to")
     job_dir = Path(opts.output_dir)
-    for name in ("n_shot", "batch_size", "max_new_tokens"):
-        if getattr(opts, name) < (0 if name == "n_shot" else 1):
-            raise UserError(f"--{name} must be at least {0 if name == 'n_shot' else 1}, got {getattr(opts, name)}")
     requested = parse_tasks(opts.task)
     target = resolve_target(opts)
     run_config = target.run_config or {}
@@ -680,7 +598,7 @@ def run_eval(opts: argparse.Namespace, log: Callable[[str], None] = print) -> di
     # its records' share, and each task ends exactly at its share.
     total = sum(len(data[name]) for _, name in plan)
     start = time.time()
-    state = {"done": 0, "logged": 0.0}
+    state: _Progress = {"done": 0, "logged": 0.0}
 
     def progress_for(task: str, name: str, end: int) -> Callable[[int], None]:
         def progress(count: int) -> None:
@@ -793,7 +711,7 @@ def load_results(path: str | Path) -> list[dict]:
     return results
 
 
-def compare(result_dirs_or_files: list[str | Path]) -> str:
+def compare(result_dirs_or_files: Sequence[str | Path]) -> str:
     """A Markdown table with one column per job folder (or result file) and one row per metric,
     grouped by task and dataset, per-subject accuracy included; with two columns, a Δ column
     (second minus first). A missing value shows as —."""

@@ -29,16 +29,22 @@ from typing import Any
 
 from trainer_core import runs
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import (  # noqa: F401 - the job's config and its checks
+    DTYPES,
+    GGUF_TYPES,
+    ExportConfig,
+    check_shard_size,
+    checked,
+    parse_gguf_types,
+)
 from trainer_core.models import load_for_inference, resolve_model_path, run_base_model
+from trainer_core.paths import REPO_ROOT
+from trainer_core.tokenization import end_of_turn_id, stop_token_ids
 
 Log = Callable[[str], None]
 
-DTYPES = ("float32", "bfloat16", "float16")
-GGUF_TYPES = ("f16", "q8_0")
 GGUF_ARCHITECTURES = ("llama", "qwen2")
-# Tokens that end an assistant turn in the chat templates we train with (chatml/qwen, llama3, gemma).
 MARKER_FILE = "export.json"  # written last: a folder holding it is a complete export
-REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,16 +78,16 @@ def source_from_run(run_dir: str | Path) -> ExportSource:
 
 def source_from_paths(model: str | None, adapter: str | Path | None) -> ExportSource:
     """--model BASE [--adapter DIR]; without --model the adapter's own record of its base is used."""
-    if adapter:
-        adapter = Path(adapter)
-        config = adapter / "adapter_config.json"
+    adapter_dir = Path(adapter) if adapter else None  # an empty --adapter "" means none, not a folder ""
+    if adapter_dir is not None:
+        config = adapter_dir / "adapter_config.json"
         if not config.is_file():
-            raise UserError(f"'{adapter}' is not a LoRA adapter folder (no adapter_config.json)")
+            raise UserError(f"'{adapter_dir}' is not a LoRA adapter folder (no adapter_config.json)")
         model = model or json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not model:
         raise UserError("nothing to export: give --run RUN_DIR, or --model BASE (with --adapter DIR for a "
                         "LoRA adapter)")
-    return ExportSource(str(model), adapter)
+    return ExportSource(str(model), adapter_dir)
 
 
 def _as_source(source: ExportSource | str | Path | tuple) -> ExportSource:
@@ -136,10 +142,8 @@ def merge_and_save(source: ExportSource | str | Path | tuple, out_dir: str | Pat
     _step(on_step, "merge")
 
     model.config.use_cache = True
-    end_of_turn = end_of_turn_id(tokenizer)
     generation = model.generation_config
-    eos_ids = [end_of_turn, tokenizer.eos_token_id, *_as_list(generation.eos_token_id)]
-    eos_ids = list(dict.fromkeys(i for i in eos_ids if i is not None))
+    eos_ids = generation_eos_ids(tokenizer, generation.eos_token_id)
     generation.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     generation.pad_token_id = tokenizer.pad_token_id
     log(f"Saving the merged model to {out_dir} (shards of at most {max_shard_size}) ...")
@@ -156,17 +160,13 @@ def check_dtype(dtype: str) -> None:
         raise UserError(f"dtype '{dtype}' is unknown; choose {', '.join(DTYPES)}")
 
 
-def end_of_turn_id(tokenizer: Any) -> int | None:
-    """The token that ends an assistant turn in the tokenizer's chat template (else eos)."""
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    from trainer_core.tokenization import END_OF_TURN_MARKERS
-
-    for token in END_OF_TURN_MARKERS:
-        if token in template:
-            token_id = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-                return token_id
-    return tokenizer.eos_token_id
+def generation_eos_ids(tokenizer: Any, model_eos: int | list[int] | None) -> list[int]:
+    """The eos ids an export writes to generation_config.json: the template's end-of-turn token
+    first (what a reader taking a single eos should take), then every stop id chat and evaluation
+    stop on (tokenization.stop_token_ids, eos among them), then the model's own, each once. So
+    the exported model stops wherever the workbench's chat stopped it."""
+    eos_ids = [end_of_turn_id(tokenizer), *stop_token_ids(tokenizer), *_as_list(model_eos)]
+    return list(dict.fromkeys(i for i in eos_ids if i is not None))
 
 
 def _as_list(value: Any) -> list:
@@ -271,7 +271,7 @@ def _base_description(base: str) -> str:
 def _method(cfg: dict, source: ExportSource) -> str:
     if not cfg:
         return "LoRA adapter merged into the base" if source.adapter else "full model"
-    stage = {"sft": "supervised fine-tuning (SFT)", "pt": "continued pre-training"}.get(cfg.get("stage"), "")
+    stage = {"sft": "supervised fine-tuning (SFT)", "pt": "continued pre-training"}.get(cfg.get("stage", ""), "")
     kind = cfg.get("finetuning_type", "lora")
     if kind == "full":
         return f"full fine-tuning, {stage}"
@@ -307,7 +307,7 @@ def _dataset_records(name: str, dataset_dir: str, stage: str) -> int | None:
 
     folder = Path(dataset_dir)
     if not folder.is_absolute() and not folder.exists():
-        folder = REPO / folder
+        folder = REPO_ROOT / folder
     try:
         examples, _ = read_dataset(name, folder, stage)
     except Exception:  # noqa: BLE001 - the card lists the name alone when the data has moved
@@ -342,7 +342,9 @@ def _eval_headlines(run_dir: Path | None) -> list[str]:
             continue
         if not isinstance(result, dict):
             continue
-        metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else result
+        metrics = result.get("metrics")
+        if not isinstance(metrics, dict):
+            metrics = result
         numbers = [f"{k} = {v:.4g}" for k, v in metrics.items()
                    if isinstance(v, int | float) and not isinstance(v, bool)][:6]
         what = " / ".join(str(result[k]) for k in ("task", "dataset", "split") if result.get(k))
@@ -673,7 +675,8 @@ class _SafetensorsFolder:
             weight_map = None
         else:
             raise UserError(f"'{folder}' has no model.safetensors (or index); is it an exported model folder?")
-        self.folder, self.weight_map, self.handles = folder, weight_map, {}
+        self.folder, self.weight_map = folder, weight_map
+        self.handles: dict[str, Any] = {}  # file name -> open safetensors handle
 
     def __enter__(self) -> _SafetensorsFolder:
         from safetensors import safe_open
@@ -752,35 +755,6 @@ def write_modelfile(export_dir: Path, gguf_files: list[str], chat_template: str 
 # The export job
 # ---------------------------------------------------------------------------------------------
 
-def add_arguments(parser: Any) -> None:
-    parser.add_argument("--run", help="a training run's folder (RUN_DIR): its base + adapter/, or its model/")
-    parser.add_argument("--model", help="base model ('default', a folder or a hub id), instead of --run")
-    parser.add_argument("--adapter", help="a LoRA adapter folder to merge into --model")
-    parser.add_argument("--output_dir", help="where the export goes (default RUN_DIR/export)")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
-    parser.add_argument("--max_shard_size", default="2GB", help="largest safetensors shard, e.g. 2GB or 500MB")
-    parser.add_argument("--gguf", default="f16", help="GGUF files to write: none, f16, q8_0 or f16,q8_0")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --output_dir")
-
-
-def parse_gguf_types(value: str | None) -> list[str]:
-    items = [v.strip().lower() for v in (value or "none").split(",") if v.strip()]
-    if items in ([], ["none"]):
-        return []
-    unknown = [v for v in items if v not in GGUF_TYPES]
-    if unknown:
-        raise UserError(f"--gguf {value}: unknown {unknown}; choose none, f16, q8_0 or f16,q8_0")
-    return list(dict.fromkeys(items))
-
-
-def check_shard_size(value: str | int) -> str | int:
-    if isinstance(value, int) or re.fullmatch(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", str(value).strip()):
-        return value
-    if str(value).isdigit():
-        return int(value)
-    raise UserError(f"--max_shard_size '{value}' is not a size; write it like 2GB, 500MB or 5000000")
-
-
 @dataclass
 class ExportPlan:
     """The checked options of one export."""
@@ -792,22 +766,22 @@ class ExportPlan:
     gguf: list[str]
 
 
-def check_options(opts: Any) -> ExportPlan:
-    """Every check that needs no weights (paths, dtype, shard size, GGUF types and architecture,
-    output folder), so a mistake is reported before minutes of loading; the CLI may call it
-    before it starts the job."""
-    if getattr(opts, "run", None) and (getattr(opts, "model", None) or getattr(opts, "adapter", None)):
-        raise UserError("give either --run RUN_DIR or --model BASE [--adapter DIR], not both")
-    if getattr(opts, "run", None):
+def check_options(cfg: ExportConfig) -> ExportPlan:
+    """Every check that needs no weights, so a mistake is reported before minutes of loading: the
+    config's keys and rules (ExportConfig: which options go together, dtype, shard size, GGUF
+    types), then the folders (run, adapter, output) and the GGUF architecture. The launcher
+    (jobs.start_task) calls it before it makes the job's folder."""
+    opts = checked(cfg)
+    if opts.run:
         source = source_from_run(opts.run)
     else:
-        source = source_from_paths(getattr(opts, "model", None), getattr(opts, "adapter", None))
-    dtype = getattr(opts, "dtype", None) or "float32"
+        source = source_from_paths(opts.model, opts.adapter)
+    dtype = opts.dtype or "float32"
     check_dtype(dtype)
-    shard_size = check_shard_size(getattr(opts, "max_shard_size", None) or "2GB")
-    gguf_types = parse_gguf_types(getattr(opts, "gguf", "f16"))
-    out_dir = Path(opts.output_dir) if getattr(opts, "output_dir", None) else _default_output_dir(source)
-    final_dir = _check_output_dir(out_dir, source, bool(getattr(opts, "overwrite", False)))
+    shard_size = check_shard_size(opts.max_shard_size or "2GB")
+    gguf_types = parse_gguf_types(opts.gguf)
+    out_dir = Path(opts.output_dir) if opts.output_dir else _default_output_dir(source)
+    final_dir = _check_output_dir(out_dir, source, opts.overwrite)
     if gguf_types:
         arch = _model_config(source).model_type
         if arch not in GGUF_ARCHITECTURES:
@@ -815,18 +789,18 @@ def check_options(opts: Any) -> ExportPlan:
     return ExportPlan(source, final_dir, dtype, shard_size, gguf_types)
 
 
-def run_export(opts: Any, log: Log = print) -> dict:
+def run_export(cfg: ExportConfig, log: Log = print) -> dict:
     """The export job: merge (or re-save), GGUF, Modelfile and card, atomically into output_dir.
-    Progress goes to opts.job_dir's trainer_log.jsonl when set. Returns
+    Progress goes to cfg.job_dir's trainer_log.jsonl when set. Returns
     {"export_dir", "files": {name: bytes}, "seconds"}."""
     start = time.time()
-    plan = check_options(opts)
+    plan = check_options(cfg)
     source, final_dir, gguf_types = plan.source, plan.output_dir, plan.gguf
     if source.run_dir and _read_run_config(source.run_dir).get("finetuning_type") == "qlora":
         log("QLoRA run: the adapter is merged into the full-precision base, not into the 4-bit training weights.")
 
     steps = ["load", "merge", "save", *[f"gguf {t}" for t in gguf_types], "card", "finish"]
-    job_dir = getattr(opts, "job_dir", None)
+    job_dir = cfg.job_dir or None
     done = 0
 
     def step(name: str) -> None:

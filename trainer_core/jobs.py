@@ -10,11 +10,11 @@ find the job again from the run folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +24,10 @@ from pathlib import Path
 from trainer_core import runs
 from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import CONFIG_FILES, EvalConfig, ExportConfig, JobConfig, checked, save_job_config
+from trainer_core.procs import RANKS_DIR, explain_console, free_port, registered_rank_pids
 
-RANKS_DIR = "ranks"  # each training process writes <rank>.pid here, so an abort reaches it directly
 ABORT_GRACE_SECONDS = 120
-OUT_OF_MEMORY_ADVICE = ("Out of memory: lower per_device_train_batch_size or cutoff_len, turn on "
-                        "gradient_checkpointing, or use deepspeed z3_offload.")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launcher_kind(cfg: TrainConfig) -> str:
@@ -105,16 +98,13 @@ def running_jobs(root: str | Path) -> list[Path]:
 
 
 def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env: dict | None = None) -> Path:
-    """Start training detached; returns the run folder at once. A second job asking for the same
-    devices is refused with the running one's name."""
-    from trainer_core.train import prepare_run_dir
-
+    """Start training detached; returns the run folder at once. The one start of a training job,
+    for the CLI and the UI: the run folder prepared (runs.prepare_run_dir), a job holding the same
+    devices refused with its name, run.yaml written, then `launch`."""
     key = current_devices()
     root = Path(cfg.output_dir).parent if cfg.output_dir else Path(outputs_root)
     refuse_if_busy(root, key, Path(cfg.output_dir or ""))
-    if not cfg.output_dir:
-        cfg.output_dir = str(Path(outputs_root) / Path(prepare_default_name(cfg)))
-    run_dir = prepare_run_dir(cfg)
+    run_dir = runs.prepare_run_dir(cfg, outputs_root)
     save_config(cfg, run_dir / runs.CONFIG_FILE)
     return launch(run_dir, build_command(cfg, run_dir / runs.CONFIG_FILE), key, launcher_kind(cfg), extra_env)
 
@@ -193,27 +183,54 @@ def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_en
     return run_dir
 
 
-def task_job_dir(kind: str, opts) -> Path:
-    """Where an eval or export job keeps its status, console and (for eval) results:
-    RUN_DIR/eval/<time>/ and RUN_DIR/jobs/export-<time>/, or under outputs/ without a run."""
+def task_job_dir(kind: str, cfg: JobConfig) -> Path:
+    """Where an eval or export job keeps its config, status, console and (for eval) results:
+    RUN_DIR/eval/<time>/ and RUN_DIR/jobs/export-<time>/, or under outputs/ without a run; an
+    eval's output_dir (an export's job_dir) when set, e.g. by the job's own eval.yaml."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    if kind == "eval" and getattr(opts, "output_dir", None):
-        return Path(opts.output_dir)
-    base = Path(opts.run) if getattr(opts, "run", None) else Path("outputs")
+    own = cfg.output_dir if isinstance(cfg, EvalConfig) else cfg.job_dir
+    if own:
+        return Path(own)
+    base = Path(cfg.run) if cfg.run else Path("outputs")
     return base / "eval" / stamp if kind == "eval" else base / "jobs" / f"export-{stamp}"
 
 
-def start_task(kind: str, args: list[str], job_dir: Path, outputs_root: str | Path | None = None) -> Path:
-    """Start `python -m trainer_core eval|export ARGS` as a detached job in job_dir (used by the
-    CLI and the workbench alike). Like training, it is refused while another job holds the same
-    devices under outputs_root (default: the folder holding job_dir's run, else outputs/)."""
-    args = list(args)
-    if kind == "eval" and "--output_dir" not in args:
-        args += ["--output_dir", str(job_dir)]
-    args += ["--job_dir", str(job_dir)]
+def task_command(kind: str, config_file: str | Path) -> list[str]:
+    """The argv of an eval or export job: `python -m trainer_core eval|export JOB_DIR/eval.yaml`."""
+    return [sys.executable, "-m", "trainer_core", kind, str(config_file)]
+
+
+def start_task(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None) -> Path:
+    """Start an eval or export job detached; returns its folder at once. The one start of these
+    jobs, for the CLI and the workbench alike: the config checked (keys and rules), the job's
+    folder picked (task_job_dir), the job refused while another holds the same devices under
+    outputs_root (default: the folder holding the job's run, else outputs/) or anywhere on this
+    machine, the mistakes that need no model reported (the run, the adapter, an export's output
+    folder and GGUF architecture), all before any folder is made; then the config written as
+    JOB_DIR/eval.yaml (export.yaml) with its folder in it, and `task_command` launched."""
+    cfg = checked(cfg)
+    if kind != {EvalConfig: "eval", ExportConfig: "export"}[type(cfg)]:
+        raise UserError(f"a {type(cfg).__name__} is not the config of a {kind} job")
+    job_dir = task_job_dir(kind, cfg)
     key = current_devices()
-    refuse_if_busy(Path(outputs_root) if outputs_root else _outputs_root_of(Path(job_dir)), key, Path(job_dir))
-    return launch(Path(job_dir), [sys.executable, "-m", "trainer_core", kind, *args], key, "python")
+    refuse_if_busy(Path(outputs_root) if outputs_root else _outputs_root_of(job_dir), key, job_dir)
+    if cfg.run and not (Path(cfg.run) / runs.CONFIG_FILE).is_file():
+        raise UserError(f"'{cfg.run}' is not a training run folder (no run.yaml)")
+    if isinstance(cfg, EvalConfig):
+        from trainer_core.evaluate import resolve_target
+
+        resolve_target(cfg)
+        cfg = dataclasses.replace(cfg, output_dir=str(job_dir))
+    else:
+        from trainer_core.export import check_options
+
+        check_options(cfg)
+        cfg = dataclasses.replace(cfg, job_dir=str(job_dir))
+    if refresh_status(job_dir).get("state") == "running":
+        raise UserError(f"{job_dir} is already running")
+    config_file = job_dir / CONFIG_FILES[kind]
+    save_job_config(cfg, config_file)
+    return launch(job_dir, task_command(kind, config_file), key, "python")
 
 
 def _outputs_root_of(job_dir: Path) -> Path:
@@ -230,12 +247,6 @@ def current_devices() -> str:
     if not Path("/dev/nvidia0").exists():
         return "cpu"
     return "cuda:" + os.environ.get("CUDA_VISIBLE_DEVICES", "all")
-
-
-def prepare_default_name(cfg: TrainConfig) -> str:
-    from trainer_core.config import default_output_dir
-
-    return Path(default_output_dir(cfg)).name
 
 
 def supervise(run_dir: Path, argv: list[str]) -> int:
@@ -273,24 +284,6 @@ def explain_exit(run_dir: Path, code: int) -> tuple[str, str | None]:
     last = next((line.strip() for line in reversed(lines)
                  if line.strip() and not line.startswith("[supervisor]")), "")
     return "failed", explain_console(tail, code) + (f" ({last[:300]})" if last else "")
-
-
-def explain_console(text: str, code: int) -> str:
-    lowered = text.lower()
-    if "out of memory" in lowered:
-        return OUT_OF_MEMORY_ADVICE
-    if any(marker in lowered for marker in runs.DISK_FULL_TEXT):
-        return ("Out of disk space (no space left on the device, or a file size limit reached) while writing; "
-                "free some space and start again.")
-    if "address already in use" in lowered or "eaddrinuse" in lowered:
-        return "The rendezvous port is in use by another job; start again (a free port is picked each time)."
-    if "nccl" in lowered and "error" in lowered:
-        return "NCCL (GPU communication) failed: check that all GPUs are visible and the nodes can reach each other."
-    if code in (-9, 137) or "killed" in lowered.splitlines()[-1:] or code == -signal.SIGKILL:
-        return "The job was killed by the system (often out of memory: lower the batch size or cutoff_len)."
-    if code < 0:
-        return f"The job ended on signal {signal.Signals(-code).name}."
-    return f"The job failed with exit code {code}; see console.log."
 
 
 def tail_text(path: Path, max_bytes: int) -> str:
@@ -363,8 +356,7 @@ def abort_job(run_dir: str | Path, grace_seconds: float = ABORT_GRACE_SECONDS, l
     if status.get("state") != "running":
         raise UserError(f"{run_dir} is not running (state: {status.get('state', 'unknown')})")
     pgid = status["pgid"]
-    rank_pids = [int(p.read_text()) for p in (run_dir / RANKS_DIR).glob("*.pid") if p.read_text().strip()]
-    targets = [pid for pid in rank_pids if pid_alive(pid)]
+    targets = [pid for pid in registered_rank_pids(run_dir) if pid_alive(pid)]
     log(f"Asking {len(targets) or 'all'} training process(es) to save a checkpoint and stop ...")
     for pid in targets:
         _signal(pid, signal.SIGTERM)
@@ -396,13 +388,6 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def register_rank(run_dir: str | Path) -> None:
-    """Called by each training process: lets an abort reach it directly."""
-    folder = Path(run_dir) / RANKS_DIR
-    folder.mkdir(exist_ok=True)
-    (folder / f"{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
 
 
 # ---- watching -------------------------------------------------------------------------------

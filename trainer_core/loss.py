@@ -56,7 +56,7 @@ def trained_rows_path(model: Any) -> str | None:
     import torch
 
     config = getattr(model, "config", None)
-    path = TRAINED_ROWS_PATHS.get(getattr(config, "model_type", None))
+    path = TRAINED_ROWS_PATHS.get(getattr(config, "model_type", ""))
     if path is None or getattr(config, "output_router_logits", False):
         return None  # the model's own loss adds the router's auxiliary loss: keep it
     head = model.get_output_embeddings()

@@ -67,8 +67,9 @@ def ensure_default_model(log=print) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # The weights are dequantised to fp32; drop the GGUF quantisation config so the folder
     # loads as a plain model.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     _fix_chatml_special_tokens(tokenizer, model)
     tmp = target.with_name(target.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -250,7 +251,7 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
         # Trainable weights stay fp32 (mixed precision autocasts the matmuls), as Trainer expects.
         kwargs["dtype"] = torch.float32
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)  # later wrapped by peft
     except OSError as exc:
         raise UserError(f"cannot load the model from '{model_path}': {_first_line(exc)}") from exc
     except ValueError as exc:
@@ -282,16 +283,18 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
     elif cfg.gradient_checkpointing:
         # With frozen embeddings, checkpointed blocks would get inputs without grad.
         model.enable_input_require_grads()
+    targets = lora_target_modules(model, cfg.lora_target)
     lora = LoraConfig(
         task_type="CAUSAL_LM",
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=lora_target_modules(model, cfg.lora_target),
+        target_modules=targets,
     )
     model = get_peft_model(model, lora)
     trainable, total = count_parameters(model)
-    log(f"LoRA rank {cfg.lora_rank} on {sorted(lora.target_modules)}: "
+    # set(): LoraConfig keeps the names as a set, so a name given twice is shown once.
+    log(f"LoRA rank {cfg.lora_rank} on {sorted(set(targets))}: "
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
     return model
 
@@ -379,8 +382,8 @@ def load_for_inference(model_name_or_path: str, adapter: str | None = None, dtyp
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base_path
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
+        model: Any = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype,  # or a PeftModel below
+                                                          trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise UserError(f"cannot load the model from '{base_path}': {_first_line(exc)}") from exc
     except ValueError as exc:

@@ -1,10 +1,26 @@
-"""The run folder (DESIGN.md section 1): the files through which a job, its launcher and any
-watcher (CLI or UI) meet. Every write here is atomic, so a reader never sees half a file."""
+"""The run folder (README.md, "The run folder"): the files through which a job, its launcher and
+any watcher (CLI or UI) meet. Every write here is atomic, so a reader never sees half a file.
+
+status.json has one writer, `update_status`, which merges under a lock (the supervisor, a rank
+and an abort may write at once). Its states, and who writes each:
+
+| state    | written by                                                                           |
+|----------|--------------------------------------------------------------------------------------|
+| running  | jobs.launch (the launcher, before the job starts); train.run_training for a run      |
+|          | started without the launcher (python -m trainer_core train in the foreground)         |
+| finished | the job on success (train.run_training), else the supervisor on exit code 0           |
+| failed   | the job with its reason (train.run_training); the supervisor on any other exit it did |
+|          | not report (jobs.supervise, jobs.explain_exit); any reader that finds no process left |
+|          | (jobs.refresh_status)                                                                 |
+| aborted  | the job stopping on SIGTERM (train.run_training); jobs.abort_job when the job had to  |
+|          | be killed after the grace period                                                      |
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -15,6 +31,9 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from trainer_core.config import TrainConfig, default_output_dir
+from trainer_core.errors import UserError
 
 STATUS_FILE = "status.json"
 LOG_FILE = "trainer_log.jsonl"
@@ -30,6 +49,16 @@ SECRET_PATTERN = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def format_duration(seconds: float | None, always_hours: bool = False) -> str:
+    """A duration to the nearest second: M:SS under an hour (H:MM:SS with `always_hours`, as the
+    training log writes its ETA), else H:MM:SS; "–" when unknown (the page's ETA and elapsed)."""
+    if seconds is None:
+        return "–"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours or always_hours else f"{minutes}:{secs:02d}"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -60,6 +89,20 @@ def _umask() -> int:
     return mask
 
 
+def prepare_run_dir(cfg: TrainConfig, outputs_root: str | Path = "outputs") -> Path:
+    """The run folder of a training config, made: output_dir, when empty, is set here once
+    (outputs_root/<stage>-<method>-<time>); starting where checkpoints exist is refused unless the
+    config resumes, so starting cannot destroy earlier work."""
+    if not cfg.output_dir:
+        cfg.output_dir = default_output_dir(cfg, outputs_root)
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume_from_checkpoint == "none" and checkpoints(run_dir):
+        raise UserError(f"output_dir '{run_dir}' already holds checkpoints; set resume_from_checkpoint=auto to "
+                        "continue that run, or choose another output_dir")
+    return run_dir
+
+
 def read_status(run_dir: str | Path) -> dict:
     try:
         return json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8"))
@@ -68,11 +111,15 @@ def read_status(run_dir: str | Path) -> dict:
 
 
 def update_status(run_dir: str | Path, **fields: Any) -> dict:
-    """Merge fields into status.json (creating it), keeping what earlier writers put there."""
+    """Merge fields into status.json (creating it), keeping what earlier writers put there; the
+    one writer of status.json (see the table above). The read-merge-write holds an exclusive lock
+    on .status.lock, so two writers at once cannot lose each other's fields."""
     path = Path(run_dir) / STATUS_FILE
-    status = read_status(run_dir)
-    status.update(fields)
-    write_json_atomic(path, status)
+    with open(path.with_name(".status.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read_status(run_dir)
+        status.update(fields)
+        write_json_atomic(path, status)
     return status
 
 

@@ -84,7 +84,12 @@ def _compile_template(tokenizer: Any):
 
 
 # The texts that end a turn in the chat templates we know (ChatML/Qwen, Llama 3, Phi-3, Granite,
-# Mistral/Llama 2, GPT-style, Gemma): the one list for labelling, generation stops and export.
+# Mistral/Llama 2, GPT-style, Gemma): the one list for labelling (encode_sft), generation stops
+# (stop_token_ids: chat and evaluation) and export (end_of_turn_id, and the eos ids export writes
+# to generation_config.json). It is the union of the four lists chat, evaluation, export and
+# labelling once kept: a token here ends generation only where the tokenizer has it as a token, and
+# every one of them ends a turn (or the text) in the templates that use it, so stopping on all of
+# them is right for every model; a model whose template uses none of them stops on its eos.
 END_OF_TURN_MARKERS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "</s>", "<|endoftext|>",
                        "<end_of_turn>")
 
@@ -159,15 +164,30 @@ def _end_of_turn(full: str, end: int, markers: tuple[str, ...]) -> int:
     return end
 
 
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of `token` when the tokenizer has it as one token (not its unknown token), else None."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return token_id if isinstance(token_id, int) and token_id != tokenizer.unk_token_id else None
+
+
 def stop_token_ids(tokenizer: Any) -> list[int]:
-    """eos and every end-of-turn token the tokenizer knows (END_OF_TURN_MARKERS): generation
-    (chat, evaluation) stops on whichever the model emits."""
-    ids = {tokenizer.eos_token_id}
-    for token in END_OF_TURN_MARKERS:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
+    """eos and every end-of-turn token the tokenizer knows (END_OF_TURN_MARKERS), sorted:
+    generation stops on whichever the model emits. Chat (ChatSession), evaluation
+    (generate_answers) and export (the eos ids of generation_config.json) all use these, so an
+    exported model stops where the workbench stopped it."""
+    ids = {tokenizer.eos_token_id, *(_token_id(tokenizer, token) for token in END_OF_TURN_MARKERS)}
     return sorted(i for i in ids if i is not None)
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The one token that ends an assistant turn in the tokenizer's chat template (the first of
+    END_OF_TURN_MARKERS the template writes and the tokenizer has), else eos: the single eos a
+    GGUF file records, and the first of the eos ids export writes."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    for token in END_OF_TURN_MARKERS:
+        if token in template and (token_id := _token_id(tokenizer, token)) is not None:
+            return token_id
+    return tokenizer.eos_token_id
 
 
 def end_of_turn_markers(tokenizer: Any) -> tuple[str, ...]:

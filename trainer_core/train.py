@@ -1,7 +1,7 @@
 """The training recipe: config → data → tokens → model → Trainer → adapter or model.
 
 Read top to bottom, `run_training` is the whole workflow. It writes the run folder of
-DESIGN.md section 1 (run.yaml, status.json, trainer_log.jsonl, checkpoints, adapter/ or model/).
+README's "The run folder" (run.yaml, status.json, trainer_log.jsonl, checkpoints, adapter/ or model/).
 SIGTERM asks the run to stop: it saves a checkpoint at the end of the current step and exits
 with state `aborted`; `resume_from_checkpoint: auto` continues from there.
 """
@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from trainer_core import runs
-from trainer_core.config import TrainConfig, default_output_dir, save_config
+from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
+from trainer_core.paths import PRESETS_DIR
+from trainer_core.procs import explain_failure, free_port, register_rank
 
 ABORTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
 class AbortRequested(Exception):
@@ -41,18 +42,6 @@ class _StopFlag:
         self.requested = True
         if not self.training:
             raise AbortRequested()
-
-
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """Pick the output folder and make sure starting here cannot destroy earlier work."""
-    if not cfg.output_dir:
-        cfg.output_dir = default_output_dir(cfg)
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resume_from_checkpoint == "none" and runs.checkpoints(run_dir):
-        raise UserError(f"output_dir '{run_dir}' already holds checkpoints; set resume_from_checkpoint=auto to "
-                        "continue that run, or choose another output_dir")
-    return run_dir
 
 
 def resolve_resume(cfg: TrainConfig, run_dir: Path) -> str | None:
@@ -84,8 +73,6 @@ def deepspeed_config(name_or_path: str) -> dict:
 def _single_process_distributed_env() -> None:
     """DeepSpeed needs a process group even for one process; give it one on a free local port
     when no launcher (deepspeed / torchrun) set the usual variables."""
-    from trainer_core.jobs import free_port
-
     if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
         return
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
@@ -155,7 +142,7 @@ def one_device_per_process(args: Any, log=print) -> Any:
 
 
 def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
-    """A TrainerCallback that writes trainer_log.jsonl (DESIGN.md section 1), prints one line per
+    """A TrainerCallback that writes trainer_log.jsonl (its schema: README, "The run folder"), prints one line per
     logging event, and turns a SIGTERM into save-and-stop at the next step boundary."""
     from transformers import TrainerCallback
 
@@ -222,13 +209,9 @@ def format_progress(entry: dict) -> str:
         if entry.get(key) is not None:
             parts.append(f"{label} {entry[key]:{fmt}}")
     if entry.get("eta_seconds") is not None:
-        parts.append(f"ETA {_duration(entry['eta_seconds'])}")
+        # Whole seconds, truncated; always H:MM:SS in the log.
+        parts.append(f"ETA {runs.format_duration(int(entry['eta_seconds']), always_hours=True)}")
     return "  ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[list[dict], list[dict]]:
@@ -241,7 +224,7 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
         cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples, val_size=cfg.val_size,
         seed=cfg.seed, eval_names=cfg.eval_dataset or None)
     cache_dir = qihuang_home() / "cache" / "tokenized"
-    splits = []
+    splits: list[list] = []
     for name, examples in (("train", train_examples), ("eval", eval_examples)):
         if not examples:
             splits.append([])
@@ -283,11 +266,10 @@ def show_example(sample: dict, tokenizer: Any, log=print) -> None:
     log("Trained on (label != -100):\n" + trained[:400])
 
 
-def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print) -> int:
-    """Run one training job in this process; returns the exit code. Writes status.json."""
-    from trainer_core.jobs import register_rank
-
-    run_dir = prepare_run_dir(cfg)
+def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run_dir: Path | None = None) -> int:
+    """Run one training job in this process; returns the exit code. Writes status.json. `run_dir`:
+    the folder the caller prepared already (else prepared here, runs.prepare_run_dir)."""
+    run_dir = run_dir or runs.prepare_run_dir(cfg)
     is_main = os.environ.get("RANK", "0") == "0"
     launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
     if is_main and not launched:  # a launcher already wrote these for its job
@@ -354,25 +336,6 @@ def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str
         runs.update_status(run_dir, state=state, exit_code=exit_code, error=error, ended_at=runs.now_iso())
 
 
-def explain_failure(exc: BaseException, where: str | Path | None = None) -> str:
-    """One human sentence from the real cause, plus the last traceback line. `where`: the folder
-    being written when the failure came (for a full disk)."""
-    message = str(exc).strip()
-    last = f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}".strip()
-    text = str(exc)
-    if isinstance(exc, UserError):
-        return text
-    if runs.is_disk_full(exc):
-        return runs.disk_full_message(exc, where or "the run folder")
-    if "out of memory" in text.lower():
-        from trainer_core.jobs import OUT_OF_MEMORY_ADVICE
-
-        return f"{OUT_OF_MEMORY_ADVICE} ({last})"
-    if isinstance(exc, KeyboardInterrupt):
-        return "Interrupted (Ctrl-C)."
-    return f"Training failed with an unexpected error; see console.log. ({last})"
-
-
 def _maybe_recording(collator: Any, run_dir: Path) -> Any:
     """With QIHUANG_RECORD_BATCHES=1 each rank writes a short hash of every sample it trains on to
     ranks/<rank>.samples: how one checks that data-parallel ranks split the data without overlap."""
@@ -404,6 +367,8 @@ def make_trainer(**kwargs: Any) -> Any:
         trainer = Trainer(**kwargs)
     else:
         class TrainedRowsTrainer(Trainer):
+            trained_rows: TrainedRowsOnly
+
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 self.trained_rows.select(inputs["labels"])
                 try:

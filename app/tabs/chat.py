@@ -12,10 +12,10 @@ from typing import Any
 
 import gradio as gr
 
+from app.choices import refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
-from app.tabs.evaluate import refreshed_run_picker, run_choices
 from app.ui_kit import Labels
 from trainer_core.chat import ChatSession, GenerationSettings
 from trainer_core.errors import UserError
@@ -112,7 +112,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     f = c["fields"]
 
     def on_tab(run_dir: str | None) -> Any:
-        return refreshed_run_picker(ctx, run_dir)
+        return gr.update(**refreshed_run_picker(ctx, run_dir))
 
     c["tab_chat"].select(on_tab, c["chat_run"], c["chat_run"])
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.choices import dataset_choices
 from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
@@ -43,29 +44,10 @@ TOKEN_RECORDS_LIMIT = 5000  # token statistics on at most this many records (a s
 
 # ---- the registry --------------------------------------------------------------------------
 
-def dataset_names(dataset_dir: str | Path) -> list[str]:
-    """Names in dataset_info.json, or none when the folder has no (readable) registry."""
-    try:
-        return list(load_dataset_info(dataset_dir))
-    except UserError:
-        return []
 
 
-def dataset_choices(dataset_dir: str | Path) -> list[tuple[str, str]]:
-    """(label, name) pairs: the label shows the format so SFT and PT data are told apart."""
-    try:
-        info = load_dataset_info(dataset_dir)
-    except UserError:
-        return []
-    return [(f"{name} · {entry.get('formatting', 'alpaca')}", name) for name, entry in info.items()]
 
 
-def page_dataset_choices(ctx: AppContext, dataset_dir: str) -> list[tuple[str, str]]:
-    """dataset_choices for a folder typed on the page: none when it is outside the allowed folders."""
-    try:
-        return dataset_choices(ctx.page_path(dataset_dir, "dataset_dir"))
-    except UserError:
-        return []
 
 
 def formatting_of(name: str, dataset_dir: str | Path) -> str:
@@ -408,7 +390,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     def show(examples: list[dict], problems: list[Problem], what: str, language: str, model: str, template: str,
              cutoff_len: Any, trust: bool, with_tokens: bool = True):
         """Yield twice: character statistics at once, token statistics when the tokenizer is done."""
-        view = {"what": what, "problems": problems, "text": text_stats(examples) if examples else {"records": 0}}
+        view: dict[str, Any] = {"what": what, "problems": problems,
+                                "text": text_stats(examples) if examples else {"records": 0}}
         yield present(view, examples, 1, language)
         if not with_tokens or not examples or any("question" in e for e in examples):
             return
@@ -436,8 +419,9 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     model_inputs = [f["model_source"], f["model_path"], f["template"], f["cutoff_len"], f["trust_remote_code"]]
 
+    # with_tokens is keyword-only: the event's inputs fill the positional parameters, on_open sets it.
     def on_inspect(name: str, dataset_dir: str, stage: str, language: str, source: str, path: str, template: str,
-                   cutoff_len: Any, trust: bool, with_tokens: bool = True):
+                   cutoff_len: Any, trust: bool, *, with_tokens: bool = True):
         if not name:
             yield [t("data.pick_one", language), *[gr.update()] * 8]
             return

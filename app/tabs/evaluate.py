@@ -1,77 +1,63 @@
 """评估 Evaluate: score a finished run (or its base model) as an eval job, and compare results.
 
-The job is `python -m trainer_core eval --run RUN_DIR ...` started by the core's launcher into
-RUN_DIR/eval/<time>/; its progress and console are shown like training's, and the result files
-it writes there are rendered by the core's `compare` as Markdown tables.
+The form becomes an `EvalConfig` (trainer_core/jobconfig.py), checked like a run config; the
+core's launcher (`jobs.start_task`) writes it to RUN_DIR/eval/<time>/eval.yaml and starts
+`python -m trainer_core eval RUN_DIR/eval/<time>/eval.yaml` there. Its progress and console are
+shown like training's, and the result files it writes there are rendered by the core's `compare`
+as Markdown tables.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
 from app import jobview
+from app.choices import dataset_choices, page_dataset_choices, refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
-from app.tabs.data import dataset_choices, page_dataset_choices
 from app.ui_kit import Labels
 from trainer_core import jobs
+from trainer_core.config import config_from_dict
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import SPLITS as JOB_SPLITS
+from trainer_core.jobconfig import TASKS, EvalConfig
 
-TASKS = ("ppl", "generate", "mcq")
-SPLITS = ("auto", "validation", "all")
-
-
-def finished_runs(ctx: AppContext) -> list[str]:
-    """Runs with a result to use: a LoRA adapter/ or a full model/, newest first."""
-    from app.tabs.train import list_runs
-
-    return [r["run_dir"] for r in list_runs(ctx)
-            if (Path(r["run_dir"]) / "adapter" / "adapter_config.json").is_file()
-            or (Path(r["run_dir"]) / "model" / "config.json").is_file()]
+SPLITS = ("auto", *JOB_SPLITS)  # auto: the config's default (validation with a run and no dataset)
 
 
-def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    return [(Path(d).name, d) for d in finished_runs(ctx)]
 
 
-def refreshed_run_picker(ctx: AppContext, run_dir: str | None) -> Any:
-    """The finished runs as choices, keeping the picked one if it still exists (else the newest)."""
-    choices = run_choices(ctx)
-    value = run_dir if run_dir in [d for _, d in choices] else (choices[0][1] if choices else None)
-    return gr.update(choices=choices, value=value)
 
 
-def eval_args(run_dir: str, *, base_only: bool = False, tasks: list[str] | None = None,
-              datasets: list[str] | None = None, dataset_dir: str = "", split: str = "auto",
-              max_samples: int | None = None, n_shot: int = 0, max_new_tokens: int = 128,
-              batch_size: int = 4) -> list[str]:
-    """The eval command's arguments (after `python -m trainer_core eval`)."""
-    args = ["--run", str(run_dir)]
-    if base_only:
-        args.append("--base_only")
-    if tasks:
-        args += ["--task", ",".join(tasks)]
-    if datasets:
-        args += ["--dataset", ",".join(datasets), "--dataset_dir", str(dataset_dir)]
-    if split and split != "auto":
-        args += ["--split", split]
-    if max_samples:
-        args += ["--max_samples", str(int(max_samples))]
-    args += ["--n_shot", str(int(n_shot or 0)), "--max_new_tokens", str(int(max_new_tokens or 128)),
-             "--batch_size", str(int(batch_size or 4))]
-    return args
 
 
-def start_eval(run_dir: str, args: list[str]) -> Path:
-    """Start the eval job in RUN_DIR/eval/<time>/ (the core picks the folder and the launcher)."""
+def eval_config(run_dir: str, *, base_only: bool = False, tasks: list[str] | None = None,
+                datasets: list[str] | None = None, dataset_dir: str = "", split: str = "auto",
+                max_samples: int | None = None, n_shot: int | None = 0, max_new_tokens: int | None = 128,
+                batch_size: int | None = 4) -> EvalConfig:
+    """The eval job's config from the form: a cleared number means the key's default; every
+    problem is raised at once as a ConfigError (shown translated under the form)."""
     if not run_dir:
         raise UserError("pick a finished run first")
-    job_dir = jobs.task_job_dir("eval", SimpleNamespace(run=run_dir, output_dir=None))
-    return jobs.start_task("eval", args, job_dir)
+    raw: dict[str, Any] = {"run": str(run_dir), "base_only": bool(base_only), "task": ",".join(tasks or [])}
+    if datasets:
+        raw.update(dataset=",".join(datasets), dataset_dir=str(dataset_dir))
+    if split and split != "auto":
+        raw["split"] = split
+    if max_samples:
+        raw["max_samples"] = max_samples
+    for key, value in (("n_shot", n_shot), ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value is not None:
+            raw[key] = value
+    return config_from_dict(raw, EvalConfig)
+
+
+def start_eval(cfg: EvalConfig) -> Path:
+    """Start the eval job in RUN_DIR/eval/<time>/ (the core picks the folder and the launcher)."""
+    return jobs.start_task("eval", cfg)
 
 
 def eval_jobs(run_dir: str | None) -> list[str]:
@@ -145,7 +131,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     lang = c["lang"]
 
     def on_tab(run_dir: str | None, dataset_dir: str) -> list[Any]:
-        return [refreshed_run_picker(ctx, run_dir), gr.update(choices=page_dataset_choices(ctx, dataset_dir))]
+        return [gr.update(**refreshed_run_picker(ctx, run_dir)),
+                gr.update(choices=page_dataset_choices(ctx, dataset_dir))]
 
     c["tab_evaluate"].select(on_tab, [c["eval_run"], c["dataset_dir"]], [c["eval_run"], c["eval_datasets"]])
 
@@ -162,10 +149,10 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
             dataset_dir = str(ctx.page_path(dataset_dir, "dataset_dir")) if (dataset_dir or "").strip() else ""
-            args = eval_args(run_dir or "", base_only=base_only, tasks=tasks, datasets=datasets,
-                             dataset_dir=dataset_dir, split=split, max_samples=max_samples, n_shot=n_shot,
-                             max_new_tokens=max_new_tokens, batch_size=batch_size)
-            job_dir = start_eval(run_dir or "", args)
+            cfg = eval_config(run_dir or "", base_only=base_only, tasks=tasks, datasets=datasets,
+                              dataset_dir=dataset_dir, split=split, max_samples=max_samples, n_shot=n_shot,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size)
+            job_dir = start_eval(cfg)
         except UserError as exc:
             return [jobview.error_text(exc, language), gr.update(), gr.update()]
         choices = _job_choices(run_dir)

@@ -1,8 +1,9 @@
 """导出 Export: merge a finished run into a standalone model (with model card and GGUF) as a job.
 
-The job is `python -m trainer_core export --run RUN_DIR ...`, started by the core's launcher in
-RUN_DIR/jobs/export-<time>/; the result is RUN_DIR/export/, whose files and README.md (the model
-card) are shown here once it is complete.
+The form becomes an `ExportConfig` (trainer_core/jobconfig.py); the core's launcher
+(`jobs.start_task`) writes it to RUN_DIR/jobs/export-<time>/export.yaml and starts
+`python -m trainer_core export .../export.yaml` there. The result is RUN_DIR/export/, whose files
+and README.md (the model card) are shown here once it is complete.
 """
 
 from __future__ import annotations
@@ -10,37 +11,37 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 
 from app import jobview
+from app.choices import refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
-from app.tabs.evaluate import refreshed_run_picker, run_choices
 from app.ui_kit import Labels
 from trainer_core import jobs
+from trainer_core.config import config_from_dict
 from trainer_core.data import human_size
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import DTYPES, GGUF_TYPES, ExportConfig
 
-DTYPES = ("float32", "bfloat16", "float16")  # trainer_core.export.DTYPES, without importing it at start
-GGUF_TYPES = ("f16", "q8_0")
 EXPORT_DIR = "export"
 
 
-def export_args(run_dir: str, dtype: str = "float32", max_shard_size: str = "2GB", gguf: list[str] | None = None,
-                overwrite: bool = False) -> list[str]:
-    args = ["--run", str(run_dir), "--dtype", dtype, "--max_shard_size", (max_shard_size or "2GB").strip(),
-            "--gguf", ",".join(gguf) if gguf else "none"]
-    return args + (["--overwrite"] if overwrite else [])
-
-
-def start_export(run_dir: str, args: list[str]) -> Path:
+def export_config(run_dir: str, dtype: str = "float32", max_shard_size: str = "2GB", gguf: list[str] | None = None,
+                  overwrite: bool = False) -> ExportConfig:
+    """The export job's config from the form; every problem is raised at once as a ConfigError."""
     if not run_dir:
         raise UserError("pick a finished run first")
-    job_dir = jobs.task_job_dir("export", SimpleNamespace(run=run_dir))
-    return jobs.start_task("export", args, job_dir)
+    raw = {"run": str(run_dir), "dtype": dtype, "max_shard_size": (max_shard_size or "2GB").strip(),
+           "gguf": ",".join(gguf) if gguf else "none", "overwrite": bool(overwrite)}
+    return config_from_dict(raw, ExportConfig)
+
+
+def start_export(cfg: ExportConfig) -> Path:
+    """Start the export job in RUN_DIR/jobs/export-<time>/ (the core picks the folder)."""
+    return jobs.start_task("export", cfg)
 
 
 def export_jobs(run_dir: str | None) -> list[str]:
@@ -111,7 +112,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     lang = c["lang"]
 
     def on_tab(run_dir: str | None) -> Any:
-        return refreshed_run_picker(ctx, run_dir)
+        return gr.update(**refreshed_run_picker(ctx, run_dir))
 
     c["tab_export"].select(on_tab, c["export_run"], c["export_run"])
 
@@ -125,7 +126,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                  language: str) -> list[Any]:
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
-            job_dir = start_export(run_dir or "", export_args(run_dir or "", dtype, shard, gguf, overwrite))
+            job_dir = start_export(export_config(run_dir or "", dtype, shard, gguf, overwrite))
         except UserError as exc:
             return [jobview.error_text(exc, language), gr.update()]
         choices = [(Path(d).name, d) for d in export_jobs(run_dir)]

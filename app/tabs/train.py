@@ -13,11 +13,11 @@ from typing import Any
 
 import gradio as gr
 
-from app import jobview
+from app import form, jobview
+from app.choices import list_runs
 from app.context import AppContext
 from app.i18n import t, translate
 from app.plots import curves, loss_svg
-from app.tabs import params
 from app.ui_kit import Labels
 from trainer_core import jobs, runs
 from trainer_core.errors import UserError
@@ -29,11 +29,6 @@ TABLE_COLUMNS = ("train.col_run", "train.col_state", "train.col_progress", "trai
 
 # ---- plain functions -----------------------------------------------------------------------
 
-def list_runs(ctx: AppContext) -> list[dict]:
-    """Training runs under outputs/, newest first (eval and export jobs live inside them)."""
-    if not ctx.outputs_root.is_dir():
-        return []
-    return [r for r in jobs.list_runs(ctx.outputs_root) if (Path(r["run_dir"]) / runs.CONFIG_FILE).is_file()]
 
 
 def default_run(rows: list[dict]) -> str | None:
@@ -59,17 +54,17 @@ def table_rows(rows: list[dict], lang: str) -> list[list[Any]]:
 
 def start(values: dict[str, Any], ctx: AppContext) -> Path:
     """Check the form and start the job; a problem is raised as one UserError listing all."""
-    cfg, fields, general = params.check(values, ctx)
+    cfg, fields, general = form.check(values, ctx)
     if cfg is None:
         raise UserError("\n".join(f"- {text}" for text in [*fields.values(), *general]))
     return jobs.start_job(cfg, ctx.outputs_root)
 
 
-def resume(run_dir: str) -> Path:
+def resume(run_folder: str | Path) -> Path:
     """Start the run's own run.yaml again; the trainer continues from its newest checkpoint."""
     from trainer_core.config import load_config
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_folder)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} has no run.yaml to resume from")
     state = jobs.refresh_status(run_dir).get("state")
@@ -132,7 +127,7 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
 
 def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     lang = c["lang"]
-    form = params.form_inputs(c)
+    form_fields = form.form_inputs(c)
 
     def tick(run_dir: str | None, overlay: list[str] | None, language: str, console: dict,
              last: list | None) -> list[Any]:
@@ -182,13 +177,13 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     def on_start(*args: Any) -> list[Any]:
         *rest, language, last = args
         try:
-            run_dir = start(params.as_values(rest), ctx)
+            run_dir = start(form.as_values(rest), ctx)
         except UserError as exc:
             return [f"⚠ {t('train.not_started', language)}\n\n{translate(str(exc), language)}",
                     *[gr.update()] * 4]
         return [t("train.started", language, run=run_dir), *refresh(None, language, None, select=str(run_dir))]
 
-    c["start_btn"].click(on_start, [*form, lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
+    c["start_btn"].click(on_start, [*form_fields, lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
 
     def on_abort(run_dir: str | None, language: str) -> str:
         if not run_dir:

@@ -35,16 +35,16 @@ from pagekit import (
     workbench,
 )
 
+from app import form
 from app.i18n import t
-from app.tabs import params
 
 # ---- what the walk covers ------------------------------------------------------------------
 
-NUMBER_KEYS = [k for k in params.FORM_KEYS if str(params.KEYS[k].type).startswith(("int", "float"))
-               and not params.KEYS[k].metadata["choices"]]
-TEXT_KEYS = [k for k in params.FORM_KEYS if str(params.KEYS[k].type).startswith("str")
-             and not params.KEYS[k].metadata["choices"] and k != "deepspeed"]
-CHECK_KEYS = [k for k in params.FORM_KEYS if str(params.KEYS[k].type).startswith("bool") and k != "packing"]
+NUMBER_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith(("int", "float"))
+               and not form.KEYS[k].metadata["choices"]]
+TEXT_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("str")
+             and not form.KEYS[k].metadata["choices"] and k != "deepspeed"]
+CHECK_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("bool") and k != "packing"]
 # A text field with a value the page refuses (outside the folders it may use), else None: typed, then undone.
 TEXT_INVALID = {"output_dir": "/etc/qh-walk", "resume_from_checkpoint": "/etc", "hostfile": "/etc/hosts",
                 "lora_target": None, "eval_dataset": None}
@@ -445,7 +445,7 @@ def walk_data(w: Walk, workroot: Path) -> None:
 
 
 def number_invalid(key: str) -> float:
-    meta = params.KEYS[key].metadata
+    meta = form.KEYS[key].metadata
     value = meta["min"] - 1
     return -1 if value == 0 and meta["optional"] else value
 
@@ -465,13 +465,13 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     w.accordion("params-acc-hardware", toggle=False)
 
     w.pick_each("params-preset", after=lambda _: page.wait_for_timeout(300))
-    if w.value("params-preset") != params.DEFAULT_PRESET:  # the form a newcomer sees, again
-        w.choose("params-preset", params.DEFAULT_PRESET)
-        w.wait_value("params-preset", params.DEFAULT_PRESET)
+    if w.value("params-preset") != form.DEFAULT_PRESET:  # the form a newcomer sees, again
+        w.choose("params-preset", form.DEFAULT_PRESET)
+        w.wait_value("params-preset", form.DEFAULT_PRESET)
         page.wait_for_timeout(300)
     form_ok()
 
-    source = {s: t("source." + s, lang) for s in params.MODEL_SOURCES}
+    source = {s: t("source." + s, lang) for s in form.MODEL_SOURCES}
 
     def on_source(label: str) -> None:
         w.wait_visible("params-model-path", label != source["builtin"])
@@ -486,7 +486,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     w.type("params-model-path", "/nonexistent-qh-walk")
     w.wait_info("params-model-path", "⚠", exact=False)
     w.type("params-model-path", str(model_dir))
-    w.wait_info("params-model-path", params.field_info("model_path", lang))
+    w.wait_info("params-model-path", form.field_info("model_path", lang))
     w.done.add("params-model-path")
     form_ok()
 
@@ -501,7 +501,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
             w.choose("cfg-deepspeed", t("ds.z3", lang))
             w.wait_info("cfg-deepspeed", "ZeRO-3", exact=False)
             w.choose("cfg-deepspeed", t("ds.none", lang))
-            w.wait_info("cfg-deepspeed", params.field_info("deepspeed", lang))
+            w.wait_info("cfg-deepspeed", form.field_info("deepspeed", lang))
 
     w.radio_each("cfg-finetuning_type", [method["full"], method["qlora"], method["lora"]], after=on_method)
     for eid in ("cfg-template", "cfg-lr_scheduler_type", "cfg-packing", "cfg-deepspeed", "cfg-report_to"):
@@ -522,7 +522,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     for key in NUMBER_KEYS:
         w.fill(f"cfg-{key}", before[key])
     for key in NUMBER_KEYS:
-        w.wait_info(f"cfg-{key}", params.field_info(key, lang))
+        w.wait_info(f"cfg-{key}", form.field_info(key, lang))
         w.done.add(f"cfg-{key}")
     for key in TEXT_KEYS:
         eid = f"cfg-{key}"
@@ -531,7 +531,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
         if TEXT_INVALID[key]:
             w.wait_info(eid, "⚠", exact=False)
         w.type(eid, before)
-        w.wait_info(eid, params.field_info(key, lang))
+        w.wait_info(eid, form.field_info(key, lang))
         w.done.add(eid)
     for key in CHECK_KEYS:
         w.toggle(f"cfg-{key}")
@@ -541,7 +541,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     w.wait_info("cfg-fp16", "bf16", exact=False)
     w.el("cfg-fp16").locator("input").click()
     w.el("cfg-bf16").locator("input").click()
-    w.wait_info("cfg-bf16", params.field_info("bf16", lang))
+    w.wait_info("cfg-bf16", form.field_info("bf16", lang))
     form_ok()
 
     w.click("params-preview")
@@ -718,7 +718,7 @@ def english_words(text: str) -> list[str]:
     """Words in Latin letters that are no technical token, path, key, number or code."""
     text = re.sub(r"`[^`]*`|\S*[/\\]\S*|\S+\.(?:json|yaml|yml|txt|csv|py)\b|https?://\S+", " ", text)
     words = re.findall(r"[A-Za-z][A-Za-z0-9_]*", text)
-    return [w for w in words if w not in TECHNICAL and "_" not in w and w not in params.KEYS
+    return [w for w in words if w not in TECHNICAL and "_" not in w and w not in form.KEYS
             and not re.fullmatch(r"[a-z]?\d.*|[A-Z]{1,2}\d*", w)]
 
 

@@ -1,16 +1,18 @@
 """Base models the workbench knows by name, read from presets/models.yaml.
 
 An offline machine has no model hub, so each needs its weights in a local folder; the entry
-gives the chat template to use with it.
+gives the chat template to use with it. The Parameters tab offers them, and
+`python -m trainer_core models` lists them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
-MODELS_FILE = Path(__file__).resolve().parent.parent / "presets" / "models.yaml"
+from trainer_core.config import KNOWN_MODELS_FILE
+from trainer_core.paths import PRESETS_DIR
+
+MODELS_FILE = PRESETS_DIR / KNOWN_MODELS_FILE
 KNOWN_MODELS: list[dict] = yaml.safe_load(MODELS_FILE.read_text(encoding="utf-8")) or []
 
 

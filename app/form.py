@@ -1,0 +1,283 @@
+"""The run form: the values of the Parameters tab and the config they stand for.
+
+The form is a dict of values named like the config keys, plus the model picker
+(`model_source`, `model_path`, `known_model`) and the Data tab's `datasets` / `dataset_dir`.
+`values_from_config` and `raw_config` convert it from and to a config dict, one function each
+way; `check` validates it with the core (`trainer_core.config.validate`) and puts every problem
+under the fields of its keys (`by_field`). The Parameters tab shows it, the Train tab starts
+what `check` returns, so what is previewed is what runs. No gradio here: plain functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from pathlib import Path
+from typing import Any
+
+from app.context import AppContext
+from app.i18n import t, translate
+from trainer_core.catalog import KNOWN_MODELS
+from trainer_core.config import (
+    KEYS,
+    ConfigProblem,
+    TrainConfig,
+    allowed_values,
+    config_from_dict,
+    config_to_yaml,
+    preset_paths,
+    validate,
+)
+from trainer_core.data import dataset_outside
+from trainer_core.errors import UserError
+
+LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
+QLORA_KEYS = ("quantization_bit",)
+MAIN_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+             "gradient_accumulation_steps", "cutoff_len", "val_size", "max_samples")
+ADVANCED_KEYS = ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
+                 "logging_steps", "save_steps", "save_total_limit", "eval_steps", "per_device_eval_batch_size",
+                 "eval_dataset", "packing", "bf16", "fp16", "gradient_checkpointing", "seed",
+                 "resume_from_checkpoint", "trust_remote_code")
+HARDWARE_KEYS = ("deepspeed", "num_gpus", "hostfile")
+OUTPUT_KEYS = ("report_to", "output_dir")
+FORM_KEYS = ("stage", "finetuning_type", "template", *LORA_KEYS, *QLORA_KEYS, *MAIN_KEYS, *ADVANCED_KEYS,
+             *HARDWARE_KEYS, *OUTPUT_KEYS)
+MODEL_FIELDS = ("model_source", "model_path", "known_model")
+DATA_FIELDS = ("datasets", "dataset_dir")  # owned by the Data tab
+ORDER = (*MODEL_FIELDS, *DATA_FIELDS, *FORM_KEYS)  # the order of a handler's form inputs
+MODEL_SOURCES = ("builtin", "local", "known")
+# How a widget spells the config values it cannot hold (a dropdown's value is never "" or None):
+# config value -> widget value. values_from_config and raw_config are the only two users.
+WIDGET_SPELLING: dict[str, dict[Any, str]] = {
+    "deepspeed": {"": "none"},
+    "packing": {None: "auto", True: "true", False: "false"},
+}
+CONFIG_SPELLING: dict[str, dict[Any, Any]] = {key: {widget: value for value, widget in spelling.items()}
+                                              for key, spelling in WIDGET_SPELLING.items()}
+DEFAULT_PRESET = "sft_lora"
+
+
+# ---- presets and initial values ------------------------------------------------------------
+
+def preset_names(ctx: AppContext) -> list[str]:
+    return [p.stem for p in preset_paths(ctx.presets_dir)]
+
+
+def read_preset(ctx: AppContext, name: str) -> dict:
+    import yaml
+
+    path = Path(ctx.presets_dir) / f"{Path(name).name}.yaml"
+    if not path.is_file():
+        raise UserError(f"preset '{name}' not found in {ctx.presets_dir}")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def initial_values(ctx: AppContext, available: list[str]) -> dict[str, Any]:
+    """The form a newcomer sees: the LoRA SFT preset on the preselected model and sample data."""
+    raw = read_preset(ctx, DEFAULT_PRESET) if DEFAULT_PRESET in preset_names(ctx) else {}
+    values = values_from_config(raw, ctx, {"datasets": [], "dataset_dir": str(ctx.data_dir)}, available)
+    if not values["datasets"]:  # the preset's datasets are not in this data folder
+        values["datasets"] = default_datasets(ctx, available)
+    return values
+
+
+def default_datasets(ctx: AppContext, available: list[str]) -> list[str]:
+    """Conversation datasets (what SFT trains on) from the registry; the first two suffice."""
+    from trainer_core.data import load_dataset_info
+
+    try:
+        info = load_dataset_info(ctx.data_dir)
+    except UserError:
+        return []
+    chat = [name for name in available if info.get(name, {}).get("formatting") not in ("text", "mcq")]
+    return chat[:2]
+
+
+def values_from_config(config: dict, ctx: AppContext, current: dict[str, Any], available: list[str],
+                       keep_data_dir: bool = True) -> dict[str, Any]:
+    """Form values from a preset or a saved config. Keys the config leaves out take the
+    defaults; the data folder stays the Data tab's unless `keep_data_dir` is False."""
+    cfg = {**dataclasses.asdict(TrainConfig()), **config}
+    values: dict[str, Any] = {}
+    for key in FORM_KEYS:
+        value = cfg.get(key)
+        if key in WIDGET_SPELLING:
+            value = WIDGET_SPELLING[key].get(value, value)
+        elif value is None and str(KEYS[key].type).startswith("str"):
+            value = ""  # a text box holds no None
+        values[key] = value
+    model = str(cfg.get("model_name_or_path") or "default")
+    if model == "default" and ctx.model != "default":
+        model = ctx.model  # the model given at launch stands in for the built-in one
+    known = next((m["name"] for m in KNOWN_MODELS if m["hub_id"] == model or model.rstrip("/").endswith(m["name"])),
+                 KNOWN_MODELS[0]["name"])
+    values.update(model_source="builtin" if model == "default" else "local",
+                  model_path="" if model == "default" else model, known_model=known)
+    data_dir = current.get("dataset_dir") or str(ctx.data_dir)
+    if not keep_data_dir and cfg.get("dataset_dir"):
+        data_dir = str(cfg["dataset_dir"])
+    values["dataset_dir"] = data_dir
+    wanted = [d.strip() for d in str(cfg.get("dataset") or "").split(",") if d.strip()]
+    chosen = [d for d in wanted if d in available] if keep_data_dir else wanted
+    values["datasets"] = chosen or list(current.get("datasets") or [])
+    return values
+
+
+# ---- form -> config ------------------------------------------------------------------------
+
+def raw_config(values: dict[str, Any]) -> dict[str, Any]:
+    """The form as a config dict (unchecked): what `config_from_dict` will judge."""
+    raw: dict[str, Any] = {}
+    for key in FORM_KEYS:
+        value = values.get(key)
+        if isinstance(value, str):
+            value = value.strip()
+        if key in WIDGET_SPELLING:
+            value = CONFIG_SPELLING[key].get(value, value)
+        elif KEYS[key].metadata["optional"] and (value == "" or (value == 0 and KEYS[key].metadata["min"] == 1)):
+            value = None  # an emptied number box (or 0, below these keys' minimum of 1) means "not set"
+        raw[key] = value
+    source = values.get("model_source") or "builtin"
+    raw["model_name_or_path"] = "default" if source == "builtin" else (values.get("model_path") or "").strip()
+    raw["dataset"] = ",".join(values.get("datasets") or [])
+    raw["dataset_dir"] = (values.get("dataset_dir") or "").strip()
+    return raw
+
+
+def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, dict[str, str], list[str]]:
+    """(config or None, problems by form field, problems that belong to no field). Paths must
+    stay inside the folders the workbench may use (AppContext.page_path)."""
+    raw = raw_config(values)
+    problems: list[ConfigProblem] = []
+    model_problem = check_model(values, ctx)
+    if model_problem:
+        problems.append(ConfigProblem(("model_path",), model_problem))
+    for key, write in (("dataset_dir", False), ("output_dir", True), ("resume_from_checkpoint", False),
+                       ("hostfile", False)):
+        if raw.get(key) and not (key == "resume_from_checkpoint" and raw[key] in ("auto", "none")):
+            try:
+                raw[key] = str(ctx.page_path(raw[key], key, write=write))
+            except UserError as exc:
+                problems.append(ConfigProblem((key,), str(exc)))
+    if raw.get("dataset") and raw.get("dataset_dir") and not any("dataset_dir" in p.keys for p in problems):
+        try:
+            problems += [ConfigProblem((), text) for text in
+                         dataset_outside(raw["dataset"].split(","), raw["dataset_dir"], ctx.data_roots())]
+        except UserError as exc:
+            problems.append(ConfigProblem((), str(exc)))
+    cfg, config_problems = validate(raw, TrainConfig)
+    fields, general = by_field([*problems, *config_problems])
+    return (cfg if not fields and not general else None), fields, general
+
+
+def by_field(problems: list[ConfigProblem]) -> tuple[dict[str, str], list[str]]:
+    """Each problem under every form field it names (the first problem of a field wins); the
+    rest, and what the Data tab chose (dataset, dataset_dir), as general problems."""
+    fields: dict[str, str] = {}
+    general: list[str] = []
+    for problem in problems:
+        on_this_tab = [key for key in problem.keys if key not in ("dataset", "dataset_dir")]
+        for key in on_this_tab:
+            fields.setdefault(key, problem.message)
+        if not on_this_tab:
+            general.append(problem.message)
+    return fields, general
+
+
+def check_model(values: dict[str, Any], ctx: AppContext) -> str | None:
+    """The local folder must exist: without a hub a name would fail only once the job starts."""
+    from trainer_core.models import resolve_model_path
+
+    if (values.get("model_source") or "builtin") == "builtin":
+        return None
+    path = (values.get("model_path") or "").strip()
+    if not path:
+        return "model_name_or_path: give the local model folder (the one holding config.json)"
+    try:
+        ctx.page_path(path, "model_name_or_path")
+    except UserError as exc:
+        return str(exc)
+    try:
+        resolve_model_path(path)
+    except UserError as exc:
+        return str(exc)
+    if not Path(path).expanduser().is_dir():
+        return f"model folder '{path}' does not exist here (there is no model hub on this machine)"
+    return None
+
+
+def field_info(key: str, lang: str, problem: str | None = None) -> str:
+    """The line under a field: its help, or the problem with it."""
+    if problem:
+        return "⚠ " + translate(problem, lang)
+    if key in KEYS:
+        allowed = translate(allowed_values(key), lang)
+        return f"{t('help.' + key, lang)}（{allowed}）" if lang == "zh" else f"{t('help.' + key, lang)} ({allowed})"
+    return t("help." + key, lang)
+
+
+def summary(fields: dict[str, str], general: list[str], lang: str) -> str:
+    if not fields and not general:
+        return t("params.ok", lang)
+    lines = [f"**{t('params.problems', lang)}**"]
+    for key, text in fields.items():  # the key once, not "`key`: key: ..."
+        shown = translate(text, lang)
+        for separator in (": ", "："):
+            shown = shown.removeprefix(key + separator)
+        lines.append(f"- `{key}`: {shown}")
+    lines += [f"- {translate(text, lang)}" for text in general]
+    return "\n".join(lines)
+
+
+def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:
+    """The exact argv the Train tab would start and the run.yaml it would write."""
+    from trainer_core.config import default_output_dir
+    from trainer_core.jobs import build_command
+
+    cfg, fields, general = check(values, ctx)
+    if cfg is None:
+        raise UserError("\n".join([*fields.values(), *general]))
+    output_dir = cfg.output_dir or default_output_dir(cfg, ctx.outputs_root)
+    cfg.output_dir = output_dir
+    argv = build_command(cfg, Path(output_dir) / "run.yaml")
+    return shlex.join(argv), config_to_yaml(cfg)
+
+
+def save(values: dict[str, Any], path: str, ctx: AppContext) -> Path:
+    from trainer_core.config import save_config
+
+    cfg, fields, general = check(values, ctx)
+    if cfg is None:
+        raise UserError("\n".join([*fields.values(), *general]))
+    target = resolve_config_path(path, ctx, write=True)
+    save_config(cfg, target)
+    return target
+
+
+def resolve_config_path(path: str, ctx: AppContext, write: bool = False) -> Path:
+    path = (path or "").strip()
+    if not path:
+        raise UserError("give a file name for the config, e.g. configs/my_run.yaml")
+    target = ctx.page_path(path, "config file", write=write)
+    if target.suffix not in (".yaml", ".yml"):
+        raise UserError(f"'{path}': a config file ends in .yaml")
+    return target
+
+
+def load(target: Path, ctx: AppContext, current: dict[str, Any], available: list[str]) -> dict[str, Any]:
+    """Values from a saved config (or a run's run.yaml); checked as the CLI would."""
+    from trainer_core.config import read_yaml
+
+    raw = read_yaml(target)
+    config_from_dict(raw)  # report what is wrong with it now, not at start
+    return values_from_config(raw, ctx, current, available, keep_data_dir=False)
+
+
+def form_inputs(c: dict[str, Any]) -> list[Any]:
+    """The components a handler reads the form from, in ORDER."""
+    return [c["fields"][name] if name in c["fields"] else c[name] for name in ORDER]
+
+
+def as_values(args: tuple | list) -> dict[str, Any]:
+    return dict(zip(ORDER, args))
