@@ -432,6 +432,9 @@ MESSAGES: list[tuple[str, str]] = [
     ("{run} is not running (state: {state})", "{run} 没有在运行（状态：{state}）"),
     ("'{run}' holds no finished adapter/ or model/ (has the run finished?)",
      "'{run}' 中没有完成的 adapter/ 或 model/（这个运行结束了吗？）"),
+    # trainer_core.jobconfig: the eval and export forms' problems (the rest are the config's own above)
+    ("--max_shard_size '{value}' is not a size; write it like 2GB, 500MB or 5000000",
+     "--max_shard_size '{value}' 不是有效的大小；请写成 2GB、500MB 或 5000000 这样的形式"),
     ("no model is loaded; load one first", "还没有加载模型；请先加载"),
     ("the message is empty", "消息是空的"),
     ("base vs tuned needs a model loaded with a LoRA adapter", "对比基座与微调需要加载带 LoRA 适配器的模型"),

@@ -13,13 +13,13 @@ import gradio as gr
 from app import choices, form
 from app.context import AppContext
 from app.i18n import t, translate
+from app.page import Page
 from app.tabs import chat, data, evaluate, export, params, train
 from app.ui_kit import Labels
 
 TABS = (("data", data), ("params", params), ("train", train), ("evaluate", evaluate), ("chat", chat),
         ("export", export))
 
-STATUS_LINES = ("params_msg", "train_msg", "eval_msg", "export_msg", "chat_status")  # one-off messages
 
 CSS = """
 .qh-preview { display: flex; flex-direction: column; gap: 10px; }
@@ -64,26 +64,26 @@ def theme() -> gr.themes.Base:
 def build_app(ctx: AppContext) -> gr.Blocks:
     L = Labels(ctx.lang)
     names = choices.dataset_names(ctx.data_dir)
-    c: dict[str, Any] = {"initial_values": form.initial_values(ctx, names), "load_events": []}
     with gr.Blocks(title=t("app.title", ctx.lang), analytics_enabled=False) as demo:
         with gr.Row(equal_height=True):
             L.markdown("app.header", elem_id="qh-header")
-            c["lang"] = gr.Radio([("中文", "zh"), ("English", "en")], value=ctx.lang, show_label=False,
-                                 container=False, scale=0, min_width=180, elem_id="qh-lang")
+            lang = gr.Radio([("中文", "zh"), ("English", "en")], value=ctx.lang, show_label=False,
+                            container=False, scale=0, min_width=180, elem_id="qh-lang")
+        page = Page(lang=lang, initial_values=form.initial_values(ctx, names))
+        own: dict[str, dict[str, Any]] = {}  # each tab's components, by tab
         with gr.Tabs():
             for name, module in TABS:
-                with L.tab("tab." + name, id=name, elem_id="tab-" + name) as c["tab_" + name]:
-                    module.build(ctx, L, c)
-        for _, module in TABS:
-            module.wire(ctx, c)
-        c["lang"].change(L.relabel, c["lang"], L.components, show_progress="hidden")
+                with L.tab("tab." + name, id=name, elem_id="tab-" + name) as page.tabs[name]:
+                    own[name] = module.build(ctx, L, page)
+        for name, module in TABS:  # after every build: a tab may read what a later one shares
+            module.wire(ctx, page, own[name])
+        lang.change(L.relabel, lang, L.components, show_progress="hidden")
         # Status lines already shown follow the language too (each known line is re-written).
-        status = [c[name] for name in STATUS_LINES]
-        c["lang"].change(lambda lang, *texts: [translate(text, lang) for text in texts], [c["lang"], *status], status,
-                         show_progress="hidden")
-        for fn, inputs, outputs in c["load_events"]:
+        status = page.status_lines
+        lang.change(lambda language, *texts: [translate(text, language) for text in texts], [lang, *status], status,
+                    show_progress="hidden")
+        for fn, inputs, outputs in page.load_events:
             demo.load(fn, inputs, outputs, show_progress="hidden")
-    demo.qh_components = c  # for tests: the components by name
     return demo
 
 

@@ -12,6 +12,7 @@ from trainer_core import jobs, runs
 from trainer_core.chat import ChatSession, GenerationSettings
 from trainer_core.config import load_config
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import EvalConfig, ExportConfig
 
 GREEDY = GenerationSettings(max_new_tokens=12, do_sample=False, repetition_penalty=1.0)
 
@@ -42,12 +43,11 @@ def test_eval_and_export_jobs_are_refused_while_training_holds_the_devices(live_
     other = outputs / "run-b"
     other.mkdir()
     (other / runs.CONFIG_FILE).write_text("stage: sft\n")
-    for kind in ("export", "eval"):
-        job_dir = jobs.task_job_dir(kind, type("Opts", (), {"run": str(other), "output_dir": None})())
+    for kind, cfg in (("export", ExportConfig(run=str(other))), ("eval", EvalConfig(run=str(other)))):
         with pytest.raises(UserError, match="busy") as refused:
-            jobs.start_task(kind, ["--run", str(other)], job_dir)
+            jobs.start_task(kind, cfg)
         assert str(training) in str(refused.value) and "runs --abort" in str(refused.value)
-        assert not (job_dir / runs.STATUS_FILE).exists()  # nothing was started
+        assert sorted(p.name for p in other.iterdir()) == [runs.CONFIG_FILE]  # no job folder was made
 
 
 def test_training_is_refused_while_an_export_job_holds_the_devices(live_job, tmp_path, tiny_model_dir,

@@ -4,7 +4,6 @@ stopping at the end-of-turn token, and run_eval's files and comparison table."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -14,8 +13,10 @@ import pytest
 import torch
 
 from trainer_core import evaluate
+from trainer_core.config import config_from_dict
 from trainer_core.data import load_datasets, read_dataset
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import EvalConfig, config_from_args
 from trainer_core.models import load_for_inference
 from trainer_core.tokenization import IGNORE_INDEX, encode_sft
 
@@ -58,10 +59,9 @@ def mcq_dir(tmp_path) -> Path:
     return tmp_path
 
 
-def parse(*args: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    evaluate.add_arguments(parser)
-    return parser.parse_args(list(args))
+def parse(*args: str) -> EvalConfig:
+    """The config of `python -m trainer_core eval ARGS`."""
+    return config_from_args("eval", list(args))
 
 
 def force_token(model, token_id_for_call):
@@ -334,19 +334,17 @@ def test_run_eval_mcq_files_and_side_by_side_table(tiny_model_dir, mcq_dir, tmp_
 
 def test_run_eval_in_process_options_subject_filter_and_text_progress(tiny_model_dir, tiny_data_dir, mcq_dir,
                                                                      tmp_path):
-    summary = evaluate.run_eval(evaluate.default_options(model=str(tiny_model_dir), dataset="exam",
-                                                         dataset_dir=str(mcq_dir), subject="中药学",
-                                                         output_dir=str(tmp_path / "mcq")), log=quiet)
+    summary = evaluate.run_eval(EvalConfig(model=str(tiny_model_dir), dataset="exam", dataset_dir=str(mcq_dir),
+                                           subject="中药学", output_dir=str(tmp_path / "mcq")), log=quiet)
     metrics = summary["results"][0]["metrics"]
     assert (metrics["total"], metrics["unsupported"], list(metrics["per_subject"])) == (2, 0, ["中药学"])
-    with pytest.raises(UserError, match="unknown eval option 'datasets'"):
-        evaluate.default_options(datasets="qa")
+    with pytest.raises(UserError, match="unknown key 'datasets'; did you mean 'dataset'"):
+        config_from_dict({"datasets": "qa"}, EvalConfig)
 
     # Plain text is cut into more blocks than it has records; progress still ends at its record count.
     job = tmp_path / "text"
-    summary = evaluate.run_eval(evaluate.default_options(model=str(tiny_model_dir), dataset="corpus",
-                                                         dataset_dir=str(tiny_data_dir), max_samples=5,
-                                                         cutoff_len=16, output_dir=str(job)), log=quiet)
+    summary = evaluate.run_eval(EvalConfig(model=str(tiny_model_dir), dataset="corpus", dataset_dir=str(tiny_data_dir),
+                                           max_samples=5, cutoff_len=16, output_dir=str(job)), log=quiet)
     assert [r["task"] for r in summary["results"]] == ["ppl"]
     assert summary["results"][0]["metrics"]["samples"] > 5
     progress = [json.loads(line) for line in (job / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -364,10 +362,9 @@ def test_run_eval_in_process_options_subject_filter_and_text_progress(tiny_model
     ([], "no dataset"),
 ])
 def test_run_eval_refuses_bad_input_before_loading(tiny_model_dir, tiny_data_dir, tmp_path, args, message):
-    opts = parse("--model", str(tiny_model_dir), "--dataset_dir", str(tiny_data_dir),
-                 "--output_dir", str(tmp_path / "job"), *args)
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
-        evaluate.run_eval(opts, log=quiet)
+        evaluate.run_eval(parse("--model", str(tiny_model_dir), "--dataset_dir", str(tiny_data_dir),
+                                "--output_dir", str(tmp_path / "job"), *args), log=quiet)
 
 
 def test_run_eval_refuses_runs_without_adapter_split_or_dev(tiny_model_dir, tiny_data_dir, mcq_dir, tmp_path):

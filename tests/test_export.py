@@ -9,7 +9,6 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,16 +17,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trainer_core import export, runs
 from trainer_core.errors import UserError
+from trainer_core.jobconfig import ExportConfig
 from trainer_core.models import load_for_inference, resolve_model_path
 
 CONVERSATION = [{"role": "user", "content": "黄芪的功效是什么？What does it do?"},
                 {"role": "assistant", "content": "黄芪补气升阳，固表止汗。 The quick brown fox."}]
 
 
-def _opts(**kwargs) -> SimpleNamespace:
-    defaults = {"run": None, "model": None, "adapter": None, "output_dir": None, "dtype": "float32",
-                "max_shard_size": "2GB", "gguf": "none", "overwrite": False, "job_dir": None}
-    return SimpleNamespace(**{**defaults, **kwargs})
+def _opts(**kwargs) -> ExportConfig:
+    """The export job's config; GGUF off unless asked for (the job's default is f16)."""
+    return ExportConfig(**{"gguf": "none", **kwargs})
 
 
 @pytest.fixture(scope="module")

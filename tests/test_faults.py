@@ -137,10 +137,12 @@ def full_disk(request, tmp_path):
                     f"({mounted.stderr.decode(errors='replace').strip()})")
 
     def fill():
-        # Leave less room than a checkpoint's adapter weights (~36 KB), enough for logs and status.
+        # Leave less room than a checkpoint's adapter weights (~36 KB), enough for logs and status
+        # and a job folder's small files (a 4 KB page each: export.yaml, command.txt, console.log,
+        # trainer_log.jsonl, status.json and its replacement), so the job can report the full disk.
         ballast = folder / "ballast"
         free = shutil.disk_usage(folder).free + (ballast.stat().st_size if ballast.exists() else 0)
-        ballast.write_bytes(b"\0" * max(free - 24 * 1024, 0))
+        ballast.write_bytes(b"\0" * max(free - 28 * 1024, 0))
 
     try:
         yield {"folder": folder, "limit": None, "fill": fill}

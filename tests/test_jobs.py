@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from trainer_core import jobs, runs
 
@@ -180,12 +181,22 @@ def test_eval_and_export_run_as_jobs(cli, tiny_model_dir, tiny_data_dir, tmp_pat
     saved = json.loads(next(job.glob("ppl-*.json")).read_text())
     assert saved["metrics"]["perplexity"] > 1
     assert [e for e in runs.read_log(job) if e["step"] == e["total_steps"]]  # progress reached the end
+    # The job ran from its own config, which names its folder; the same file runs it again there.
+    config = yaml.safe_load((job / "eval.yaml").read_text())
+    assert config["run"] == str(run) and config["task"] == "ppl" and config["output_dir"] == str(job)
+    argv = (job / runs.COMMAND_FILE).read_text().splitlines()[2:6]
+    assert argv == ["-m", "trainer_core", "eval", str(job / "eval.yaml")]
+    next(job.glob("ppl-*.json")).unlink()
+    result = cli("eval", str(job / "eval.yaml"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert [p.name for p in (run / "eval").iterdir()] == [job.name] and next(job.glob("ppl-*.json"))
 
     result = cli("export", "--run", str(run), "--gguf", "none")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (run / "export" / "config.json").is_file() and (run / "export" / "README.md").is_file()
     export_job = next((run / "jobs").glob("export-*"))
     assert runs.read_status(export_job)["state"] == "finished"
+    assert yaml.safe_load((export_job / "export.yaml").read_text())["job_dir"] == str(export_job)
 
     # A bad request fails as a job with the module's own one-sentence error.
     result = cli("export", "--run", str(tmp_path / "nope"))

@@ -19,8 +19,9 @@ from app.context import make_context
 from app.i18n import LANGS, TEXT, t
 from app.tabs import chat, data, evaluate, export, train
 from trainer_core import runs
-from trainer_core.config import ConfigProblem
+from trainer_core.config import ConfigError, ConfigProblem
 from trainer_core.errors import Problem, UserError
+from trainer_core.jobconfig import EvalConfig, ExportConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BAD_DATA = Path(__file__).parent / "bad_data"
@@ -374,17 +375,25 @@ def test_only_changed_sends_what_changed():
     assert same == {"__type__": "update"} and new == "y"
 
 
-def test_eval_and_export_commands(ctx, tmp_path):
-    args = evaluate.eval_args("RUN", tasks=["ppl", "generate"], datasets=["qa"], dataset_dir="/d", split="all",
-                              max_samples=5, n_shot=0, max_new_tokens=32, batch_size=2)
-    assert args == ["--run", "RUN", "--task", "ppl,generate", "--dataset", "qa", "--dataset_dir", "/d",
-                    "--split", "all", "--max_samples", "5", "--n_shot", "0", "--max_new_tokens", "32",
-                    "--batch_size", "2"]
-    assert "--base_only" in evaluate.eval_args("RUN", base_only=True)
-    assert export.export_args("RUN", "float16", "1GB", [], True) == [
-        "--run", "RUN", "--dtype", "float16", "--max_shard_size", "1GB", "--gguf", "none", "--overwrite"]
+def test_eval_and_export_configs_from_the_forms(ctx, tmp_path):
+    cfg = evaluate.eval_config("RUN", tasks=["ppl", "generate"], datasets=["qa"], dataset_dir="/d", split="all",
+                               max_samples=5, n_shot=0, max_new_tokens=32, batch_size=2)
+    assert cfg == EvalConfig(run="RUN", task="ppl,generate", dataset="qa", dataset_dir="/d", split="all",
+                             max_samples=5, n_shot=0, max_new_tokens=32, batch_size=2)
+    assert evaluate.eval_config("RUN", base_only=True, split="auto", max_new_tokens=None) == EvalConfig(
+        run="RUN", base_only=True)  # auto and a cleared number: the config's defaults
+    assert export.export_config("RUN", "float16", "1GB", [], True) == ExportConfig(
+        run="RUN", dtype="float16", max_shard_size="1GB", gguf="none", overwrite=True)
     with pytest.raises(UserError, match="pick a finished run"):
-        evaluate.start_eval("", [])
+        evaluate.eval_config("")
+    # A mistake in a form is the config's problem, shown in the page's language.
+    with pytest.raises(ConfigError) as err:
+        evaluate.eval_config("RUN", batch_size=0)
+    assert "batch_size：0 超出范围（整数，≥ 1）" in jobview.error_text(err.value, "zh")
+    with pytest.raises(ConfigError) as err:
+        export.export_config("RUN", max_shard_size="big")
+    assert [p.keys for p in err.value.problems] == [("max_shard_size",)]
+    assert "'big' 不是有效的大小" in jobview.error_text(err.value, "zh")
     run = _fake_run(ctx.outputs_root, "sft-lora-3", "finished", [1.0])
     assert choices.finished_runs(ctx) == []  # no adapter/ yet
     (run / "adapter").mkdir()

@@ -437,7 +437,7 @@ def resolve_target(cfg: EvalConfig) -> Target:
     if not run:
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"--adapter '{adapter}' is not a LoRA adapter folder (no adapter_config.json)")
-        return Target(model, adapter, label or ("tuned (adapter)" if adapter else "base"))
+        return Target(model, adapter or None, label or ("tuned (adapter)" if adapter else "base"))
 
     run_dir = Path(run)
     base = run_base_model(run_dir)  # raises if there is no run.yaml

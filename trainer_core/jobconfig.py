@@ -176,7 +176,7 @@ def schema_for(kind: str) -> type[EvalConfig] | type[ExportConfig]:
     return SCHEMAS[kind]
 
 
-C = TypeVar("C", EvalConfig, ExportConfig)
+C = TypeVar("C", bound=EvalConfig | ExportConfig)
 
 
 def checked(cfg: C) -> C:

@@ -24,7 +24,7 @@ from pathlib import Path
 from trainer_core import runs
 from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
-from trainer_core.jobconfig import CONFIG_FILES, EvalConfig, ExportConfig, JobConfig, checked, save_job_config
+from trainer_core.jobconfig import CONFIG_FILES, EvalConfig, JobConfig, checked, save_job_config, schema_for
 from trainer_core.procs import RANKS_DIR, explain_console, free_port, registered_rank_pids
 
 ABORT_GRACE_SECONDS = 120
@@ -208,9 +208,10 @@ def start_task(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None
     machine, the mistakes that need no model reported (the run, the adapter, an export's output
     folder and GGUF architecture), all before any folder is made; then the config written as
     JOB_DIR/eval.yaml (export.yaml) with its folder in it, and `task_command` launched."""
+    schema = schema_for(kind)
+    if not isinstance(cfg, schema):
+        raise UserError(f"{kind} jobs take an {schema.__name__}, not an {type(cfg).__name__}")
     cfg = checked(cfg)
-    if kind != {EvalConfig: "eval", ExportConfig: "export"}[type(cfg)]:
-        raise UserError(f"a {type(cfg).__name__} is not the config of a {kind} job")
     job_dir = task_job_dir(kind, cfg)
     key = current_devices()
     refuse_if_busy(Path(outputs_root) if outputs_root else _outputs_root_of(job_dir), key, job_dir)

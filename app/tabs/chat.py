@@ -16,6 +16,7 @@ from app.choices import refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
+from app.page import Page
 from app.ui_kit import Labels
 from trainer_core.chat import ChatSession, GenerationSettings
 from trainer_core.errors import UserError
@@ -65,7 +66,8 @@ def respond(message: str, history: list[dict], base_history: list[dict], system:
     yield list(tuned), list(base)
 
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    c: dict[str, Any] = {}
     L.markdown("chat.intro")
     with gr.Row():
         c["chat_source"] = L.make(gr.Radio, label="chat.source", choice_keys=[("chat.src_" + s, s) for s in SOURCES],
@@ -105,16 +107,18 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
             c["chat_clear"] = L.make(gr.Button, text="chat.clear", elem_id="chat-clear")
     c["chat_history"] = gr.State([])
     c["chat_base_history"] = gr.State([])
+    page.status_lines.append(c["chat_status"])
+    return c
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
-    lang = c["lang"]
-    f = c["fields"]
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang = page.lang
+    f = page.form_fields  # the base model is the one picked on the Parameters tab
 
     def on_tab(run_dir: str | None) -> Any:
         return gr.update(**refreshed_run_picker(ctx, run_dir))
 
-    c["tab_chat"].select(on_tab, c["chat_run"], c["chat_run"])
+    page.tabs["chat"].select(on_tab, c["chat_run"], c["chat_run"])
 
     def on_load(source: str, run_dir: str | None, model_source: str, model_path: str, language: str):
         yield t("chat.loading", language)
@@ -144,18 +148,19 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                 max_new_tokens: Any, temperature: Any, top_p: Any, top_k: Any, repetition_penalty: Any,
                 greedy: bool, language: str):
         if not (message or "").strip():
-            yield [gr.update()] * 5 + [t("chat.empty", language)]
+            yield {c["chat_status"]: t("chat.empty", language)}
             return
         if session().model is None:
-            yield [gr.update()] * 5 + [t("chat.load_first", language)]
+            yield {c["chat_status"]: t("chat.load_first", language)}
             return
         try:
             settings = generation_settings(max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy)
             for tuned, base in respond(message, history or [], base_history or [], system or "", settings,
                                        bool(compare)):
-                yield [tuned, base, tuned, base, "", gr.update()]
+                yield {c["chat_box"]: tuned, c["chat_base_box"]: base, c["chat_history"]: tuned,
+                       c["chat_base_history"]: base, c["chat_input"]: ""}
         except Exception as exc:  # noqa: BLE001 - shown beside the chat, never a traceback
-            yield [gr.update()] * 5 + [error_text(exc, language)]
+            yield {c["chat_status"]: error_text(exc, language)}
 
     send_inputs = [c["chat_input"], c["chat_history"], c["chat_base_history"], c["chat_system"], c["chat_compare"],
                    c["gen_max_new_tokens"], c["gen_temperature"], c["gen_top_p"], c["gen_top_k"],
@@ -164,5 +169,5 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                     c["chat_status"]]
     c["chat_send"].click(on_send, send_inputs, send_outputs, api_name="chat_send")
     c["chat_input"].submit(on_send, send_inputs, send_outputs)
-    c["chat_clear"].click(lambda: [[], [], [], []], None,
+    c["chat_clear"].click(lambda: ([], [], [], []), None,
                           [c["chat_box"], c["chat_base_box"], c["chat_history"], c["chat_base_history"]])

@@ -25,6 +25,7 @@ from app.choices import dataset_choices
 from app.context import AppContext
 from app.i18n import t
 from app.jobview import error_text
+from app.page import Page
 from app.ui_kit import Labels
 from trainer_core.data import (
     EXTENSIONS,
@@ -310,8 +311,10 @@ def register_upload(path: str, original_name: str, dataset_name: str, formatting
 
 # ---- components ----------------------------------------------------------------------------
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
-    chosen = c["initial_values"]["datasets"]
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    """The tab's components by name; the data folder and the training selection go to `page` too."""
+    c: dict[str, Any] = {}
+    chosen = page.initial_values["datasets"]
     L.markdown("data.intro")
     with gr.Row():
         c["dataset_dir"] = L.make(gr.Textbox, label="data.dir", value=str(ctx.data_dir), scale=4,
@@ -361,30 +364,35 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
                            value=[], interactive=False, wrap=True, elem_id="data-problems")
     c["examples"] = gr.State([])
     c["data_view"] = gr.State(None)  # what the inspection found, to show it again in another language
+    page.datasets, page.dataset_dir = c["datasets"], c["dataset_dir"]
+    return c
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
-    lang = c["lang"]
-    f = c["fields"]
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang = page.lang
+    f = page.form_fields
     table_outputs = [c["data_msg"], c["examples"], c["preview"], c["page"], c["page_info"], c["stats"], c["hist"],
                      c["problems"], c["data_view"]]
 
-    def present(view: dict, examples: list[dict], page: int, language: str) -> list[Any]:
+    def present(view: dict, examples: list[dict], page_number: int, language: str) -> dict[Any, Any]:
         """Everything the inspection shows, in `language`, from what was found (the view)."""
-        page_html, page, page_text = render_page(examples, page, language)
+        page_html, page_number, page_text = render_page(examples, page_number, language)
         head = view.get("error") or t("data.inspected", language, what=view["what"], records=len(examples),
                                        problems=len(view["problems"]))
         if view.get("token_error"):
             head += "\n\n" + t("data.no_tokens", language) + " " + view["token_error"]
         rows = stats_rows(view["text"], view.get("tokens"), language)
         figure = histogram(view["lengths"], view["cutoff"], language) if view.get("lengths") else None
-        return [head, examples, page_html, page, page_text,
-                gr.update(value=rows, headers=[t("data.metric", language), t("data.value", language)]), figure,
-                gr.update(value=problem_rows(view["problems"]),
-                          headers=[t("data.record", language), t("data.field", language), t("data.problem", language)]),
-                view]
+        return {c["data_msg"]: head, c["examples"]: examples, c["preview"]: page_html, c["page"]: page_number,
+                c["page_info"]: page_text,
+                c["stats"]: gr.update(value=rows, headers=[t("data.metric", language), t("data.value", language)]),
+                c["hist"]: figure,
+                c["problems"]: gr.update(value=problem_rows(view["problems"]),
+                                         headers=[t("data.record", language), t("data.field", language),
+                                                  t("data.problem", language)]),
+                c["data_view"]: view}
 
-    def failed(exc: Exception, language: str) -> list[Any]:
+    def failed(exc: Exception, language: str) -> dict[Any, Any]:
         return present({"what": "", "problems": [], "text": {}, "error": error_text(exc, language)}, [], 1, language)
 
     def show(examples: list[dict], problems: list[Problem], what: str, language: str, model: str, template: str,
@@ -404,10 +412,10 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             view = {**view, "token_error": error_text(exc, language)}
         yield present(view, examples, 1, language)
 
-    def on_language(view: dict | None, examples: list[dict], page: Any, language: str) -> list[Any]:
+    def on_language(view: dict | None, examples: list[dict], page_number: Any, language: str) -> dict[Any, Any]:
         if not view:
-            return [gr.update()] * len(table_outputs)
-        return present(view, examples, int(page or 1), language)
+            return {}
+        return present(view, examples, int(page_number or 1), language)
 
     lang.change(on_language, [c["data_view"], c["examples"], c["page"], lang], table_outputs,
                 show_progress="hidden")
@@ -423,7 +431,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     def on_inspect(name: str, dataset_dir: str, stage: str, language: str, source: str, path: str, template: str,
                    cutoff_len: Any, trust: bool, *, with_tokens: bool = True):
         if not name:
-            yield [t("data.pick_one", language), *[gr.update()] * 8]
+            yield {c["data_msg"]: t("data.pick_one", language)}
             return
         try:
             examples, problems = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage,
@@ -446,47 +454,50 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         they load the tokenizer (and transformers) into this process."""
         yield from on_inspect(*args, with_tokens=False)
 
-    c["load_events"].append((on_open, inspect_inputs, table_outputs))
+    page.load_events.append((on_open, inspect_inputs, table_outputs))
 
-    def on_page(examples: list[dict], page: Any, step: int, language: str) -> list[Any]:
-        page_html, shown, text = render_page(examples, int(page or 1) + step, language)
-        return [page_html, shown, text]
+    def on_page(examples: list[dict], page_number: Any, step: int, language: str) -> dict[Any, Any]:
+        page_html, shown, text = render_page(examples, int(page_number or 1) + step, language)
+        return {c["preview"]: page_html, c["page"]: shown, c["page_info"]: text}
 
     page_outputs = [c["preview"], c["page"], c["page_info"]]
     c["prev_page"].click(lambda e, p, lg: on_page(e, p, -1, lg), [c["examples"], c["page"], lang], page_outputs)
     c["next_page"].click(lambda e, p, lg: on_page(e, p, 1, lg), [c["examples"], c["page"], lang], page_outputs)
     c["page"].submit(lambda e, p, lg: on_page(e, p, 0, lg), [c["examples"], c["page"], lang], page_outputs)
 
-    def on_refresh(dataset_dir: str, chosen: list[str], inspected: str | None, language: str) -> list[Any]:
+    def on_refresh(dataset_dir: str, chosen: list[str], inspected: str | None, language: str) -> dict[Any, Any]:
         try:
             folder = ctx.page_path(dataset_dir, "dataset_dir")
         except UserError as exc:
-            return [gr.update(choices=[], value=[]), gr.update(choices=[], value=None),
-                    error_text(exc, language)]
+            return {c["datasets"]: gr.update(choices=[], value=[]),
+                    c["inspect_name"]: gr.update(choices=[], value=None), c["data_msg"]: error_text(exc, language)}
         choices = dataset_choices(folder)
         names = [name for _, name in choices]
         message = "" if choices else t("data.no_registry", language, path=folder / "dataset_info.json")
-        return [gr.update(choices=choices, value=[n for n in chosen or [] if n in names]),
-                gr.update(choices=choices, value=inspected if inspected in names else None), message]
+        return {c["datasets"]: gr.update(choices=choices, value=[n for n in chosen or [] if n in names]),
+                c["inspect_name"]: gr.update(choices=choices, value=inspected if inspected in names else None),
+                c["data_msg"]: message}
 
     refresh_outputs = [c["datasets"], c["inspect_name"], c["data_msg"]]
     c["data_refresh"].click(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs,
                             api_name="data_refresh")
     c["dataset_dir"].submit(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs)
 
-    def on_file(file: str | None) -> list[Any]:
+    def on_file(file: str | None) -> dict[Any, Any]:
         if not file:
-            return [gr.update(), gr.update()]
+            return {}
         stem = Path(file).stem
-        formatting = "text" if Path(file).suffix.lower() == ".txt" else gr.update()
-        return [gr.update(value=safe_dataset_name(stem) if re.search(r"\w", stem) else "upload"), formatting]
+        changes = {c["upload_name"]: safe_dataset_name(stem) if re.search(r"\w", stem) else "upload"}
+        if Path(file).suffix.lower() == ".txt":
+            changes[c["upload_format"]] = "text"
+        return changes
 
     c["upload_file"].upload(on_file, c["upload_file"], [c["upload_name"], c["upload_format"]])
 
     def on_check(file: str | None, formatting: str, columns: str, stage: str, language: str, source: str, path: str,
                  template: str, cutoff_len: Any, trust: bool):
         if not file:
-            yield [t("data.no_file", language), *[gr.update()] * 8]
+            yield {c["data_msg"]: t("data.no_file", language)}
             return
         try:
             examples, problems = check_upload(file, formatting, columns, stage, ctx.max_upload_bytes)
@@ -500,17 +511,18 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["upload_check"].click(on_check, upload_inputs, table_outputs)
 
     def on_register(file: str | None, name: str, formatting: str, columns: str, dataset_dir: str,
-                    chosen: list[str], language: str) -> list[Any]:
+                    chosen: list[str], language: str) -> dict[Any, Any]:
         if not file:
-            return [t("data.no_file", language), gr.update(), gr.update()]
+            return {c["data_msg"]: t("data.no_file", language)}
         try:
             folder = ctx.page_path(dataset_dir, "dataset_dir", write=True)
             registered, target = register_upload(file, Path(file).name, name, formatting, columns, ctx, folder)
         except Exception as exc:  # noqa: BLE001
-            return [error_text(exc, language), gr.update(), gr.update()]
+            return {c["data_msg"]: error_text(exc, language)}
         choices = dataset_choices(folder)
-        return [t("data.registered", language, name=registered, path=target),
-                gr.update(choices=choices, value=chosen), gr.update(choices=choices, value=registered)]
+        return {c["data_msg"]: t("data.registered", language, name=registered, path=target),
+                c["datasets"]: gr.update(choices=choices, value=chosen),
+                c["inspect_name"]: gr.update(choices=choices, value=registered)}
 
     c["upload_register"].click(on_register, [c["upload_file"], c["upload_name"], c["upload_format"],
                                              c["upload_columns"], c["dataset_dir"], c["datasets"], lang],

@@ -18,6 +18,7 @@ from app import jobview
 from app.choices import dataset_choices, page_dataset_choices, refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
+from app.page import Page
 from app.ui_kit import Labels
 from trainer_core import jobs
 from trainer_core.config import config_from_dict
@@ -26,12 +27,6 @@ from trainer_core.jobconfig import SPLITS as JOB_SPLITS
 from trainer_core.jobconfig import TASKS, EvalConfig
 
 SPLITS = ("auto", *JOB_SPLITS)  # auto: the config's default (validation with a run and no dataset)
-
-
-
-
-
-
 
 
 def eval_config(run_dir: str, *, base_only: bool = False, tasks: list[str] | None = None,
@@ -81,7 +76,8 @@ def results_markdown(job_dirs: list[str]) -> str:
         return ""
 
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    c: dict[str, Any] = {}
     L.markdown("eval.intro")
     with gr.Row():
         c["eval_run"] = L.make(gr.Dropdown, label="eval.run", choices=run_choices(ctx), value=None, scale=3,
@@ -121,31 +117,34 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     c["eval_console_state"] = gr.State({})
     c["eval_tick_state"] = gr.State(None)
     c["eval_timer"] = gr.Timer(2.0)
+    page.status_lines.append(c["eval_msg"])
+    return c
 
 
 def _job_choices(run_dir: str | None) -> list[tuple[str, str]]:
     return [(Path(d).name, d) for d in eval_jobs(run_dir)]
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
-    lang = c["lang"]
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang = page.lang
 
-    def on_tab(run_dir: str | None, dataset_dir: str) -> list[Any]:
-        return [gr.update(**refreshed_run_picker(ctx, run_dir)),
-                gr.update(choices=page_dataset_choices(ctx, dataset_dir))]
+    def on_tab(run_dir: str | None, dataset_dir: str) -> dict[Any, Any]:
+        """Runs finished and datasets registered since (in the Data tab's folder) show up."""
+        return {c["eval_run"]: gr.update(**refreshed_run_picker(ctx, run_dir)),
+                c["eval_datasets"]: gr.update(choices=page_dataset_choices(ctx, dataset_dir))}
 
-    c["tab_evaluate"].select(on_tab, [c["eval_run"], c["dataset_dir"]], [c["eval_run"], c["eval_datasets"]])
+    page.tabs["evaluate"].select(on_tab, [c["eval_run"], page.dataset_dir], [c["eval_run"], c["eval_datasets"]])
 
-    def on_run(run_dir: str | None) -> list[Any]:
+    def on_run(run_dir: str | None) -> dict[Any, Any]:
         choices = _job_choices(run_dir)
-        return [gr.update(choices=choices, value=choices[0][1] if choices else None),
-                gr.update(choices=choices, value=[])]
+        return {c["eval_job"]: gr.update(choices=choices, value=choices[0][1] if choices else None),
+                c["eval_compare_jobs"]: gr.update(choices=choices, value=[])}
 
     c["eval_run"].change(on_run, c["eval_run"], [c["eval_job"], c["eval_compare_jobs"]])
 
     def on_start(run_dir: str | None, base_only: bool, tasks: list[str], datasets: list[str], dataset_dir: str,
                  split: str, max_samples: Any, n_shot: Any, max_new_tokens: Any, batch_size: Any,
-                 language: str) -> list[Any]:
+                 language: str) -> dict[Any, Any]:
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
             dataset_dir = str(ctx.page_path(dataset_dir, "dataset_dir")) if (dataset_dir or "").strip() else ""
@@ -154,22 +153,24 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
                               max_new_tokens=max_new_tokens, batch_size=batch_size)
             job_dir = start_eval(cfg)
         except UserError as exc:
-            return [jobview.error_text(exc, language), gr.update(), gr.update()]
+            return {c["eval_msg"]: jobview.error_text(exc, language)}
         choices = _job_choices(run_dir)
-        return [t("eval.started", language, job=job_dir), gr.update(choices=choices, value=str(job_dir)),
-                gr.update(choices=choices)]
+        return {c["eval_msg"]: t("eval.started", language, job=job_dir),
+                c["eval_job"]: gr.update(choices=choices, value=str(job_dir)),
+                c["eval_compare_jobs"]: gr.update(choices=choices)}
 
     c["eval_start"].click(on_start, [c["eval_run"], c["eval_base_only"], c["eval_tasks"], c["eval_datasets"],
-                                     c["dataset_dir"], c["eval_split"], c["eval_max_samples"], c["eval_n_shot"],
+                                     page.dataset_dir, c["eval_split"], c["eval_max_samples"], c["eval_n_shot"],
                                      c["eval_max_new_tokens"], c["eval_batch_size"], lang],
                           [c["eval_msg"], c["eval_job"], c["eval_compare_jobs"]])
 
-    def tick(job_dir: str | None, language: str, console: dict, last: list | None) -> list[Any]:
+    def tick(job_dir: str | None, language: str, console: dict, last: list | None) -> dict[Any, Any]:
         p = jobview.job_progress(job_dir)
         text, console = jobview.console_tail(console, job_dir)
         shown = [jobview.progress_html(p, language), text, results_markdown([job_dir] if job_dir else [])]
         html, console_text, results = jobview.only_changed(shown, last)
-        return [html, console_text, console, results, shown]
+        return {c["eval_progress"]: html, c["eval_console"]: console_text, c["eval_console_state"]: console,
+                c["eval_results"]: results, c["eval_tick_state"]: shown}
 
     outputs = [c["eval_progress"], c["eval_console"], c["eval_console_state"], c["eval_results"],
                c["eval_tick_state"]]

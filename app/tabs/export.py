@@ -19,6 +19,7 @@ from app import jobview
 from app.choices import refreshed_run_picker, run_choices
 from app.context import AppContext
 from app.i18n import t
+from app.page import Page
 from app.ui_kit import Labels
 from trainer_core import jobs
 from trainer_core.config import config_from_dict
@@ -80,7 +81,8 @@ def model_card(run_dir: str | None) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([\w.-]+\.png)\)", inline, text)
 
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    c: dict[str, Any] = {}
     L.markdown("export.intro")
     with gr.Row():
         c["export_run"] = L.make(gr.Dropdown, label="export.run", choices=run_choices(ctx), value=None, scale=3,
@@ -106,15 +108,17 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     c["export_console_state"] = gr.State({})
     c["export_tick_state"] = gr.State(None)
     c["export_timer"] = gr.Timer(2.0)
+    page.status_lines.append(c["export_msg"])
+    return c
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
-    lang = c["lang"]
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang = page.lang
 
     def on_tab(run_dir: str | None) -> Any:
         return gr.update(**refreshed_run_picker(ctx, run_dir))
 
-    c["tab_export"].select(on_tab, c["export_run"], c["export_run"])
+    page.tabs["export"].select(on_tab, c["export_run"], c["export_run"])
 
     def on_run(run_dir: str | None) -> Any:
         choices = [(Path(d).name, d) for d in export_jobs(run_dir)]
@@ -123,19 +127,21 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["export_run"].change(on_run, c["export_run"], c["export_job"])
 
     def on_start(run_dir: str | None, dtype: str, shard: str, gguf: list[str], overwrite: bool,
-                 language: str) -> list[Any]:
+                 language: str) -> dict[Any, Any]:
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True)) if run_dir else ""
             job_dir = start_export(export_config(run_dir or "", dtype, shard, gguf, overwrite))
         except UserError as exc:
-            return [jobview.error_text(exc, language), gr.update()]
+            return {c["export_msg"]: jobview.error_text(exc, language)}
         choices = [(Path(d).name, d) for d in export_jobs(run_dir)]
-        return [t("export.started", language, job=job_dir), gr.update(choices=choices, value=str(job_dir))]
+        return {c["export_msg"]: t("export.started", language, job=job_dir),
+                c["export_job"]: gr.update(choices=choices, value=str(job_dir))}
 
     c["export_start"].click(on_start, [c["export_run"], c["export_dtype"], c["export_shard"], c["export_gguf"],
                                        c["export_overwrite"], lang], [c["export_msg"], c["export_job"]])
 
-    def tick(run_dir: str | None, job_dir: str | None, language: str, console: dict, last: list | None) -> list[Any]:
+    def tick(run_dir: str | None, job_dir: str | None, language: str, console: dict,
+             last: list | None) -> dict[Any, Any]:
         p = jobview.job_progress(job_dir)
         text, console = jobview.console_tail(console, job_dir)
         done = not p or p.get("state") != "running"
@@ -145,7 +151,8 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         html, console_text, table, card = jobview.only_changed(shown, last)
         if table is shown[2]:
             table = gr.update(value=files, headers=headers)
-        return [html, console_text, console, table, card, shown]
+        return {c["export_progress"]: html, c["export_console"]: console_text, c["export_console_state"]: console,
+                c["export_files"]: table, c["export_card"]: card, c["export_tick_state"]: shown}
 
     outputs = [c["export_progress"], c["export_console"], c["export_console_state"], c["export_files"],
                c["export_card"], c["export_tick_state"]]

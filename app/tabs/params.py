@@ -25,7 +25,6 @@ from app.form import (
     as_values,
     check,
     field_info,
-    form_inputs,
     load,
     preset_names,
     preview,
@@ -36,6 +35,7 @@ from app.form import (
     values_from_config,
 )
 from app.i18n import t, translate
+from app.page import Page
 from app.ui_kit import Labels
 from trainer_core.catalog import KNOWN_MODELS, known_model
 from trainer_core.config import DEEPSPEED_PRESETS, KEYS
@@ -69,9 +69,10 @@ def _component(L: Labels, key: str, value: Any) -> Any:
     return L.make(gr.Textbox, value=value, **common, **info)
 
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
-    """Create the tab's components into `c` (the Data tab's must exist already)."""
-    values = c["initial_values"]
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    """The tab's components by name; the run form's widgets go to `page.form_fields` too."""
+    c: dict[str, Any] = {}
+    values = page.initial_values
     fields: dict[str, Any] = {}
 
     def field(key: str) -> Any:
@@ -140,73 +141,80 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
                               max_lines=12, wrap_lines=True, elem_id="params-command")
         c["config_yaml"] = L.make(gr.Code, label="params.yaml", language="yaml", interactive=False, lines=3,
                                   max_lines=24, elem_id="params-yaml")
-    c["fields"] = fields
+    c["fields"] = page.form_fields = fields
+    page.status_lines.append(c["params_msg"])
+    return c
 
 
 
 
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     fields = c["fields"]
-    lang = c["lang"]
-    form = form_inputs(c)
+    lang = page.lang
+    form = page.form_inputs()
     checked = [fields[k] for k in (*FORM_KEYS, "model_path")]
 
     infos = gr.State(None)  # the lines under the fields as this page shows them: only changes are sent
 
-    def flags(*args: Any) -> list[Any]:
+    def flags(*args: Any) -> dict[Any, Any]:
         *rest, language, shown = args
         _, problems, general = check(as_values(rest), ctx)
         now = [field_info(k, language, problems.get(k)) for k in (*FORM_KEYS, "model_path")]
         before = shown if isinstance(shown, list) and len(shown) == len(now) else [None] * len(now)
-        updates = [gr.update() if text == old else gr.update(info=text) for text, old in zip(now, before)]
-        return [*updates, summary(problems, general, language), now]
+        changed = {field: gr.update(info=text) for field, text, old in zip(checked, now, before) if text != old}
+        return {**changed, c["params_summary"]: summary(problems, general, language), infos: now}
 
     flag_inputs = [*form, lang, infos]
     flag_outputs = [*checked, c["params_summary"], infos]
     gr.on([fields[k].change for k in (*FORM_KEYS, "model_path", "model_source")] + [lang.change],
           flags, inputs=flag_inputs, outputs=flag_outputs, trigger_mode="always_last", show_progress="hidden")
-    c["load_events"].append((flags, flag_inputs, flag_outputs))
+    page.load_events.append((flags, flag_inputs, flag_outputs))
 
-    def on_source(source: str) -> list[Any]:
-        return [gr.update(visible=source != "builtin"), gr.update(visible=source == "known")]
+    def on_source(source: str) -> dict[Any, Any]:
+        return {fields["model_path"]: gr.update(visible=source != "builtin"),
+                fields["known_model"]: gr.update(visible=source == "known")}
 
     fields["model_source"].change(on_source, fields["model_source"], [fields["model_path"], fields["known_model"]],
                                   show_progress="hidden")
 
-    def on_known(name: str, path: str) -> list[Any]:
+    def on_known(name: str, path: str) -> dict[Any, Any]:
         model = known_model(name) or KNOWN_MODELS[0]
-        return [gr.update(value=model["template"]), gr.update(placeholder=f"/models/{model['name']}")]
+        return {fields["template"]: model["template"],
+                fields["model_path"]: gr.update(placeholder=f"/models/{model['name']}")}
 
     fields["known_model"].change(on_known, [fields["known_model"], fields["model_path"]],
                                  [fields["template"], fields["model_path"]], show_progress="hidden")
 
-    def on_method(method: str) -> list[Any]:
-        return [gr.update(visible=method != "full"), gr.update(visible=method == "qlora")]
+    def on_method(method: str) -> dict[Any, Any]:
+        return {c["lora_row"]: gr.update(visible=method != "full"),
+                c["qlora_row"]: gr.update(visible=method == "qlora")}
 
     fields["finetuning_type"].change(on_method, fields["finetuning_type"], [c["lora_row"], c["qlora_row"]],
                                      show_progress="hidden")
 
-    def apply(values: dict[str, Any]) -> list[Any]:
-        return [gr.update(value=values[name]) for name in ORDER]
+    def apply(values: dict[str, Any]) -> dict[Any, Any]:
+        """The form's widgets set to `values` (a dict by app.form name, as values_from_config gives)."""
+        return {component: values[name] for component, name in zip(form, ORDER)}
 
-    def on_preset(name: str, *args: Any) -> list[Any]:
+    def on_preset(name: str, *args: Any) -> dict[Any, Any]:
         current = as_values(args)
         if not name:
-            return [gr.update() for _ in ORDER]
+            return {}
         available = [name for _, name in page_dataset_choices(ctx, current["dataset_dir"])]
         return apply(values_from_config(read_preset(ctx, name), ctx, current, available))
 
     c["preset"].change(on_preset, [c["preset"], *form], form)
 
-    def on_preview(*args: Any) -> list[Any]:
+    def on_preview(*args: Any) -> dict[Any, Any]:
         *rest, language = args
         try:
             command, text = preview(as_values(rest), ctx)
         except UserError as exc:
-            return ["", "", f"⚠ {t('params.fix_first', language)}\n\n```\n{translate(str(exc), language)}\n```"]
-        return [command, text, t("params.previewed", language)]
+            message = f"⚠ {t('params.fix_first', language)}\n\n```\n{translate(str(exc), language)}\n```"
+            return {c["command"]: "", c["config_yaml"]: "", c["params_msg"]: message}
+        return {c["command"]: command, c["config_yaml"]: text, c["params_msg"]: t("params.previewed", language)}
 
     c["preview_btn"].click(on_preview, [*form, lang], [c["command"], c["config_yaml"], c["params_msg"]])
 
@@ -220,26 +228,25 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     c["save_btn"].click(on_save, [c["config_path"], *form, lang], c["params_msg"])
 
-    def load_into_form(target: Path | None, path: str, *args: Any) -> list[Any]:
+    def load_into_form(target: Path | None, path: str, *args: Any) -> dict[Any, Any]:
         *rest, language = args
         try:
             current = as_values(rest)
             data_dir = ctx.page_path(current["dataset_dir"], "dataset_dir")
             values = load(target or resolve_config_path(path, ctx), ctx, current, dataset_names(data_dir))
         except UserError as exc:
-            return [gr.update() for _ in ORDER] + [f"⚠ {translate(str(exc), language)}"]
-        return apply(values) + [t("params.loaded", language, path=path)]
+            return {c["params_msg"]: f"⚠ {translate(str(exc), language)}"}
+        return {**apply(values), c["params_msg"]: t("params.loaded", language, path=path)}
 
-    def on_load(path: str, *args: Any) -> list[Any]:
+    def on_load(path: str, *args: Any) -> dict[Any, Any]:
         return load_into_form(None, path, *args)
 
     c["load_btn"].click(on_load, [c["config_path"], *form, lang], [*form, c["params_msg"]])
 
-    def on_upload(file: str | None, *args: Any) -> list[Any]:
+    def on_upload(file: str | None, *args: Any) -> dict[Any, Any]:
         if not file:
-            return [gr.update() for _ in ORDER] + [gr.update(), gr.update()]
+            return {}
         # gradio's own copy of the upload is read once; saving goes to configs/ under the work folder
-        result = load_into_form(Path(file), Path(file).name, *args)
-        return result + [gr.update(value=f"configs/{Path(file).name}")]
+        return {**load_into_form(Path(file), Path(file).name, *args), c["config_path"]: f"configs/{Path(file).name}"}
 
     c["upload_cfg"].upload(on_upload, [c["upload_cfg"], *form, lang], [*form, c["params_msg"], c["config_path"]])

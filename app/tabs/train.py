@@ -17,6 +17,7 @@ from app import form, jobview
 from app.choices import list_runs
 from app.context import AppContext
 from app.i18n import t, translate
+from app.page import Page
 from app.plots import curves, loss_svg
 from app.ui_kit import Labels
 from trainer_core import jobs, runs
@@ -98,7 +99,8 @@ def plot_html(rows: list[dict], lang: str) -> str:
 
 # ---- components ----------------------------------------------------------------------------
 
-def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
+def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
+    c: dict[str, Any] = {}
     L.markdown("train.intro")
     with gr.Row():
         c["start_btn"] = L.make(gr.Button, text="train.start", variant="primary", elem_id="train-start")
@@ -123,14 +125,15 @@ def build(ctx: AppContext, L: Labels, c: dict[str, Any]) -> None:
     c["tick_state"] = gr.State(None)  # what the page shows now: only changes are sent
     c["table_state"] = gr.State(None)
     c["train_timer"] = gr.Timer(POLL_SECONDS)
+    page.status_lines.append(c["train_msg"])
+    return c
 
 
-def wire(ctx: AppContext, c: dict[str, Any]) -> None:
-    lang = c["lang"]
-    form_fields = form.form_inputs(c)
+def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang = page.lang
 
     def tick(run_dir: str | None, overlay: list[str] | None, language: str, console: dict,
-             last: list | None) -> list[Any]:
+             last: list | None) -> dict[Any, Any]:
         p = jobview.job_progress(run_dir)
         text, console = jobview.console_tail(console, run_dir)
         state = (p or {}).get("state")
@@ -139,11 +142,12 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
         html, plot, console_text, buttons = jobview.only_changed(shown, last)
         if plot is rows:  # changed: draw it only then
             plot = plot_html(rows, language)
-        if buttons == state:
-            buttons = [gr.update(interactive=state == "running"), gr.update(interactive=state in ("aborted", "failed"))]
-        else:
-            buttons = [gr.update(), gr.update()]
-        return [html, plot, console_text, console, *buttons, shown]
+        changes = {c["train_progress"]: html, c["loss_plot"]: plot, c["console"]: console_text,
+                   c["console_state"]: console, c["tick_state"]: shown}
+        if buttons == state:  # changed
+            changes[c["abort_btn"]] = gr.update(interactive=state == "running")
+            changes[c["resume_btn"]] = gr.update(interactive=state in ("aborted", "failed"))
+        return changes
 
     tick_outputs = [c["train_progress"], c["loss_plot"], c["console"], c["console_state"], c["abort_btn"],
                     c["resume_btn"], c["tick_state"]]
@@ -154,7 +158,7 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
     c["overlay"].change(tick, tick_inputs, tick_outputs, show_progress="hidden")
     lang.change(tick, tick_inputs, tick_outputs, show_progress="hidden")  # the progress line in the new language
 
-    def refresh(run_dir: str | None, language: str, last: Any, select: str | None = None) -> list[Any]:
+    def refresh(run_dir: str | None, language: str, last: Any, select: str | None = None) -> dict[Any, Any]:
         """Run list and table; sent only when they changed, so a user's selection is not reset."""
         rows = list_runs(ctx)
         choices = [(jobview.run_label(r, language), r["run_dir"]) for r in rows]
@@ -164,26 +168,26 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
             current = default_run(rows)
         snapshot = (choices, table, current, language)
         if snapshot == last:
-            return [gr.update(), gr.update(), gr.update(), last]
+            return {}
         headers = [t(k, language) for k in TABLE_COLUMNS]
-        return [gr.update(choices=choices, value=current), gr.update(choices=choices),
-                gr.update(value=table, headers=headers), snapshot]
+        return {c["run_select"]: gr.update(choices=choices, value=current), c["overlay"]: gr.update(choices=choices),
+                c["runs_table"]: gr.update(value=table, headers=headers), c["table_state"]: snapshot}
 
     refresh_outputs = [c["run_select"], c["overlay"], c["runs_table"], c["table_state"]]
     c["train_timer"].tick(refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs, show_progress="hidden")
     lang.change(refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs, show_progress="hidden")
-    c["load_events"].append((refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs))
+    page.load_events.append((refresh, [c["run_select"], lang, c["table_state"]], refresh_outputs))
 
-    def on_start(*args: Any) -> list[Any]:
+    def on_start(*args: Any) -> dict[Any, Any]:
         *rest, language, last = args
         try:
             run_dir = start(form.as_values(rest), ctx)
         except UserError as exc:
-            return [f"⚠ {t('train.not_started', language)}\n\n{translate(str(exc), language)}",
-                    *[gr.update()] * 4]
-        return [t("train.started", language, run=run_dir), *refresh(None, language, None, select=str(run_dir))]
+            return {c["train_msg"]: f"⚠ {t('train.not_started', language)}\n\n{translate(str(exc), language)}"}
+        return {c["train_msg"]: t("train.started", language, run=run_dir),
+                **refresh(None, language, None, select=str(run_dir))}
 
-    c["start_btn"].click(on_start, [*form_fields, lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
+    c["start_btn"].click(on_start, [*page.form_inputs(), lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
 
     def on_abort(run_dir: str | None, language: str) -> str:
         if not run_dir:
@@ -199,23 +203,24 @@ def wire(ctx: AppContext, c: dict[str, Any]) -> None:
 
     c["abort_btn"].click(on_abort, [c["run_select"], lang], c["train_msg"])
 
-    def on_resume(run_dir: str | None, language: str, last: Any) -> list[Any]:
+    def on_resume(run_dir: str | None, language: str, last: Any) -> dict[Any, Any]:
         if not run_dir:
-            return [t("train.pick_run", language), *[gr.update()] * 4]
+            return {c["train_msg"]: t("train.pick_run", language)}
         try:
             run_dir = str(ctx.page_path(run_dir, "run", write=True))
             resume(run_dir)
         except UserError as exc:
-            return [jobview.error_text(exc, language), *[gr.update()] * 4]
-        return [t("train.resumed", language, run=run_dir), *refresh(None, language, None, select=run_dir)]
+            return {c["train_msg"]: jobview.error_text(exc, language)}
+        return {c["train_msg"]: t("train.resumed", language, run=run_dir),
+                **refresh(None, language, None, select=run_dir)}
 
     c["resume_btn"].click(on_resume, [c["run_select"], lang, c["table_state"]], [c["train_msg"], *refresh_outputs])
 
-    def on_pick(evt: gr.SelectData, language: str, last: Any) -> list[Any]:
+    def on_pick(evt: gr.SelectData, language: str, last: Any) -> dict[Any, Any]:
         rows = list_runs(ctx)
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(row, int) or row >= len(rows):
-            return [gr.update()] * 4
+            return {}
         return refresh(None, language, None, select=rows[row]["run_dir"])
 
     c["runs_table"].select(on_pick, [lang, c["table_state"]], refresh_outputs)
