@@ -414,7 +414,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     def on_language(view: dict | None, examples: list[dict], page_number: Any, language: str) -> dict[Any, Any]:
         if not view:
-            return {}
+            return {c["data_view"]: gr.update()}  # nothing changes (an empty dict reads as a value)
         return present(view, examples, int(page_number or 1), language)
 
     lang.change(on_language, [c["data_view"], c["examples"], c["page"], lang], table_outputs,
@@ -485,7 +485,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     def on_file(file: str | None) -> dict[Any, Any]:
         if not file:
-            return {}
+            return {c["upload_name"]: gr.update()}  # nothing changes (an empty dict reads as a value)
         stem = Path(file).stem
         changes = {c["upload_name"]: safe_dataset_name(stem) if re.search(r"\w", stem) else "upload"}
         if Path(file).suffix.lower() == ".txt":
@@ -508,7 +508,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         yield from show(examples, problems, Path(file).name, language, model, template, cutoff_len, trust)
 
     upload_inputs = [c["upload_file"], c["upload_format"], c["upload_columns"], f["stage"], lang, *model_inputs]
-    c["upload_check"].click(on_check, upload_inputs, table_outputs)
+    checking = c["upload_check"].click(on_check, upload_inputs, table_outputs)
 
     def on_register(file: str | None, name: str, formatting: str, columns: str, dataset_dir: str,
                     chosen: list[str], language: str) -> dict[Any, Any]:
@@ -526,4 +526,5 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     c["upload_register"].click(on_register, [c["upload_file"], c["upload_name"], c["upload_format"],
                                              c["upload_columns"], c["dataset_dir"], c["datasets"], lang],
-                               [c["data_msg"], c["datasets"], c["inspect_name"]])
+                               [c["data_msg"], c["datasets"], c["inspect_name"]],
+                               cancels=[checking])  # a check's late token statistics would hide the outcome

@@ -201,7 +201,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     def on_preset(name: str, *args: Any) -> dict[Any, Any]:
         current = as_values(args)
         if not name:
-            return {}
+            return {form[0]: gr.update()}  # nothing changes (an empty dict reads as a value)
         available = [name for _, name in page_dataset_choices(ctx, current["dataset_dir"])]
         return apply(values_from_config(read_preset(ctx, name), ctx, current, available))
 
@@ -245,7 +245,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     def on_upload(file: str | None, *args: Any) -> dict[Any, Any]:
         if not file:
-            return {}
+            return {c["params_msg"]: gr.update()}  # nothing changes (an empty dict reads as a value)
         # gradio's own copy of the upload is read once; saving goes to configs/ under the work folder
         return {**load_into_form(Path(file), Path(file).name, *args), c["config_path"]: f"configs/{Path(file).name}"}
 

@@ -168,7 +168,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
             current = default_run(rows)
         snapshot = (choices, table, current, language)
         if snapshot == last:
-            return {}
+            return {c["table_state"]: gr.update()}  # nothing changes (an empty dict reads as a value)
         headers = [t(k, language) for k in TABLE_COLUMNS]
         return {c["run_select"]: gr.update(choices=choices, value=current), c["overlay"]: gr.update(choices=choices),
                 c["runs_table"]: gr.update(value=table, headers=headers), c["table_state"]: snapshot}
@@ -220,7 +220,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         rows = list_runs(ctx)
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         if not isinstance(row, int) or row >= len(rows):
-            return {}
+            return {c["table_state"]: gr.update()}  # nothing changes (an empty dict reads as a value)
         return refresh(None, language, None, select=rows[row]["run_dir"])
 
     c["runs_table"].select(on_pick, [lang, c["table_state"]], refresh_outputs)
