@@ -329,6 +329,16 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """A rank that exits with its gloo/NCCL group alive can abort in teardown ("terminate called
+    without an active exception", SIGABRT) after a run that succeeded; leave the group first."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str | None) -> None:
