@@ -270,8 +270,10 @@ def load(target: Path, ctx: AppContext, current: dict[str, Any], available: list
     from trainer_core.config import read_yaml
 
     raw = read_yaml(target)
-    config_from_dict(raw)  # report what is wrong with it now, not at start
-    return values_from_config(raw, ctx, current, available, keep_data_dir=False)
+    cfg: TrainConfig = config_from_dict(raw)  # report what is wrong with it now, not at start
+    # The resolved keys, so that a LLaMA-Factory YAML (its template names, QLoRA spelling) fills
+    # the form as it would run; for a config of ours they are the same values.
+    return values_from_config(dataclasses.asdict(cfg), ctx, current, available, keep_data_dir=False)
 
 
 def form_inputs(c: dict[str, Any]) -> list[Any]:

@@ -104,11 +104,9 @@ EXPECTED = {
     "system_late": ["system_late.json, record 0, field 'messages': turn 3: system turn must be first"],
     "unknown_role": [
         "unknown_role.json, record 0, field 'conversations': turn 2: unknown role 'doctor' "
-        "(expected one of human, gpt, system)",
-        "unknown_role.json, record 1, field 'conversations': turn 2: tool turns are not supported yet "
-        "('function_call')",
-        "unknown_role.json, record 1, field 'conversations': turn 3: tool turns are not supported yet "
-        "('observation')"],
+        "(expected one of human, gpt, system, function_call, observation)",
+        "unknown_role.json, record 1, field 'conversations': turn 2: a function call must be JSON like "
+        '{"name": "get_weather", "arguments": {"city": "北京"}} (or a list of them); got {}, which has no "name"'],
     # Binary files and encodings that are not text.
     "binary": [f"binary.json: {NUL}"],
     "binary_jsonl": [f"binary.jsonl: {NUL}"],

@@ -279,9 +279,9 @@ BAD_CASES = {
                    "(two user turns in a row: turns 1 and 2)"))],
     "unknown_role": [
         ("unknown_role.json", 0, "conversations",
-         "turn 2: unknown role 'doctor' (expected one of human, gpt, system)"),
-        ("unknown_role.json", 1, "conversations", "turn 2: tool turns are not supported yet"),
-        ("unknown_role.json", 1, "conversations", "turn 3: tool turns are not supported yet"),
+         "turn 2: unknown role 'doctor' (expected one of human, gpt, system, function_call, observation)"),
+        ("unknown_role.json", 1, "conversations",  # a function call turn whose value "{}" names no function
+         'turn 2: a function call must be JSON like {"name": "get_weather"'),
     ],
     "binary": [("binary.json", None, None, "not a text file")],
     "bad_encoding": [("bad_encoding.csv", None, None, "unknown encoding")],

@@ -1,6 +1,8 @@
 """Command line: `python -m trainer_core COMMAND ...`.
 
     train CONFIG.yaml [key=value ...] [--key value ...]   train: starts a job and follows it
+          [--flag ...]                                    a bare --flag is true; no CONFIG: defaults
+                                                          (LLaMA-Factory YAMLs and flags: README)
           [--detach]                                      start it and return at once
           [--dry-run]                                     print the command and DeepSpeed JSON only
     runs [--root outputs]                                 list runs: state, progress, final loss
@@ -54,28 +56,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _split_config_and_overrides(args: list[str]) -> tuple[str | None, list[str], set[str]]:
-    """The first argument ending in .yaml/.yml is the config; bare flags (--dry-run, --detach)
-    are returned apart; everything else is an override."""
+    """The first argument ending in .yaml/.yml is the config; bare flags (--dry-run, --detach,
+    also spelled --dry_run) are returned apart; everything else is an override."""
     config, overrides, flags = None, [], set()
     for item in args:
         if config is None and item.endswith((".yaml", ".yml")) and "=" not in item:
             config = item
-        elif item in ("--dry-run", "--detach"):
-            flags.add(item)
+        elif item.replace("_", "-") in ("--dry-run", "--detach"):
+            flags.add(item.replace("_", "-"))
         else:
             overrides.append(item)
     return config, overrides, flags
 
 
 def cmd_train(args: list[str]) -> int:
-    from trainer_core.config import load_config
+    from trainer_core.config import read_config
 
     if args and args[0] in ("-h", "--help"):
-        print("usage: python -m trainer_core train CONFIG.yaml [key=value ...] [--key value ...] "
-              "[--detach] [--dry-run]")
+        print("usage: python -m trainer_core train [CONFIG.yaml] [key=value ...] [--key value ...] [--flag ...] "
+              "[--detach] [--dry-run]\n(a LLaMA-Factory YAML or command line works too: README, \"From "
+              "LLaMA-Factory\")")
         return 0
     config_path, overrides, flags = _split_config_and_overrides(args)
-    cfg = load_config(config_path, overrides)
+    cfg, notices = read_config(config_path, overrides)
+    for notice in notices:  # LLaMA-Factory keys taken as harmless or read as ours
+        print(f"note: {notice}", file=sys.stderr)
     # Inside a job (started by our launcher, or by deepspeed/torchrun directly): train here.
     if os.environ.get("QIHUANG_LAUNCHED") == "1" or "LOCAL_RANK" in os.environ:
         return _train_in_this_process(cfg, args)

@@ -3,6 +3,8 @@
 Key names follow LLaMA-Factory's where they exist. `load_config` reads YAML, applies overrides
 (`key=value` or `--key value`), converts and checks every value, and reports every mistake at
 once; `save_config` writes the resolved config (run.yaml), which loads back to the same run.
+A LLaMA-Factory YAML or command line reads too: `from_llamafactory` takes its keys of
+LLAMAFACTORY_KEYS (harmless ones with a notice) and maps its template names to ours.
 """
 
 from __future__ import annotations
@@ -148,6 +150,12 @@ KEYS: dict[str, dataclasses.Field] = schema_keys(TrainConfig)
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults), apply overrides, check everything."""
+    return read_config(path, overrides)[0]
+
+
+def read_config(path: str | Path | None = None, overrides: list[str] | dict | None = None
+                ) -> tuple[TrainConfig, list[ConfigNotice]]:
+    """load_config, and the notices about LLaMA-Factory keys it took (the CLI prints them)."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml(Path(path))
@@ -155,7 +163,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         raw.update(overrides)
     elif overrides:
         raw.update(parse_overrides(overrides))
-    return config_from_dict(raw)
+    cfg, problems, notices = check_config(raw)
+    if cfg is None:
+        raise ConfigError(problems)
+    return cfg, notices
 
 
 def config_from_dict(raw: dict[str, Any], schema: type[Schema] = TrainConfig) -> Schema:  # type: ignore[assignment]
@@ -169,8 +180,19 @@ def config_from_dict(raw: dict[str, Any], schema: type[Schema] = TrainConfig) ->
 def validate(raw: dict[str, Any], schema: type[Schema] = TrainConfig) -> tuple[Schema | None, list[ConfigProblem]]:  # type: ignore[assignment]
     """(the config, []) or (None, every problem): each key converted and range-checked on its
     own, then the schema's rules over several keys (on the keys that converted)."""
-    keys = schema_keys(schema)
+    cfg, problems, _ = check_config(raw, schema)
+    return cfg, problems
+
+
+def check_config(raw: dict[str, Any], schema: type[Schema] = TrainConfig  # type: ignore[assignment]
+                 ) -> tuple[Schema | None, list[ConfigProblem], list[ConfigNotice]]:
+    """validate, with the notices: for a TrainConfig, LLaMA-Factory's keys and template names are
+    read first (`from_llamafactory`); those taken as harmless or translated give one notice each."""
     problems: list[ConfigProblem] = []
+    notices: list[ConfigNotice] = []
+    if schema is TrainConfig:
+        raw, problems, notices = from_llamafactory(raw)
+    keys = schema_keys(schema)
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in keys:
@@ -182,11 +204,14 @@ def validate(raw: dict[str, Any], schema: type[Schema] = TrainConfig) -> tuple[S
             problems.append(ConfigProblem((name,), str(exc)))
     cfg = schema(**values)
     problems += cfg.rules() if hasattr(cfg, "rules") else []
-    return (None if problems else cfg), problems
+    return (None if problems else cfg), problems, notices
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` and `--key value` (also `--key=value`) into a dict of strings/YAML scalars."""
+    """`key=value` and `--key value` (also `--key=value`) into a dict of strings/YAML scalars. A
+    bare `--flag` (last, or followed by another `--flag`) is true, as on LLaMA-Factory's command
+    lines (`--do_train --plot_loss --fp16`); only a key of ours that takes a value refuses it.
+    Hyphens in a key read as underscores (`--model-name-or-path`)."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(items):
@@ -194,16 +219,242 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if item.startswith("--"):
             item = item[2:]
             if "=" not in item:
-                if i + 1 >= len(items):
+                alone = i + 1 >= len(items) or items[i + 1].startswith("--")
+                key = item.strip().replace("-", "_")
+                if alone and key in KEYS and _base_type(KEYS[key]) is not bool:
                     raise UserError(f"--{item} needs a value")
-                item = f"{item}={items[i + 1]}"
-                i += 1
+                item = f"{item}=true" if alone else f"{item}={items[i + 1]}"
+                i += 0 if alone else 1
         if "=" not in item:
             raise UserError(f"cannot read override '{item}': write key=value or --key value")
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = value
         i += 1
     return out
+
+
+# ---- LLaMA-Factory configs and command lines ---------------------------------------------------
+# A LLaMA-Factory training YAML (or a train_bash.py / llamafactory-cli command line) runs here when
+# its keys are ours (most are: the names follow LLaMA-Factory's) or in the table below. Names and
+# values are LLaMA-Factory's own (src/llamafactory/hparams/*.py, data/template.py) and Hugging Face
+# TrainingArguments'. A key in neither is an unknown key, as in any config.
+
+@dataclass(frozen=True)
+class ConfigNotice:
+    """A LLaMA-Factory key taken as harmless, or a LLaMA-Factory setting read as ours: the keys it
+    is about and one sentence. The CLI prints it as a "note:" line; nothing is wrong."""
+
+    keys: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A key of LLaMA-Factory's that is not ours. Its values in `harmless` (every value when
+    empty) change nothing here, for `reason`; any other value is a problem that says what happens
+    here instead (`otherwise`). `means` lists values that stand for settings of ours (value,
+    {our key: value}, why), applied unless the config sets those keys itself."""
+
+    reason: str
+    harmless: tuple = ()
+    otherwise: str = ""
+    means: tuple = ()
+
+
+_EVAL_INSTEAD = ("LLaMA-Factory's evaluation run is `python -m trainer_core eval --run RUN_DIR` here; during "
+                 "training the eval loss comes from val_size or eval_dataset")
+_PREDICT_INSTEAD = "predictions come from `python -m trainer_core eval --run RUN_DIR --task generate` here"
+_EVERY = "evaluation runs every eval_steps whenever there is eval data: val_size or eval_dataset"
+
+LLAMAFACTORY_KEYS: dict[str, ForeignKey] = {
+    # what to run
+    "do_train": ForeignKey("we always train", (True,), "train always trains; evaluate a finished run with "
+                           "`python -m trainer_core eval --run RUN_DIR`"),
+    "do_eval": ForeignKey("the eval loss during training comes from val_size or eval_dataset", (False,),
+                          _EVAL_INSTEAD),
+    "do_predict": ForeignKey("predictions are made by `python -m trainer_core eval`", (False,), _PREDICT_INSTEAD),
+    "predict_with_generate": ForeignKey("predictions are made by `python -m trainer_core eval`", (False,),
+                                        _PREDICT_INSTEAD),
+    "train_on_prompt": ForeignKey("prompts are never trained on: the labels cover the assistant turns", (False,),
+                                  "only the assistant turns are trained on here"),
+    "mask_history": ForeignKey("every assistant turn is trained on", (False,),
+                               "every assistant turn is trained on here, not the last one alone"),
+    # data
+    "overwrite_cache": ForeignKey("tokenized data is cached under a fingerprint of the data, the tokenizer and the "
+                                  "settings, so a stale cache is never used"),
+    "preprocessing_num_workers": ForeignKey("tokenizing runs in the training process and is cached; speed only"),
+    "preprocessing_batch_size": ForeignKey("speed only"),
+    "dataloader_num_workers": ForeignKey("batches are built in the training process; speed only"),
+    "streaming": ForeignKey("datasets are read whole", (False,),
+                            "datasets are read whole here (max_samples limits them)"),
+    "mix_strategy": ForeignKey("datasets are concatenated, then shuffled", ("concat",),
+                               "datasets are concatenated here (mix_strategy: concat)"),
+    "disable_shuffling": ForeignKey("the training data is shuffled by seed", (False,),
+                                    "the training data is always shuffled here (by seed)"),
+    "ignore_pad_token_for_loss": ForeignKey("padding never counts in the loss", (True,),
+                                            "padding never counts in the loss here"),
+    # model
+    "flash_attn": ForeignKey("transformers picks the attention kernel (SDPA where available), as LLaMA-Factory's "
+                             "auto does", ("auto",), "the attention kernel is not chosen here (transformers "
+                             "picks SDPA where available); write flash_attn: auto or leave it out"),
+    "use_fast_tokenizer": ForeignKey("the fast tokenizer is always used", (True,),
+                                     "the fast tokenizer is always used here"),
+    "quantization_method": ForeignKey("QLoRA quantizes with bitsandbytes", ("bnb", "bitsandbytes"),
+                                      "QLoRA quantizes with bitsandbytes only here (quantization_method: bnb)"),
+    "quantization_type": ForeignKey("4-bit QLoRA uses NF4", ("nf4",), "4-bit QLoRA uses NF4 here"),
+    "double_quantization": ForeignKey("4-bit QLoRA uses double quantization", (True,),
+                                      "4-bit QLoRA always uses double quantization here"),
+    # output and logging
+    "plot_loss": ForeignKey("the run folder always has the loss curve data, trainer_log.jsonl; the workbench "
+                            "draws it"),
+    "overwrite_output_dir": ForeignKey(
+        "without it LLaMA-Factory resumes from the newest checkpoint in output_dir, as resume_from_checkpoint: "
+        "auto does", means=((True, {"resume_from_checkpoint": "none"},
+                             "LLaMA-Factory then does not resume; an output_dir that already holds checkpoints "
+                             "is refused here rather than overwritten"),)),
+    "save_only_model": ForeignKey("checkpoints hold the optimizer state too", (False,),
+                                  "checkpoints always hold the optimizer and scheduler state here, so that a run "
+                                  "can resume"),
+    "logging_first_step": ForeignKey("the first step is always logged"),
+    "include_num_input_tokens_seen": ForeignKey("the run always counts its input tokens (padding excluded)"),
+    "ddp_timeout": ForeignKey("every process tokenizes its own data, so none waits long on another; the default "
+                              "30-minute timeout applies"),
+    "eval_strategy": ForeignKey(_EVERY, ("steps",), _EVERY + "; for none, leave both out"),
+    "evaluation_strategy": ForeignKey(_EVERY, ("steps",), _EVERY + "; for none, leave both out"),
+    "save_strategy": ForeignKey("a checkpoint is saved every save_steps", ("steps",),
+                                "a checkpoint is saved every save_steps here"),
+    "logging_strategy": ForeignKey("the loss is logged every logging_steps", ("steps",),
+                                   "the loss is logged every logging_steps here"),
+}
+
+# LLaMA-Factory's template names (src/llamafactory/data/template.py) whose text, for system, user
+# and assistant turns, is that of one of our built-in templates (trainer_core/tokenization.py):
+# chatml, yi, smollm and qwen3_nothink are ChatML with no default system prompt; qwen adds "You are
+# Qwen, created by Alibaba Cloud. You are a helpful assistant." when a conversation has no system
+# turn; llama3 is the Llama 3 header format after the bos token (ours also trims the spaces around
+# each message). Which tokens are trained is ours either way (every assistant reply through its
+# end-of-turn token).
+LLAMAFACTORY_TEMPLATES = {"chatml": "chatml", "qwen": "qwen", "llama3": "llama3", "yi": "chatml",
+                          "smollm": "chatml", "qwen3_nothink": "chatml"}
+# Every other template name of LLaMA-Factory's: not built in here.
+LLAMAFACTORY_OTHER_TEMPLATES = (
+    "alpaca", "aquila", "atom", "baichuan", "baichuan2", "bailing", "bailing_v2", "belle", "bluelm", "breeze",
+    "chatglm2", "chatglm3", "chatml_de", "codegeex2", "codegeex4", "cohere", "cpm", "cpm3", "cpm4", "dbrx",
+    "deepseek", "deepseek3", "deepseekr1", "deepseekcoder", "default", "dots_ocr", "empty", "ernie",
+    "ernie_nothink", "ernie_vl", "exaone", "falcon", "falcon_h1", "fewshot", "gemma", "gemma2", "gemma3",
+    "gemma3n", "glm4", "glm4_moe", "glm4v", "glm4_5v", "glmz1", "gpt_oss", "granite3", "granite3_vision",
+    "granite4", "index", "hunyuan", "intern", "intern2", "intern_vl", "intern_s1", "keye_vl", "kimi_vl", "llama2",
+    "llama2_zh", "llama4", "mllama", "moonlight", "llava", "llava_next", "llava_next_llama3", "llava_next_mistral",
+    "llava_next_qwen", "llava_next_yi", "llava_next_video", "llava_next_video_mistral", "llava_next_video_yi",
+    "marco", "mimo", "mimo_v2", "mimo_vl", "minicpm_v", "minicpm_o", "minimax1", "minimax2", "ministral",
+    "mistral", "mistral_small", "ministral3", "olmo", "openchat", "openchat-3.6", "opencoder", "orion",
+    "paligemma", "paligemma_chat", "phi", "phi_small", "phi4", "pixtral", "qwen3", "qwen2_audio", "qwen2_omni",
+    "qwen3_omni", "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "sailor", "seed_coder",
+    "seed_oss", "skywork_o1", "smollm2", "solar", "starchat", "telechat", "telechat2", "vicuna", "video_llava",
+    "xuanyuan", "xverse", "yayi", "yi_vl", "yuan", "zephyr", "ziya")
+
+
+def from_llamafactory(raw: dict[str, Any]) -> tuple[dict[str, Any], list[ConfigProblem], list[ConfigNotice]]:
+    """A config dict read the way LLaMA-Factory reads it: (the dict in our keys, problems, notices).
+    Keys of LLAMAFACTORY_KEYS leave the dict: a harmless value gives a notice, a value standing for
+    settings of ours sets them (with a notice), any other value is a problem. LLaMA-Factory
+    template names become ours, or a problem. In a config that uses LLaMA-Factory's keys, three of
+    its readings of our keys apply too: resume_from_checkpoint: null finds the newest checkpoint
+    (auto), quantization_bit with finetuning_type lora is QLoRA, and lora_alpha left out is
+    2 x lora_rank. Everything else is untouched, for `check_config` to judge."""
+    out = dict(raw)
+    problems: list[ConfigProblem] = []
+    notices: list[ConfigNotice] = []
+    foreign = [name for name in raw if name in LLAMAFACTORY_KEYS]
+    if foreign and "resume_from_checkpoint" in out and out["resume_from_checkpoint"] is None:
+        del out["resume_from_checkpoint"]  # null: auto, or what overwrite_output_dir says (below)
+        if not _means_set(raw, "overwrite_output_dir", "resume_from_checkpoint"):
+            notices.append(ConfigNotice(("resume_from_checkpoint",), "resume_from_checkpoint: null is LLaMA-Factory's "
+                                        "'resume from the newest checkpoint in output_dir, if any'; taken as auto"))
+    for name in foreign:
+        spec, value = LLAMAFACTORY_KEYS[name], out.pop(name)
+        given = _foreign_value(value, spec)
+        for stands_for, settings, why in spec.means:
+            if given != stands_for:
+                continue
+            own = [k for k in settings if out.get(k) is not None]
+            if own:  # the config's own keys win, as in LLaMA-Factory
+                notices.append(ConfigNotice((name, *own), f"{name}: {_scalar(given)} is LLaMA-Factory's; "
+                                            f"{', '.join(own)} as given decides here"))
+            else:
+                out.update(settings)
+                ours = ", ".join(f"{k}: {_scalar(v)}" for k, v in settings.items())
+                notices.append(ConfigNotice((name, *settings), f"{name}: {_scalar(given)} is taken as {ours} ({why})"))
+            break
+        else:
+            if not spec.harmless or given in spec.harmless:
+                notices.append(ConfigNotice((name,), f"{name} is LLaMA-Factory's; taken as harmless ({spec.reason})"))
+            else:
+                problems.append(ConfigProblem((), f"{name}: {_quote(_scalar(given))} is not supported; "
+                                              f"{spec.otherwise}"))
+    template = out.get("template")
+    if isinstance(template, str) and LLAMAFACTORY_TEMPLATES.get(template, template) != template:
+        out["template"] = LLAMAFACTORY_TEMPLATES[template]
+        notices.append(ConfigNotice(("template",), f"template: LLaMA-Factory's '{template}' is the same text as our "
+                                    f"'{out['template']}'; taken as template: {out['template']}"))
+    elif isinstance(template, str) and template in LLAMAFACTORY_OTHER_TEMPLATES:
+        del out["template"]
+        ours = ", ".join(c for c in KEYS["template"].metadata["choices"] if c != "auto")
+        problems.append(ConfigProblem(("template",), f"template: '{template}' is a LLaMA-Factory template that is "
+                                      f"not built in here; write template: auto to use the model's own chat "
+                                      f"template (its tokenizer's), or choose one of {ours}"))
+    if foreign:
+        notices += _llamafactory_readings(out)
+    return out, problems, notices
+
+
+def _llamafactory_readings(out: dict[str, Any]) -> list[ConfigNotice]:
+    """LLaMA-Factory's QLoRA spelling and its lora_alpha default, applied to `out` in place."""
+    notices = []
+    method = str(out.get("finetuning_type", "lora")).strip().lower()
+    if method == "lora" and out.get("quantization_bit") is not None:
+        out["finetuning_type"] = "qlora"
+        notices.append(ConfigNotice(("finetuning_type", "quantization_bit"), "finetuning_type: lora with "
+                                    f"quantization_bit: {out['quantization_bit']} is LLaMA-Factory's QLoRA; taken as "
+                                    "finetuning_type: qlora"))
+    if out.get("lora_alpha") is None and "lora_rank" in out:
+        try:
+            alpha = 2 * _to_int(out["lora_rank"])
+        except (TypeError, ValueError):
+            return notices  # the rank's own problem is reported
+        out["lora_alpha"] = alpha
+        if alpha != KEYS["lora_alpha"].default:
+            notices.append(ConfigNotice(("lora_alpha", "lora_rank"), "lora_alpha is not set; LLaMA-Factory's "
+                                        f"default is 2 x lora_rank, taken as lora_alpha: {alpha}"))
+    return notices
+
+
+def _means_set(raw: dict[str, Any], name: str, key: str) -> bool:
+    """Whether LLaMA-Factory key `name`, as given in `raw`, stands for a setting of our `key`."""
+    spec = LLAMAFACTORY_KEYS[name]
+    given = _foreign_value(raw.get(name), spec) if name in raw else None
+    return any(given == value and key in settings for value, settings, _ in spec.means)
+
+
+def _foreign_value(value: Any, spec: ForeignKey) -> Any:
+    """A foreign key's value as its table entry spells its values: true/false, or lower-case text."""
+    samples = [*spec.harmless, *(stands_for for stands_for, _, _ in spec.means)]
+    if samples and all(isinstance(s, bool) for s in samples):
+        try:
+            return _to_bool(value)
+        except ValueError:
+            return value
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _scalar(value: Any) -> str:
+    """A value as YAML writes it: true, false, null, 4, text."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -5,6 +5,11 @@ A dataset is named in `<dataset_dir>/dataset_info.json`, in LLaMA-Factory's layo
     {"tcm_qa": {"file_name": "tcm_qa.json", "formatting": "alpaca",
                 "columns": {"instruction": "问题", "output": "回答"}}}
 
+LLaMA-Factory's own entries work unchanged where they make sense offline (`_check_entry` names the
+rest): file_name a file or a folder of files of one type, its pre-training shape (no formatting,
+"columns": {"prompt": "text"}, .txt one document per line), tags, tools, num_samples; hub,
+preference, KTO and multimodal entries get a message saying why and what to do.
+
 Reading goes file -> rows -> examples:
 
 1. A reader picked by the file extension (.json, .jsonl, .csv, .tsv, .parquet, .txt) decodes the
@@ -12,7 +17,12 @@ Reading goes file -> rows -> examples:
    with its 0-based index. NaN (pandas' mark for a missing value: a JSON NaN, a "NaN" CSV cell) is
    read as an empty value.
 2. A converter picked by `formatting` turns each row into an example:
-   - alpaca, sharegpt, openai -> {"messages": [{"role": "system"|"user"|"assistant", "content": str}]}
+   - alpaca, sharegpt, openai -> {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}],
+     "tools": [...]?}: a function call (LLaMA-Factory's function_call turn, OpenAI's tool_calls) is an
+     assistant message with "tool_calls": [{"type": "function", "function": {"name", "arguments"}}] and
+     content "", a tool result (observation) a "tool" message; "tools" (a record's function
+     definitions, HF's {"type": "function", "function": {...}} form) is present only when non-empty.
+     All of it goes to the model's chat template as HF's apply_chat_template(tools=...) takes it.
    - text -> {"text": str}
    - mcq  -> {"question": str, "options": {"A": str, ...}, "answer": "A", "subject": str | None,
               "multi": bool}
@@ -51,9 +61,9 @@ EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 
 # Our field names per formatting: the keys that "columns" may map to the file's own names.
 FIELDS = {
-    "alpaca": ("instruction", "input", "output", "system", "history"),
-    "sharegpt": ("conversations", "system"),
-    "openai": ("messages", "system"),
+    "alpaca": ("instruction", "input", "output", "system", "history", "tools"),
+    "sharegpt": ("conversations", "system", "tools"),
+    "openai": ("messages", "system", "tools"),
     "text": ("text",),
     "mcq": ("question", "options", "answer", "subject"),
 }
@@ -77,10 +87,18 @@ DEFAULT_TAGS = {
     },
 }
 # Role values understood whatever the tags say: files mix ShareGPT's and OpenAI's spellings.
+# "function" is a function call (the assistant's), "tool" a tool's result (LLaMA-Factory's observation).
 COMMON_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-    "observation": "tool", "function_call": "tool", "function": "tool", "tool": "tool",
+    "observation": "tool", "tool": "tool", "function_call": "function", "function": "function",
 }
+# LLaMA-Factory columns that name data this text-only SFT/PT trainer cannot use (see _column_refusal).
+MEDIA_COLUMNS = ("images", "videos", "audios")
+PREFERENCE_COLUMNS = ("chosen", "rejected")
+# Where LLaMA-Factory fetches a dataset from instead of file_name; none of them is reachable offline.
+REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+PREFERENCE_MESSAGE = ("preference data (ranking: true, chosen/rejected answers) needs stage dpo, which comes "
+                      "with preference training; this workbench trains sft and pt only for now")
 OPTION_LETTERS = "ABCDEFGHIJ"
 NAN_CELLS = {"nan", "NaN", "NAN"}  # how a CSV written from pandas (or str()) spells a missing value
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\ud800" escape in JSON: not valid Unicode
@@ -146,6 +164,9 @@ def _make_spec(formatting: str, columns: Any, tags: Any, where: str) -> _Spec:
                         f'e.g. {{"instruction": "问题", "output": "回答"}}')
     mapped = {}
     for key, column in columns.items():
+        refusal = _column_refusal(key)
+        if refusal:
+            raise UserError(f"{where}: {refusal}")
         ours = COLUMN_ALIASES[formatting].get(key, key)
         if ours not in FIELDS[formatting]:
             raise UserError(f"{where}: \"columns\" has '{key}', which formatting {formatting} does not use"
@@ -165,9 +186,32 @@ def _make_spec(formatting: str, columns: Any, tags: Any, where: str) -> _Spec:
                         f"(expected some of {', '.join(DEFAULT_TAGS[formatting])})")
     t = {**DEFAULT_TAGS[formatting], **tags}
     roles = {**COMMON_ROLES, t["user_tag"]: "user", t["assistant_tag"]: "assistant",
-             t["system_tag"]: "system", t["observation_tag"]: "tool", t["function_tag"]: "tool"}
+             t["system_tag"]: "system", t["observation_tag"]: "tool", t["function_tag"]: "function"}
     return _Spec(formatting, mapped, t["role_tag"], t["content_tag"], roles,
-                 (t["user_tag"], t["assistant_tag"], t["system_tag"]))
+                 (t["user_tag"], t["assistant_tag"], t["system_tag"], t["function_tag"], t["observation_tag"]))
+
+
+def _column_refusal(key: str) -> str | None:
+    """Why a LLaMA-Factory column cannot be used here (with what to do), or None."""
+    if key in MEDIA_COLUMNS:
+        return (f'"columns" has \'{key}\': this trainer is text-only and cannot train on {key}; '
+                f'use a text-only dataset, or remove \'{key}\' from "columns" (and the <{key[:-1]}> '
+                "placeholders from the text) to train on the text alone")
+    if key in PREFERENCE_COLUMNS:
+        return f'"columns" has \'{key}\': {PREFERENCE_MESSAGE}'
+    if key == "kto_tag":
+        return ('"columns" has \'kto_tag\': KTO data (a good/bad label per answer) needs stage kto, which '
+                'this workbench does not have; remove "kto_tag" to train on the answers as plain sft data')
+    return None
+
+
+def _pretraining_shape(entry: dict) -> bool:
+    """LLaMA-Factory's pre-training entry: alpaca (its default) whose "columns" name a "prompt" (the
+    text) and no "response", like {"c4_demo": {"file_name": "c4_demo.jsonl", "columns": {"prompt": "text"}}}.
+    LLaMA-Factory's stage pt trains on the prompt column alone; its sft needs a response."""
+    columns = entry.get("columns")
+    return (entry.get("formatting") == "alpaca" and isinstance(columns, dict) and "prompt" in columns
+            and not any(k in columns for k in ("response", "output", "history")))
 
 
 def _check_stage(formatting: str, stage: str, what: str) -> None:
@@ -199,23 +243,111 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
     info_path = dataset_dir / "dataset_info.json"
     entry = _entry(info, name, info_path)
     where = f"dataset '{name}' in {info_path}"
-    if entry.get("ranking"):
-        raise UserError(f"{where} is a preference dataset (ranking: true); "
-                        "only sft and pt data are supported")
-    file_name = entry.get("file_name")
-    if not isinstance(file_name, str) or not file_name:
-        hub = next((k for k in ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url") if k in entry), None)
-        if hub:
-            raise UserError(f"{where} points at a hub ({hub}); this workbench reads local files only: "
-                            'download the file and set "file_name"')
-        raise UserError(f'{where} has no "file_name"{_did_you_mean("file_name", entry)}')
+    _check_entry(entry, where, dataset_dir)
+    file_name = entry["file_name"]
     spec = _make_spec(entry["formatting"], entry.get("columns"), entry.get("tags"), where)
+    pretraining = _pretraining_shape(entry)
+    if pretraining and stage == "pt":  # LLaMA-Factory's pt trains on the prompt column alone
+        spec = _Spec("text", {"text": spec.key("instruction")})
     _check_stage(spec.formatting, stage, f"dataset '{name}'")
     path = dataset_dir / file_name
     problem = _open_problem(path, file_name, f" ({where})")
     if problem:
         return [], [problem]
-    return _read(path, file_name, spec, stage, name, max_record_chars, max_file_bytes)
+    files, problems = _data_files(path, file_name)
+    text_hint = (f'{where} is pre-training text in LLaMA-Factory\'s layout ("columns": {{"prompt": '
+                 f'"{spec.key("instruction")}"}} and no "response"): use it with stage pt, or map an answer '
+                 'column with "response" for sft')
+    if pretraining and stage == "sft" and any(f.suffix.lower() == ".txt" for f, _ in files):
+        raise UserError(text_hint)
+    examples: list[dict] = []
+    for file, display in files:
+        found, trouble = _read(file, display, spec, stage, name, max_record_chars, max_file_bytes,
+                               txt_lines=pretraining)
+        examples += found
+        problems += trouble
+    if pretraining and stage == "sft" and not examples and any(
+            p.field == spec.key("output") and p.message.startswith("missing") for p in problems):
+        raise UserError(text_hint)  # not one record has an answer: it is the pt shape, not broken sft data
+    return examples, problems
+
+
+def _check_entry(entry: dict, where: str, dataset_dir: Path) -> None:
+    """Refuse, with why and what to do, the LLaMA-Factory entries this workbench cannot read:
+    preference and KTO data, multimodal columns, hub/script/cloud entries without a local
+    file_name, a split other than train; and a num_samples that is not a count."""
+    if entry.get("ranking"):
+        raise UserError(f"{where}: {PREFERENCE_MESSAGE}")
+    columns = entry.get("columns")
+    if isinstance(columns, dict):
+        for key in columns:
+            refusal = _column_refusal(key)
+            if refusal:
+                raise UserError(f"{where}: {refusal}")
+    file_name = entry.get("file_name")
+    if file_name is None or file_name == "":
+        remote = next((k for k in REMOTE_KEYS if entry.get(k)), None)
+        if remote:
+            raise UserError(f"{where} {_remote_hint(remote, entry, dataset_dir)}")
+        raise UserError(f'{where} has no "file_name"{_did_you_mean("file_name", entry)}')
+    if not isinstance(file_name, str):
+        raise UserError(f'{where}: "file_name" must be a file or folder name in {dataset_dir}, '
+                        f"got {_json_kind(file_name)}")
+    split = entry.get("split", "train")
+    if split != "train":
+        if isinstance(split, str) and split.startswith("train["):
+            raise UserError(f"{where}: split '{split}' slices the records, which is not supported here; "
+                            'remove "split" and take a part with "num_samples" (or max_samples in the run)')
+        raise UserError(f"{where}: split {_short(split)} names a part of a hub dataset, but a local file has "
+                        "only one part, train (LLaMA-Factory reads it as split train too); remove \"split\", "
+                        "or register that part's file as its own entry (for evaluation: eval_dataset)")
+    count = entry.get("num_samples")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise UserError(f"{where}: num_samples must be a whole number of at least 1, got {_short(count)}")
+
+
+def _remote_hint(remote: str, entry: dict, dataset_dir: Path) -> str:
+    """How to replace a hub, script or cloud entry by a local copy (this machine is offline)."""
+    source = entry[remote]
+    local = Path(str(source).rstrip("/")).name or "data"
+    part = "".join(f", {key} '{entry[key]}'" for key in ("subset", "folder") if entry.get(key))
+    if remote in ("hf_hub_url", "ms_hub_url", "om_hub_url"):
+        hub = {"hf_hub_url": "the Hugging Face hub", "ms_hub_url": "ModelScope",
+               "om_hub_url": "Modelers (openmind)"}[remote]
+        command = {"hf_hub_url": f"huggingface-cli download --repo-type dataset {source} --local-dir {local}",
+                   "ms_hub_url": f"modelscope download --dataset {source} --local_dir {local}",
+                   "om_hub_url": f"openmind-cli pull {source} --local_dir {local}"}[remote]
+        how = (f"is on {hub} ({remote}: {source}{part}), and this workbench reads local files only (no hub "
+               f"access offline): on a machine with internet run `{command}`, copy the data files into {dataset_dir}")
+    elif remote == "script_url":
+        how = (f"is made by a loading script (script_url: {source}), which this workbench does not run: "
+               "run it once where it works and save the records as .json, .jsonl, .csv or .parquet "
+               f"in {dataset_dir}")
+    else:
+        how = (f"is in cloud storage (cloud_file_name: {source}), which this workbench does not reach: "
+               f"copy the file into {dataset_dir}")
+        local = Path(str(source)).name or local
+    return (f'{how}, and set "file_name": "{local}" in this entry (a file, or a folder of files of one type: '
+            f"{', '.join(EXTENSIONS)})")
+
+
+def _data_files(path: Path, file_name: str) -> tuple[list[tuple[Path, str]], list[Problem]]:
+    """The files of an entry, each with its name as problems show it: file_name itself, or for a
+    folder every file directly inside it (hidden ones aside) in name order, all of one type."""
+    if not path.is_dir():
+        return [(path, file_name)], []
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as e:
+        return [], [Problem(file_name, None, None, f"cannot list the folder: {e.strerror or e}")]
+    if not files:
+        return [], [Problem(file_name, None, None, "the folder holds no data files; put the dataset's files "
+                            f"({', '.join(EXTENSIONS)}) directly inside it")]
+    kinds = sorted({p.suffix.lower() or "(none)" for p in files})
+    if len(kinds) > 1:
+        return [], [Problem(file_name, None, None, f"the folder mixes file types ({', '.join(kinds)}); its files "
+                            "must all be of one type, as in LLaMA-Factory: move the others out")]
+    return [(p, f"{file_name.rstrip('/')}/{p.name}") for p in files], []
 
 
 def dataset_outside(names: list[str], dataset_dir: str | Path, roots: list[Path]) -> list[str]:
@@ -228,8 +360,13 @@ def dataset_outside(names: list[str], dataset_dir: str | Path, roots: list[Path]
         file_name = info.get(name, {}).get("file_name")
         if not isinstance(file_name, str) or not file_name:
             continue  # read_dataset names that mistake
-        path = (dataset_dir / file_name).resolve()
-        if not any(path.is_relative_to(root.resolve()) for root in roots):
+        path = dataset_dir / file_name
+        try:  # a folder's files may be links to elsewhere: each one must stay inside too
+            paths = [path, *(path.iterdir() if path.is_dir() else [])]
+            resolved = [p.resolve() for p in paths]
+        except (OSError, ValueError):
+            continue  # read_dataset names an unreadable path
+        if not all(any(p.is_relative_to(root.resolve()) for root in roots) for p in resolved):
             messages.append(f"dataset '{name}' in {dataset_dir / 'dataset_info.json'}: file_name '{file_name}' "
                             f"lies outside the data folder ({', '.join(str(r) for r in roots)}); move the file "
                             "into the data folder, or start the workbench with --allow_path DIR")
@@ -270,10 +407,11 @@ def _open_problem(path: Path, display: str, where: str = "") -> Problem | None:
 
 
 def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_record_chars: int,
-          max_file_bytes: int) -> tuple[list[dict], list[Problem]]:
-    """Read rows, check their size, convert them; collect every problem on the way."""
+          max_file_bytes: int, txt_lines: bool = False) -> tuple[list[dict], list[Problem]]:
+    """Read rows, check their size, convert them; collect every problem on the way.
+    `txt_lines`: a .txt file holds one document per line (LLaMA-Factory's pre-training entries)."""
     try:
-        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes)
+        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes, txt_lines)
     except OSError as e:  # no permission, a file that vanished, a device
         return [], [Problem(display, None, None, f"cannot read the file: {e.strerror or e}")]
     convert = CONVERTERS[spec.formatting]
@@ -295,7 +433,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
             continue
         if stage == "pt" and "messages" in example:
             # Pre-training reads conversations as plain text.
-            example = {"text": "\n".join(m["content"] for m in example["messages"])}
+            example = {"text": "\n".join(message_text(m) for m in example["messages"])}
         example["source"] = source
         example["file"] = display
         example["index"] = index
@@ -310,7 +448,8 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
 # File readers: bytes -> rows [(index, row)]
 # ---------------------------------------------------------------------------------------------
 
-def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -> tuple[Rows, list[Problem]]:
+def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
+               txt_lines: bool = False) -> tuple[Rows, list[Problem]]:
     def fail(message: str) -> tuple[Rows, list[Problem]]:
         return [], [Problem(display, None, None, message)]
 
@@ -320,7 +459,8 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -
     if suffix not in EXTENSIONS:
         return fail(f"unsupported file type '{suffix}' (expected one of {', '.join(EXTENSIONS)})")
     if suffix == ".txt" and formatting != "text":
-        return fail(f'a .txt file holds raw text: register it with "formatting": "text", not {formatting}')
+        return fail(f'a .txt file holds raw text for stage pt: register it with "formatting": "text" (or, '
+                    f'as LLaMA-Factory does, "columns": {{"prompt": "text"}}), not {formatting}')
     size = path.stat().st_size
     if size > max_file_bytes:  # refused before reading: the file is loaded into memory whole
         return fail(f"file is {human_size(size)}; the limit is {human_size(max_file_bytes)} "
@@ -338,7 +478,7 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int) -
         return _parse_jsonl(text, display)
     if suffix in (".csv", ".tsv"):
         return _parse_csv(text, display, "\t" if suffix == ".tsv" else ",")
-    return _parse_txt(text), []
+    return (_parse_txt_lines(text) if txt_lines else _parse_txt(text)), []
 
 
 def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
@@ -451,6 +591,13 @@ def _parse_txt(text: str) -> Rows:
     return list(enumerate(part.strip() for part in parts if part.strip()))
 
 
+def _parse_txt_lines(text: str) -> Rows:
+    """One document per line, as the `text` loader of Hugging Face datasets reads a .txt file for
+    LLaMA-Factory (blank lines, which would be empty documents, are skipped)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return list(enumerate(line for line in lines if line.strip()))
+
+
 def _read_parquet(path: Path, display: str) -> tuple[Rows, list[Problem]]:
     try:
         import pyarrow  # imported here: pyarrow is heavy and only parquet needs it
@@ -508,83 +655,205 @@ def _alpaca(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
                 else:
                     messages.append({"role": "user", "content": pair[0]})
                     messages.append({"role": "assistant", "content": pair[1]})
+    tools = _tools(row, k["tools"], errors)
     if errors or output is None:  # output is None only when _string noted an error for it
         return None, errors
     messages += [{"role": "user", "content": question}, {"role": "assistant", "content": output}]
-    return {"messages": messages}, []
+    return _chat(messages, tools), []
 
 
 def _conversation(row: Any, spec: _Spec) -> tuple[dict | None, Errors]:
-    """sharegpt ({from, value} turns) and openai ({role, content} turns): both are a list of turns."""
+    """sharegpt ({from, value} turns) and openai ({role, content} turns): both are a list of turns.
+    A function call is LLaMA-Factory's function_call turn (its value the call as JSON) or an OpenAI
+    assistant turn with "tool_calls"; a tool's result is an observation (or "tool") turn."""
     if not isinstance(row, dict):
         return None, [(None, f"record must be a JSON object, got {_type_name(row)}")]
     key = spec.key("conversations" if spec.formatting == "sharegpt" else "messages")
     system_key = spec.key("system")
     if key not in row:
-        return None, [(key, _missing(key, row, {key, system_key}))]
+        return None, [(key, _missing(key, row, {key, system_key, spec.key("tools")}))]
     turns = row[key]
     if not isinstance(turns, list):
         return None, [(key, f"must be a list of turns, got {_type_name(turns)}")]
     errors: Errors = []
     system = _string(row, system_key, errors)
-    parsed = []  # (role, content, turn number counted from 1)
+    tools = _tools(row, spec.key("tools"), errors)
+    parsed: list[_Turn] = []
     for n, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
             errors.append((key, (f"turn {n} must be an object with '{spec.role_tag}' and "
                                  f"'{spec.content_tag}', got {_type_name(turn)}")))
             continue
-        if spec.role_tag not in turn or spec.content_tag not in turn:
+        openai_calls = turn.get("tool_calls")  # OpenAI's assistant turn may have no content at all
+        if spec.role_tag not in turn or (spec.content_tag not in turn and not openai_calls):
             errors.append((key, _missing_tag(n, turn, spec)))
             break  # the other turns are most likely spelled the same way: one message is enough
         value = turn[spec.role_tag]
         role = spec.roles.get(value) if isinstance(value, str) else None
-        if role == "tool":
-            errors.append((key, f"turn {n}: tool turns are not supported yet ('{value}')"))
-        elif role is None:
-            expected = ", ".join(spec.expected_roles)
+        content = turn.get(spec.content_tag)
+        if role is None:
+            expected = ", ".join(dict.fromkeys(spec.expected_roles))
             errors.append((key, f"turn {n}: unknown role {_short(value)} (expected one of {expected})"))
-        elif not isinstance(turn[spec.content_tag], str):
-            got = _type_name(turn[spec.content_tag])
-            errors.append((key, f"turn {n}: '{spec.content_tag}' must be a string, got {got}"))
+        elif role == "function" or (role == "assistant" and openai_calls):
+            calls, problem = _tool_calls(openai_calls if openai_calls else content)
+            if calls is None:
+                errors.append((key, f"turn {n}: {problem}"))
+            else:  # the text an OpenAI turn may say before its calls is kept; a function_call's is the call
+                text = content if openai_calls and isinstance(content, str) else ""
+                parsed.append(_Turn("assistant", text, n, calls))
+        elif not isinstance(content, str):
+            errors.append((key, f"turn {n}: '{spec.content_tag}' must be a string, got {_type_name(content)}"))
         else:
-            parsed.append((role, turn[spec.content_tag], n))
+            call_id = turn.get("tool_call_id") if role == "tool" else None
+            parsed.append(_Turn(role, content, n, call_id=call_id if isinstance(call_id, str) else None))
     if errors:  # the order of the turns means little while some turns are unreadable
         return None, errors
 
     if system and system.strip():
-        if parsed and parsed[0][0] == "system":
+        if parsed and parsed[0].role == "system":
             return None, [(system_key, f"system prompt given twice: in '{system_key}' and in turn 1")]
-        parsed.insert(0, ("system", system, 0))
+        parsed.insert(0, _Turn("system", system, 0))
     errors = [(key, message) for message in _check_turns(parsed)]
     if errors:
         return None, errors
-    messages = [{"role": role, "content": content} for role, content, _ in parsed
-                if role != "system" or content.strip()]  # an empty system prompt is just left out
-    return {"messages": messages}, []
+    messages: list[dict] = []
+    pending: list[str] = []  # ids of the calls whose results are still to come
+    for turn in parsed:
+        if turn.role == "system" and not turn.content.strip():
+            continue  # an empty system prompt is just left out
+        message: dict[str, Any] = {"role": turn.role, "content": turn.content}
+        if turn.calls:
+            # Every call gets an id and its result the same one: some templates (Mistral's) need them.
+            # Nine digits, as Mistral's template wants: the turn's place, then the call's.
+            message["tool_calls"] = [{**call, "id": call.get("id") or f"{len(messages):06d}{k:03d}"}
+                                     for k, call in enumerate(turn.calls)]
+            pending = [call["id"] for call in message["tool_calls"]]
+        elif turn.role == "tool" and (turn.call_id or pending):
+            message["tool_call_id"] = turn.call_id or pending.pop(0)
+        messages.append(message)
+    return _chat(messages, tools), []
 
 
-def _check_turns(turns: list[tuple[str, str, int]]) -> list[str]:
-    """[system?] then user/assistant alternating, ending with assistant; no empty question or answer."""
-    if not turns or all(role == "system" for role, _, _ in turns):
+@dataclass(frozen=True)
+class _Turn:
+    role: str  # system | user | assistant | tool
+    content: str
+    n: int  # turn number in the file, from 1 (0: the record's system field)
+    calls: list[dict] | None = None  # an assistant turn's function calls
+    call_id: str | None = None  # a tool result's tool_call_id, where the file gives one
+
+
+def _chat(messages: list[dict], tools: list[dict] | None) -> dict:
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
+
+
+def message_text(message: dict) -> str:
+    """A message as text: its content, and a function call's JSON (whose content is empty)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    text = json.dumps([c["function"] for c in calls], ensure_ascii=False)
+    return f"{message['content']}\n{text}" if message["content"] else text
+
+
+CALL_SHAPE = '{"name": "get_weather", "arguments": {"city": "北京"}}'
+
+
+def _tool_calls(value: Any) -> tuple[list[dict] | None, str]:
+    """A function call turn's value (JSON text, an object or a list of them; or OpenAI's tool_calls)
+    as [{"type": "function", "function": {"name", "arguments"}}], or (None, why not)."""
+    what = f"a function call must be JSON like {CALL_SHAPE} (or a list of them)"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return None, f"{what}; got {_short(value)}, which is not valid JSON"
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not items:
+        return None, f"{what}; got {_short(value)}"
+    calls = []
+    for item in items:
+        function = item.get("function") if isinstance(item, dict) else None
+        call = function if isinstance(function, dict) else item  # OpenAI's {"type": "function", "function": {...}}
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"].strip():
+            return None, f"{what}; got {_short(item)}, which has no \"name\""
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):  # OpenAI writes the arguments as a JSON string
+            try:
+                parsed = json.loads(arguments) if arguments.strip() else {}
+            except (ValueError, RecursionError):
+                return None, f"the arguments of function call '{call['name']}' are not valid JSON: {_short(arguments)}"
+            arguments = parsed if isinstance(parsed, dict) else arguments
+        call_id = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else None
+        calls.append({"type": "function", "function": {"name": call["name"], "arguments": arguments},
+                      **({"id": call_id} if call_id else {})})
+    return calls, ""
+
+
+def _tools(row: dict, key: str, errors: Errors) -> list[dict] | None:
+    """A record's function definitions (LLaMA-Factory's tools column: JSON text or a list) in HF's
+    [{"type": "function", "function": {...}}] form; None when there are none."""
+    value = row.get(key)
+    if value is None or _is_nan(value) or (isinstance(value, str) and not value.strip()):
+        return None
+    what = ('must be a list of function definitions like [{"name": "get_weather", "description": "...", '
+            '"parameters": {...}}]')
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            errors.append((key, f"{what}; it is not valid JSON"))
+            return None
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list):
+        errors.append((key, f"{what}; got {_type_name(value)}"))
+        return None
+    tools = []
+    for n, tool in enumerate(items, 1):
+        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+            tools.append(tool)
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            tools.append({"type": "function", "function": tool})
+        else:
+            errors.append((key, f'{what}; tool {n} has no "name"'))
+            return None
+    return tools or None
+
+
+def _check_turns(turns: list[_Turn]) -> list[str]:
+    """[system?] then user, assistant, user, assistant ..., ending with an assistant turn; a tool's
+    result (one or more "tool" turns) may stand where a user turn does, as in LLaMA-Factory, whose
+    observation turns take the user's places. No empty question, and no empty answer unless the
+    answer is a function call."""
+    if not turns or all(t.role == "system" for t in turns):
         return ["empty conversation: no user or assistant turns"]
-    body = turns[1:] if turns[0][0] == "system" else turns
+    body = turns[1:] if turns[0].role == "system" else turns
     messages = []
-    previous = None
-    for role, content, n in body:
+    previous: _Turn | None = None
+    for turn in body:
+        role, n = turn.role, turn.n
         if role == "system":
             return [f"turn {n}: system turn must be first"]
-        expected = "user" if previous is None or previous[0] == "assistant" else "assistant"
-        if role != expected:
+        if previous is None:
+            allowed: tuple[str, ...] = ("user",)
+        elif previous.role == "assistant":
+            allowed = ("user", "tool")
+        else:  # after a question or a tool's result comes an answer (or the next result)
+            allowed = ("assistant", "tool") if previous.role == "tool" else ("assistant",)
+        if role not in allowed:
             if previous is None:
                 return [f"turn {n} is '{role}' but the conversation must start with a 'user' turn"]
+            expected = allowed[0]
             article = "an" if expected == "assistant" else "a"
-            return [(f"turn {n} is '{role}' but {article} '{expected}' turn must come after '{role}' "
-                     f"(two {role} turns in a row: turns {previous[2]} and {n})")]
-        if not content.strip():
+            twice = f" (two {role} turns in a row: turns {previous.n} and {n})" if role == previous.role else ""
+            return [f"turn {n} is '{role}' but {article} '{expected}' turn must come after '{previous.role}'{twice}"]
+        if role in ("user", "assistant") and not turn.calls and not turn.content.strip():
             messages.append(f"turn {n}: empty {'question' if role == 'user' else 'answer'}")
-        previous = (role, content, n)
-    if previous is not None and previous[0] == "user":  # never None here: body holds a non-system turn
+        previous = turn
+    if previous is not None and previous.role == "user":  # never None here: body holds a non-system turn
         messages.append("conversation ends with a user turn and has no answer to train on")
+    elif previous is not None and previous.role == "tool":
+        messages.append("conversation ends with a tool result and has no answer to train on")
     return messages
 
 
@@ -729,8 +998,9 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
                   eval_names: list[str] | str | None = None) -> tuple[list[dict], list[dict]]:
     """Read, check, mix, shuffle and split the datasets of a run: (train_examples, eval_examples).
 
-    - `names` (a list or a comma-separated string) are read in order and concatenated; `max_samples`
-      keeps the first N valid records of each, in file order (as LLaMA-Factory does).
+    - `names` (a list or a comma-separated string) are read in order and concatenated; an entry's
+      "num_samples" draws N of its valid records (see `sample_records`), then `max_samples` keeps
+      the first N of each, in that order (as LLaMA-Factory does).
     - Any problem in any dataset raises one DataError listing all of them.
     - The training examples are shuffled with random.Random(seed): the same seed gives the same order.
     - `eval_names`, when given, are the eval split; otherwise `val_size` (a fraction 0 < x < 1 or a
@@ -755,6 +1025,8 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
         for name in names:
             found, trouble = read_dataset(name, dataset_dir, stage)
             problems.extend(trouble)
+            if info[name].get("num_samples") and found:  # read_dataset checked it is a count
+                found = sample_records(found, info[name]["num_samples"], f"{seed}:{name}")
             examples.extend(found[:max_samples] if max_samples else found)
         return examples
 
@@ -769,6 +1041,18 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
         count = _val_count(val_size, len(train))
         evals, train = train[:count], train[count:]
     return train, evals
+
+
+def sample_records(examples: list[dict], count: int, seed: Any) -> list[dict]:
+    """`count` records drawn as LLaMA-Factory's num_samples draws them: a random permutation cut
+    to `count`, and when `count` exceeds the records, every record once plus the rest drawn with
+    replacement. Deterministic: the same seed gives the same draw (LLaMA-Factory uses numpy's global
+    generator; here it is random.Random(seed))."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    picked = order[:count] + [rng.randrange(len(examples)) for _ in range(count - len(order))]
+    return [dict(examples[i]) for i in picked]  # a record drawn twice is two records
 
 
 def _name_list(names: list[str] | str | None) -> list[str]:
@@ -806,10 +1090,10 @@ def text_stats(examples: list[dict]) -> dict:
         return {"records": 0}
     if all("messages" in e for e in examples):
         conversations = [e["messages"] for e in examples]
-        lengths = [sum(len(m["content"]) for m in c) for c in conversations]
-        answers = [[m["content"] for m in c if m["role"] == "assistant"] for c in conversations]
+        lengths = [sum(len(message_text(m)) for m in c) for c in conversations]
+        answers = [[message_text(m) for m in c if m["role"] == "assistant"] for c in conversations]
         total = sum(len(a) for a in answers)
-        keys = [tuple((m["role"], _normalise(m["content"])) for m in c) for c in conversations]
+        keys = [tuple((m["role"], _normalise(message_text(m))) for m in c) for c in conversations]
         return {
             "kind": "chat",
             "records": n,

@@ -77,8 +77,10 @@ def _compile_template(tokenizer: Any):
     compiled = env.from_string(tokenizer.chat_template)
     specials = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
 
-    def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+    def render(messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+        # tools: function definitions, passed as apply_chat_template(tools=...) passes them
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                               **specials)
 
     return render
 
@@ -112,8 +114,9 @@ def assistant_spans(render, messages: list[dict], end_markers: tuple[str, ...] =
             spans.append((len(prompt), len(upto.rstrip("\n"))))
         else:  # a template that rewrites a turn once later turns exist (Qwen3, Phi-3.5, Mistral-Nemo)
             header = _assistant_header(before, prompt, messages[i - 1]["content"] if i else "")
+            calls = [c["function"]["name"] for c in message.get("tool_calls") or []]
             spans.append(_rewritten_reply_span(full, header, message["content"], spans[-1][1] if spans else 0,
-                                               end_markers))
+                                               end_markers, calls))
     return full, spans
 
 
@@ -129,11 +132,13 @@ def _assistant_header(before: str, prompt: str, previous: str) -> str:
 
 
 def _rewritten_reply_span(full: str, header: str, content: str, search_from: int,
-                          end_markers: tuple[str, ...]) -> tuple[int, int]:
+                          end_markers: tuple[str, ...], calls: list[str] | None = None) -> tuple[int, int]:
     """The span of a reply in a rendering that rewrote it: from the end of its own assistant
     header (the first one after the previous reply) through the end-of-turn token after the
     reply's text. The text is the reply as written, or, where the template dropped a reasoning
-    part, what follows "</think>"; it must lie inside this turn, never in an earlier or later one."""
+    part, what follows "</think>"; it must lie inside this turn, never in an earlier or later one.
+    A function call (`calls`: the names it calls) runs through the first end-of-turn marker after
+    the last name, since the template writes the call in its own syntax."""
     # The generation prompt may hold more than the header (a think block, blank lines) that an
     # earlier turn does not show: its first line is the header proper.
     # The nearest one wins: the whole prompt may occur only at a later (the final) turn.
@@ -150,8 +155,14 @@ def _rewritten_reply_span(full: str, header: str, content: str, search_from: int
     limit = len(full) if next_turn < 0 else next_turn
     for text in dict.fromkeys([content, content.split("</think>")[-1].lstrip("\n"), content.strip()]):
         found = full.find(text, start, limit)
-        if text and found >= 0:
+        if text and found >= 0 and not calls:
             return start, _end_of_turn(full, found + len(text), end_markers)
+    name_at = full.find(calls[-1], start, limit) if calls else -1
+    if name_at >= 0:
+        ends = sorted((full.find(marker, name_at, limit), -len(marker)) for marker in end_markers)
+        ends = [(at, size) for at, size in ends if at >= 0]
+        if ends:
+            return start, ends[0][0] - ends[0][1]
     raise UserError("the chat template does not reproduce an assistant reply verbatim in its turn; "
                     "set template: chatml (or qwen / llama3)")
 
@@ -227,13 +238,14 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
                ) -> tuple[list[dict], EncodeStats]:
     """Token ids and labels for conversations; samples left with no trainable token after
     truncation are dropped and counted, never kept silently."""
+    check_tool_support(examples, tokenizer)
     render = _compile_template(tokenizer)
     markers = end_of_turn_markers(tokenizer)
     stats = EncodeStats(records=len(examples))
     samples: list[dict] = []
     for begin in range(0, len(examples), batch_size):
         batch = examples[begin: begin + batch_size]
-        rendered = [assistant_spans(render, ex["messages"], markers) for ex in batch]
+        rendered = [assistant_spans(_with_tools(render, ex.get("tools")), ex["messages"], markers) for ex in batch]
         stats.system_dropped += sum(_system_dropped(ex["messages"], full) for ex, (full, _) in zip(batch, rendered))
         for ids, labels in encode_with_labels(tokenizer, rendered):
             stats.lengths.append(len(ids))
@@ -249,6 +261,36 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
             samples.append({"input_ids": ids, "labels": labels})
     stats.samples = len(samples)
     return samples, stats
+
+
+def _with_tools(render, tools: list[dict] | None):
+    """`render` with a record's function definitions bound (the template shows them in its prompt)."""
+    if not tools:
+        return render
+    return lambda messages, add_generation_prompt=False: render(messages, add_generation_prompt, tools=tools)
+
+
+def check_tool_support(examples: list[dict], tokenizer: Any) -> None:
+    """Tool-calling records (function definitions, function calls) train only through a chat
+    template that renders them; one that never mentions them would silently drop the definitions
+    and the calls, teaching empty answers. Refuse, naming each dataset and how many records."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    needs = {"tools": lambda ex: bool(ex.get("tools")),
+             "tool_calls": lambda ex: any(m.get("tool_calls") for m in ex["messages"])}
+    for word, uses in needs.items():
+        if word in template:
+            continue
+        counts: dict[str, int] = {}
+        for ex in examples:
+            if uses(ex):
+                counts[str(ex.get("source", "?"))] = counts.get(str(ex.get("source", "?")), 0) + 1
+        if counts:
+            what = "function definitions (tools)" if word == "tools" else "function calls"
+            named = ", ".join(f"'{name}' ({n} record{'s' if n > 1 else ''})" for name, n in counts.items())
+            raise UserError(f"dataset {named} holds tool-calling records with {what}, but this model's chat "
+                            f"template does not render them (it never mentions '{word}'), so training would drop "
+                            "them silently: use a model whose chat template supports tools (Qwen2.5, Qwen3, "
+                            "Llama 3.1 and later, Mistral), or leave those records out")
 
 
 def _system_dropped(messages: list[dict], full: str) -> bool:
@@ -345,7 +387,9 @@ def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size:
 def _as_text(example: dict) -> str:
     if "text" in example:
         return example["text"]
-    return "\n".join(m["content"] for m in example["messages"])
+    from trainer_core.data import message_text
+
+    return "\n".join(message_text(m) for m in example["messages"])
 
 
 def special_token_problems(examples: list[dict], tokenizer: Any, limit: int = 1000) -> list[Problem]:
@@ -420,6 +464,8 @@ def fingerprint(examples: list[dict], tokenizer: Any, settings: dict) -> str:
         digest.update(backend.to_str().encode())
     for ex in examples:
         digest.update(json.dumps(ex.get("messages") or ex.get("text"), ensure_ascii=False).encode())
+        if ex.get("tools"):  # only then: the fingerprints of records without tools stay as they were
+            digest.update(json.dumps(ex["tools"], ensure_ascii=False).encode())
         digest.update(b"\x00")
     return digest.hexdigest()[:24]
 

@@ -32,6 +32,7 @@ from trainer_core.data import (
     FORMATTINGS,
     dataset_outside,
     load_dataset_info,
+    message_text,
     read_dataset,
     read_file,
     text_stats,
@@ -89,7 +90,7 @@ def render_example(example: dict, lang: str) -> str:
     if "messages" in example:
         bubbles = "".join(
             f"<div class='qh-msg qh-{html.escape(m['role'])}'><div class='qh-role'>{t('role.' + m['role'], lang)}"
-            f"</div><div class='qh-text'>{_clip(m['content'])}</div></div>"
+            f"</div><div class='qh-text'>{_clip(message_text(m))}</div></div>"
             for m in example["messages"])
         return f"<div class='qh-rec'>{head}{bubbles}</div>"
     if "question" in example:
