@@ -93,3 +93,18 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     assert config_from_dict({}) == TrainConfig()
+
+
+def test_an_empty_resume_from_checkpoint_means_the_default_auto(tmp_path):
+    """`resume_from_checkpoint: null` (or an emptied field) continues from the newest complete
+    checkpoint like `auto`, instead of failing at start as a checkpoint folder named ''."""
+    from trainer_core.config import config_from_dict
+    from trainer_core.train import resolve_resume
+
+    cfg = config_from_dict({"resume_from_checkpoint": None})
+    assert cfg.resume_from_checkpoint == ""
+    assert resolve_resume(cfg, tmp_path) is None  # nothing saved yet: a fresh start
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert resolve_resume(cfg, tmp_path) == str(tmp_path / "checkpoint-4") == resolve_resume(config_from_dict({}),
+                                                                                            tmp_path)

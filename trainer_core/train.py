@@ -47,7 +47,7 @@ class _StopFlag:
 def resolve_resume(cfg: TrainConfig, run_dir: Path) -> str | None:
     if cfg.resume_from_checkpoint == "none":
         return None
-    if cfg.resume_from_checkpoint == "auto":
+    if cfg.resume_from_checkpoint in ("auto", ""):  # "": an emptied field or `null`, i.e. the default
         newest = runs.newest_checkpoint(run_dir)
         return str(newest) if newest else None
     path = Path(cfg.resume_from_checkpoint)
