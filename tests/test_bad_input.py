@@ -110,7 +110,8 @@ EXPECTED = {
     # Binary files and encodings that are not text.
     "binary": [f"binary.json: {NUL}"],
     "binary_jsonl": [f"binary.jsonl: {NUL}"],
-    "bad_encoding": ["bad_encoding.csv: unknown encoding: the file is neither UTF-8 nor GB18030; save it as UTF-8"],
+    "bad_encoding": ["bad_encoding.csv: unknown encoding: the file is neither UTF-8, GB18030 nor Big5; "
+                     "save it as UTF-8"],
     "lone_surrogate": ["lone_surrogate.json, record 0, field 'output': holds a lone surrogate escape such as "
                        "\\ud800, which is not a character; fix the escape sequence in the file"],
     # Tables: NaN cells, duplicated and ragged columns, an answer letter with no option.

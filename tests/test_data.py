@@ -239,8 +239,8 @@ def test_missing_file_with_read_file(tmp_path):
 
 
 def test_unsupported_extension_and_txt_for_chat(tmp_path):
-    _, problems = read_file(write(tmp_path / "qa.xlsx", "x"), "alpaca")
-    assert "unsupported file type '.xlsx'" in problems[0].message
+    _, problems = read_file(write(tmp_path / "qa.docx", "x"), "alpaca")
+    assert "unsupported file type '.docx'" in problems[0].message
     _, problems = read_file(write(tmp_path / "qa.txt", "x"), "alpaca")
     assert '"formatting": "text"' in problems[0].message
 
@@ -525,3 +525,66 @@ def test_a_csv_with_a_header_and_no_rows_is_an_empty_dataset(tmp_path):
     path.write_text("instruction,input,output\n", encoding="utf-8")
     examples, problems = read_file(path, "alpaca")
     assert examples == [] and [p.message for p in problems] == ["holds no records: the dataset is empty"]
+
+
+# ---- Excel and Big5 --------------------------------------------------------------------------
+
+def _workbook(path: Path, sheets: dict[str, list[list]]) -> Path:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    book.save(path)
+    return path
+
+
+def test_an_excel_sheet_reads_like_a_csv_with_its_column_map(tmp_path):
+    """A hospital export: Chinese headers, a blank row, a number cell; the first sheet by
+    default, another one by name; problems name the record like a CSV's."""
+    _workbook(tmp_path / "qa.xlsx", {
+        "说明": [["这一页不是数据"]],
+        "问答": [["问题", "回答", "序号"], ["何为四诊？", "望闻问切", 1], [None, None, None],
+                 ["黄芪的功效？", "补气升阳", 2], ["", "没有问题的回答", 3]]})
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "qa": {"file_name": "qa.xlsx", "formatting": "alpaca", "sheet": "问答",
+               "columns": {"instruction": "问题", "output": "回答"}},
+        "first": {"file_name": "qa.xlsx", "formatting": "text", "columns": {"text": "这一页不是数据"}},
+        "missing_sheet": {"file_name": "qa.xlsx", "formatting": "alpaca", "sheet": "病历"}}, ensure_ascii=False))
+    examples, problems = read_dataset("qa", tmp_path)
+    assert [e["messages"][0]["content"] for e in examples] == ["何为四诊？", "黄芪的功效？"]
+    assert [(p.record, p.field) for p in problems] == [(2, "问题")]
+    examples, problems = read_dataset("first", tmp_path, stage="pt")
+    assert examples == [] and "holds no records" in problems[0].message  # the header row only
+    _, problems = read_dataset("missing_sheet", tmp_path)
+    assert problems[0].message == "has no sheet '病历' (its sheets: 说明, 问答)"
+
+
+def test_excel_upload_preview_and_old_xls(tmp_path):
+    path = _workbook(tmp_path / "upload.xlsx", {"Sheet1": [["instruction", "output"], ["何为四诊？", "望闻问切"]]})
+    examples, problems = read_file(path, "alpaca")
+    assert not problems and examples[0]["messages"][1]["content"] == "望闻问切"
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 60)
+    _, problems = read_file(tmp_path / "old.xls", "alpaca")
+    assert "save it as .xlsx" in problems[0].message
+    (tmp_path / "broken.xlsx").write_bytes(b"not a workbook")
+    _, problems = read_file(tmp_path / "broken.xlsx", "alpaca")
+    assert problems[0].message.startswith("cannot read this Excel file")
+
+
+def test_big5_is_told_apart_from_gb18030(tmp_path):
+    """Both decode most bytes of the other: each file must come back as it was written."""
+    traditional = ("問題,回答\n黃耆的功效是什麼？,補氣升陽，固表止汗，利水消腫。\n"
+                   "四君子湯由哪些藥組成？,人參、白朮、茯苓、甘草。\n")
+    simplified = ("问题,回答\n黄芪的功效是什么？,补气升阳，固表止汗，利水消肿。\n"
+                  "四君子汤由哪些药组成？,人参、白术、茯苓、甘草。\n")
+    columns = {"instruction": "問題", "output": "回答"}
+    (tmp_path / "big5.csv").write_bytes(traditional.encode("big5"))
+    examples, problems = read_file(tmp_path / "big5.csv", "alpaca", columns)
+    assert not problems and examples[0]["messages"][1]["content"] == "補氣升陽，固表止汗，利水消腫。"
+    (tmp_path / "gb.csv").write_bytes(simplified.encode("gb18030"))
+    examples, problems = read_file(tmp_path / "gb.csv", "alpaca", {"instruction": "问题", "output": "回答"})
+    assert not problems and examples[1]["messages"][1]["content"] == "人参、白术、茯苓、甘草。"

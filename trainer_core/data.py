@@ -49,7 +49,7 @@ import random
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from trainer_core.errors import DataError, Problem, UserError
 
 FORMATTINGS = ("alpaca", "sharegpt", "openai", "text", "mcq")
 STAGES = ("sft", "pt", "mcq")
-EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".xlsx")
 
 # Our field names per formatting: the keys that "columns" may map to the file's own names.
 FIELDS = {
@@ -148,6 +148,7 @@ class _Spec:
     content_tag: str = ""
     roles: dict[str, str] = field(default_factory=dict)  # role in the file -> system|user|assistant|tool
     expected_roles: tuple[str, ...] = ()  # listed when a role is unknown
+    sheet: str | int = 0  # .xlsx: the entry's "sheet" (a name), else the first sheet
 
     def key(self, name: str) -> str:
         return self.columns.get(name, name)
@@ -249,6 +250,7 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
     pretraining = _pretraining_shape(entry)
     if pretraining and stage == "pt":  # LLaMA-Factory's pt trains on the prompt column alone
         spec = _Spec("text", {"text": spec.key("instruction")})
+    spec = replace(spec, sheet=_sheet_of(entry, where))
     _check_stage(spec.formatting, stage, f"dataset '{name}'")
     path = dataset_dir / file_name
     problem = _open_problem(path, file_name, f" ({where})")
@@ -270,6 +272,16 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
             p.field == spec.key("output") and p.message.startswith("missing") for p in problems):
         raise UserError(text_hint)  # not one record has an answer: it is the pt shape, not broken sft data
     return examples, problems
+
+
+def _sheet_of(entry: dict, where: str) -> str | int:
+    """An entry's "sheet" (which sheet of an .xlsx file): a name, or 0 for the first one."""
+    sheet = entry.get("sheet", 0)
+    if sheet in (0, None, ""):
+        return 0
+    if not isinstance(sheet, str):
+        raise UserError(f'{where}: "sheet" names a sheet of the .xlsx file, e.g. "sheet": "问答"; got {sheet!r}')
+    return sheet
 
 
 def _check_entry(entry: dict, where: str, dataset_dir: Path) -> None:
@@ -411,7 +423,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
     """Read rows, check their size, convert them; collect every problem on the way.
     `txt_lines`: a .txt file holds one document per line (LLaMA-Factory's pre-training entries)."""
     try:
-        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes, txt_lines)
+        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes, txt_lines, spec.sheet)
     except OSError as e:  # no permission, a file that vanished, a device
         return [], [Problem(display, None, None, f"cannot read the file: {e.strerror or e}")]
     convert = CONVERTERS[spec.formatting]
@@ -449,13 +461,15 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
 # ---------------------------------------------------------------------------------------------
 
 def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
-               txt_lines: bool = False) -> tuple[Rows, list[Problem]]:
+               txt_lines: bool = False, sheet: str | int = 0) -> tuple[Rows, list[Problem]]:
     def fail(message: str) -> tuple[Rows, list[Problem]]:
         return [], [Problem(display, None, None, message)]
 
     suffix = path.suffix.lower()
     if path.is_dir():
         return fail("is a folder; point file_name at one file")
+    if suffix == ".xls":  # the old binary format: no maintained reader for it beside xlrd's last releases
+        return fail("an .xls file (Excel 97-2003): open it in Excel or LibreOffice and save it as .xlsx")
     if suffix not in EXTENSIONS:
         return fail(f"unsupported file type '{suffix}' (expected one of {', '.join(EXTENSIONS)})")
     if suffix == ".txt" and formatting != "text":
@@ -467,6 +481,8 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
                     "(max_file_bytes): split it or raise the limit")
     if suffix == ".parquet":
         return _read_parquet(path, display)
+    if suffix == ".xlsx":
+        return _read_xlsx(path, display, sheet)
     text, problem = _decode(path.read_bytes(), display)
     if problem:
         return [], [problem]
@@ -495,13 +511,36 @@ def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
     if b"\x00" in data[:8192]:
         return "", Problem(display, None, None, "not a text file (it contains NUL bytes); "
                            "save it as UTF-8 text (UTF-16 without a byte-order mark looks like this too)")
-    for encoding in ("utf-8-sig", "gb18030"):  # utf-8-sig also reads UTF-8 without a BOM
-        try:
-            return data.decode(encoding), None
-        except UnicodeDecodeError:
-            pass
-    return "", Problem(display, None, None, "unknown encoding: the file is neither UTF-8 nor GB18030; "
+    try:
+        return data.decode("utf-8-sig"), None  # utf-8-sig also reads UTF-8 without a BOM
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = data.decode("gb18030")
+    except UnicodeDecodeError:
+        text = None
+    try:
+        big5 = data.decode("big5")
+    except UnicodeDecodeError:
+        big5 = None
+    if text is not None and big5 is not None and _odd_characters(big5) < _odd_characters(text):
+        return big5, None  # GB18030 decodes almost any bytes: Big5 text read as it is mojibake
+    if text is not None:
+        return text, None
+    if big5 is not None:
+        return big5, None
+    return "", Problem(display, None, None, "unknown encoding: the file is neither UTF-8, GB18030 nor Big5; "
                        "save it as UTF-8")
+
+
+# Characters that Chinese text almost never holds and that a wrong decoding scatters everywhere:
+# Big5 read as GB18030 shows kana and hangul, GB18030 read as Big5 shows bopomofo and modifiers.
+_ODD_RANGES = ((0x02B0, 0x02FF), (0x1100, 0x11FF), (0x2500, 0x257F), (0x3040, 0x30FF), (0x3100, 0x312F),
+               (0x3130, 0x318F), (0xAC00, 0xD7AF), (0xE000, 0xF8FF), (0xFF61, 0xFF9F))
+
+
+def _odd_characters(text: str) -> int:
+    return sum(any(low <= ord(c) <= high for low, high in _ODD_RANGES) for c in text if ord(c) > 0x7F)
 
 
 def _json_error(error: ValueError | RecursionError) -> str:
@@ -556,31 +595,70 @@ def _parse_csv(text: str, display: str, delimiter: str) -> tuple[Rows, list[Prob
     # The default cell limit (128 KiB) is below max_record_chars; the record size check guards memory.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows, problems = [], []
+    problems: list[Problem] = []
     try:
-        header = next(reader, None)
-        if header is None:
-            return [], [Problem(display, None, None, "the file is empty; expected a header row")]
-        header = [name.strip() for name in header]
-        # An unnamed column (the index pandas writes, as in CMMLU) is fine; two with one name are not.
-        doubled = sorted({name for name in header if name and header.count(name) > 1})
-        if doubled:
-            return [], [Problem(display, None, name, f"column '{name}' appears {header.count(name)} times in "
-                                "the header; rename the copies") for name in doubled]
-        index = 0
-        for cells in reader:
-            if not any(cell.strip() for cell in cells):  # blank lines and rows of empty cells
-                continue
-            if len(cells) != len(header):
-                message = f"line {reader.line_num}: {len(cells)} cells, but the header has {len(header)}"
-                problems.append(Problem(display, index, None, message))
-            else:
-                rows.append((index, {name: math.nan if cell.strip() in NAN_CELLS else cell
-                                     for name, cell in zip(header, cells)}))
-            index += 1
+        return _table(reader, display, lambda: f"line {reader.line_num}")
     except csv.Error as e:
         problems.append(Problem(display, None, None, f"line {reader.line_num}: {e}"))
+    return [], problems
+
+
+def _table(lines: Iterator[list[str]], display: str, where: Callable[[], str]) -> tuple[Rows, list[Problem]]:
+    """A header row, then one record per row (a CSV file or a sheet); `where` names the current row."""
+    rows, problems = [], []
+    header = next(lines, None)
+    if header is None:
+        return [], [Problem(display, None, None, "the file is empty; expected a header row")]
+    header = [name.strip() for name in header]
+    # An unnamed column (the index pandas writes, as in CMMLU) is fine; two with one name are not.
+    doubled = sorted({name for name in header if name and header.count(name) > 1})
+    if doubled:
+        return [], [Problem(display, None, name, f"column '{name}' appears {header.count(name)} times in "
+                            "the header; rename the copies") for name in doubled]
+    index = 0
+    for cells in lines:
+        if not any(cell.strip() for cell in cells):  # blank lines and rows of empty cells
+            continue
+        if len(cells) != len(header):
+            message = f"{where()}: {len(cells)} cells, but the header has {len(header)}"
+            problems.append(Problem(display, index, None, message))
+        else:
+            rows.append((index, {name: math.nan if cell.strip() in NAN_CELLS else cell
+                                 for name, cell in zip(header, cells)}))
+        index += 1
     return rows, problems
+
+
+def _read_xlsx(path: Path, display: str, sheet: str | int) -> tuple[Rows, list[Problem]]:
+    """One sheet of an Excel workbook (the first, or the entry's "sheet"), read by pandas with
+    openpyxl as a table of text cells, then checked like a CSV file (header, blank rows)."""
+    import zipfile
+
+    try:
+        import pandas as pd
+    except ImportError:
+        return [], [Problem(display, None, None, "reading .xlsx needs pandas and openpyxl: "
+                            "pip install pandas openpyxl")]
+    try:
+        with pd.ExcelFile(path, engine="openpyxl") as book:
+            if sheet != 0 and sheet not in book.sheet_names:
+                names = ", ".join(map(str, book.sheet_names))
+                return [], [Problem(display, None, None, f"has no sheet '{sheet}' (its sheets: {names})")]
+            frame = book.parse(sheet, header=None, dtype=str, keep_default_na=False)
+    except ImportError:
+        return [], [Problem(display, None, None, "reading .xlsx needs openpyxl: pip install openpyxl")]
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:  # not a workbook, or a broken one
+        return [], [Problem(display, None, None, f"cannot read this Excel file ({type(e).__name__}: {e}); "
+                            "save it again from Excel as .xlsx, or as .csv (UTF-8)")]
+    cells = [[str(cell) for cell in row] for row in frame.itertuples(index=False, name=None)]
+    position = {"row": 0}
+
+    def lines() -> Iterator[list[str]]:
+        for number, row in enumerate(cells, start=1):
+            position["row"] = number
+            yield row
+
+    return _table(lines(), display, lambda: f"row {position['row']} of the sheet")
 
 
 def _parse_txt(text: str) -> Rows:
