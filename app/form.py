@@ -25,6 +25,7 @@ from trainer_core.config import (
     allowed_values,
     config_from_dict,
     config_to_yaml,
+    dataset_mix,
     preset_paths,
     validate,
 )
@@ -118,7 +119,7 @@ def values_from_config(config: dict, ctx: AppContext, current: dict[str, Any], a
     if not keep_data_dir and cfg.get("dataset_dir"):
         data_dir = str(cfg["dataset_dir"])
     values["dataset_dir"] = data_dir
-    wanted = [d.strip() for d in str(cfg.get("dataset") or "").split(",") if d.strip()]
+    wanted = dataset_mix(str(cfg.get("dataset") or ""))[0]  # the names; the form has no weights yet
     chosen = [d for d in wanted if d in available] if keep_data_dir else wanted
     values["datasets"] = chosen or list(current.get("datasets") or [])
     return values

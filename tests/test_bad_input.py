@@ -393,11 +393,12 @@ def test_every_key_with_a_range_refuses_a_value_outside_it(name):
 
 
 def test_keys_without_a_range_are_the_free_text_and_yes_no_keys():
-    """Free text is checked where it is used (model folder, dataset names, DeepSpeed preset)."""
+    """Free text is checked where it is used (model folder, dataset names, DeepSpeed preset) or by
+    the config's rules over several keys (mixing weights)."""
     unranged = {n for n in KEYS if n not in RANGED}
     assert {n for n in unranged if kind_of(n) != "bool"} == {
         "model_name_or_path", "dataset_dir", "dataset", "eval_dataset", "lora_target", "output_dir",
-        "resume_from_checkpoint", "deepspeed", "hostfile"}
+        "resume_from_checkpoint", "deepspeed", "hostfile", "interleave_probs"}
 
 
 def test_allowed_values_are_spelled_out():

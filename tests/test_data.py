@@ -588,3 +588,78 @@ def test_big5_is_told_apart_from_gb18030(tmp_path):
     (tmp_path / "gb.csv").write_bytes(simplified.encode("gb18030"))
     examples, problems = read_file(tmp_path / "gb.csv", "alpaca", {"instruction": "问题", "output": "回答"})
     assert not problems and examples[1]["messages"][1]["content"] == "人参、白术、茯苓、甘草。"
+
+
+# ---- mixing by ratio -------------------------------------------------------------------------
+
+def _mix_dir(tmp_path: Path, sizes: dict[str, int]) -> Path:
+    info = {}
+    for name, size in sizes.items():
+        rows = [{"instruction": f"{name} 问题 {i}", "output": f"{name} 回答 {i}"} for i in range(size)]
+        (tmp_path / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        info[name] = {"file_name": f"{name}.json", "formatting": "alpaca"}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info), encoding="utf-8")
+    return tmp_path
+
+
+def _sources(examples: list[dict]) -> dict[str, int]:
+    from trainer_core.data import mix_composition
+
+    return mix_composition(examples)
+
+
+def test_weights_draw_each_dataset_by_its_share_until_the_first_runs_out(tmp_path):
+    folder = _mix_dir(tmp_path, {"classics": 300, "clinic": 300, "general": 300})
+    train, _ = load_datasets("classics:0.6,clinic:0.3,general:0.1", folder, "sft", seed=7)
+    counts = _sources(train)
+    assert counts["classics"] == 300  # interleave_under: the heaviest one ran out first, and that is the end
+    assert 120 <= counts["clinic"] <= 180 and 25 <= counts["general"] <= 75  # about 0.3 and 0.1 of 500
+    assert len({e["messages"][0]["content"] for e in train}) == len(train)  # no record twice
+    again, _ = load_datasets("classics:0.6,clinic:0.3,general:0.1", folder, "sft", seed=7)
+    assert again == train  # the seed fixes the draw
+    other, _ = load_datasets("classics:0.6,clinic:0.3,general:0.1", folder, "sft", seed=8)
+    assert other != train
+    same, _ = load_datasets("classics,clinic,general", folder, "sft", seed=7, interleave_probs="0.6,0.3,0.1")
+    assert same == train  # LLaMA-Factory's spelling of the same weights
+
+
+def test_interleave_over_repeats_the_small_datasets_and_concat_takes_each_record_once(tmp_path):
+    folder = _mix_dir(tmp_path, {"big": 200, "small": 10})
+    train, _ = load_datasets("big:0.5,small:0.5", folder, "sft", seed=1, mix_strategy="interleave_over")
+    counts = _sources(train)
+    assert counts["big"] == 200 and counts["small"] > 100  # the small one is oversampled to keep its share
+    assert {e["messages"][0]["content"] for e in train if e["source"] == "small"} == {
+        f"small 问题 {i}" for i in range(10)}
+    plain, _ = load_datasets("big,small", folder, "sft", seed=1)
+    assert _sources(plain) == {"big": 200, "small": 10} and len(plain) == 210
+
+
+def test_mixing_weights_are_checked_with_the_config():
+    from trainer_core.config import TrainConfig, validate
+
+    def keys(**raw):
+        return [p.keys for p in validate(raw, TrainConfig)[1]]
+
+    assert keys(dataset="a:0.5,b:0.5") == [] and keys(dataset="a,b", interleave_probs="1,3") == []
+    assert keys(dataset="a:0.5,b") == [("dataset",)]
+    assert keys(dataset="a:0.5,b:0.5", interleave_probs="1,1") == [("dataset", "interleave_probs")]
+    assert keys(dataset="a,b", interleave_probs="1") == [("interleave_probs",)]
+    assert keys(dataset="a:0,b:1") == [("dataset",)] and keys(dataset="a:x,b:1") == [("dataset",)]
+    assert keys(mix_strategy="interleave") == [("mix_strategy",)]
+
+
+def test_the_run_folder_records_the_mix(tmp_path):
+    from trainer_core.config import TrainConfig
+    from trainer_core.train import record_mix
+
+    (tmp_path / "data").mkdir()
+    folder = _mix_dir(tmp_path / "data", {"a": 40, "b": 40})
+    train, _ = load_datasets("a:3,b:1", folder, "sft", seed=3)
+    lines: list[str] = []
+    cfg = TrainConfig(dataset="a:3,b:1", output_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    record_mix(cfg, train, lines.append)
+    mix = json.loads((tmp_path / "run" / "data_mix.json").read_text())
+    assert mix["strategy"] == "interleave_under" and mix["weights"] == {"a": 3.0, "b": 1.0}
+    assert mix["records_per_epoch"] == _sources(train) and mix["total"] == len(train)
+    assert lines[0].startswith("train mix: a 40 (")

@@ -54,6 +54,9 @@ def test_lora_sft_writes_the_run_folder(cli, tiny_model_dir, tiny_data_dir, tmp_
     assert all(e["total_steps"] == 8 and e["tokens_per_second"] > 0 for e in log)
     assert train[-1]["loss"] < train[0]["loss"]
     assert "Example input" in (out / "console.log").read_text()
+    mix = json.loads((out / "data_mix.json").read_text())  # both datasets whole (concat), less the val split
+    assert mix["strategy"] == "concat" and set(mix["records_per_epoch"]) == {"qa", "dialog"}
+    assert "train mix: " in (out / "console.log").read_text()
 
 
 def test_full_finetuning_saves_a_whole_model(cli, tiny_model_dir, tiny_data_dir, tmp_path):

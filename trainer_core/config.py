@@ -22,6 +22,7 @@ import yaml
 from trainer_core.errors import UserError
 
 DEEPSPEED_PRESETS = ("z0", "z2", "z3", "z3_offload")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr")
 
@@ -48,13 +49,20 @@ class TrainConfig:
     trust_remote_code: bool = _key(False, "run code shipped with the model (only for models you trust)")
     # Data
     dataset_dir: str = _key("data", "folder holding dataset_info.json")
-    dataset: str = _key("tcm_qa", "comma-separated dataset names from dataset_info.json")
+    dataset: str = _key("tcm_qa", "comma-separated dataset names from dataset_info.json, each with an optional "
+                        "mixing weight: tcm_qa:0.5,tcm_dialog:0.3,general:0.2")
     eval_dataset: str = _key("", "datasets used for evaluation instead of a val_size split")
     val_size: float = _key(0.0, "share (0-1) or number (>=1) of records held out for eval loss", min=0)
     max_samples: int | None = _key(None, "use at most this many records of each dataset", min=1, optional=True)
     cutoff_len: int = _key(1024, "maximum tokens per sample (SFT) or block (PT)", min=16)
     packing: bool | None = _key(None, "concatenate samples into cutoff_len blocks (default: on for pt, off "
                                 "for sft)", optional=True)
+    mix_strategy: str = _key("concat", "several datasets: concat (every record once, shuffled), interleave_under "
+                             "(drawn by weight until the first runs out), interleave_over (until each has run "
+                             "out once, the others repeated); weights alone mean interleave_under",
+                             choices=MIX_STRATEGIES)
+    interleave_probs: str = _key("", "mixing weights in dataset order, e.g. 0.5,0.3,0.2 (LLaMA-Factory's "
+                                 "spelling of dataset: a:0.5,b:0.3,c:0.2)")
     # Method
     finetuning_type: str = _key("lora", "lora, qlora (4-bit base + LoRA) or full", choices=("lora", "qlora", "full"))
     lora_rank: int = _key(8, "LoRA rank r", min=1)
@@ -110,6 +118,7 @@ class TrainConfig:
         if self.finetuning_type == "qlora" and self.deepspeed in ("z3", "z3_offload"):
             problems.append(ConfigProblem(("finetuning_type", "deepspeed"),
                                           "QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed"))
+        problems += _mix_problems(self.dataset, self.interleave_probs)
         if not [d for d in self.dataset.split(",") if d.strip()]:
             problems.append(ConfigProblem(("dataset",), "dataset: give at least one dataset name from "
                                           "dataset_info.json"))
@@ -135,6 +144,54 @@ class ConfigError(UserError):
     def __init__(self, problems: list[ConfigProblem]):
         self.problems = list(problems)
         super().__init__("config problem(s):\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def dataset_mix(dataset: str, interleave_probs: str = "") -> tuple[list[str], list[float] | None]:
+    """The dataset names and their mixing weights (None: no weights, plain concatenation) from
+    `dataset: a:0.5,b:0.3` or `dataset: a,b` + `interleave_probs: 0.5,0.3`. Unchecked: see rules()."""
+    names, weights = [], []
+    for item in (part.strip() for part in dataset.split(",")):
+        if item:
+            name, _, weight = item.partition(":")
+            names.append(name.strip())
+            weights.append(weight.strip())
+    if interleave_probs.strip():
+        weights = [w.strip() for w in interleave_probs.split(",")]
+    if not any(weights):
+        return names, None
+    try:
+        return names, [float(w) for w in weights]
+    except ValueError:
+        return names, None
+
+
+def _mix_problems(dataset: str, interleave_probs: str) -> list[ConfigProblem]:
+    items = [part.strip() for part in dataset.split(",") if part.strip()]
+    weighted = [item for item in items if ":" in item]
+    if interleave_probs.strip() and weighted:
+        return [ConfigProblem(("dataset", "interleave_probs"), "give the mixing weights once: in dataset "
+                              "(a:0.5,b:0.5) or in interleave_probs, not both")]
+    if weighted and len(weighted) != len(items):
+        return [ConfigProblem(("dataset",), f"dataset: give every dataset a weight or none ({dataset})")]
+    texts = ([w.strip() for w in interleave_probs.split(",")] if interleave_probs.strip()
+             else [item.partition(":")[2].strip() for item in weighted])
+    if not texts:
+        return []
+    key = "interleave_probs" if interleave_probs.strip() else "dataset"
+    if len(texts) != len(items):
+        return [ConfigProblem((key,), f"interleave_probs: {len(texts)} weights for {len(items)} datasets")]
+    bad = [text for text in texts if not _positive_number(text)]
+    if bad:
+        return [ConfigProblem((key,), f"{key}: mixing weight '{bad[0]}' is not a number > 0")]
+    return []
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0
 
 
 Schema = TypeVar("Schema")
@@ -290,8 +347,6 @@ LLAMAFACTORY_KEYS: dict[str, ForeignKey] = {
     "dataloader_num_workers": ForeignKey("batches are built in the training process; speed only"),
     "streaming": ForeignKey("datasets are read whole", (False,),
                             "datasets are read whole here (max_samples limits them)"),
-    "mix_strategy": ForeignKey("datasets are concatenated, then shuffled", ("concat",),
-                               "datasets are concatenated here (mix_strategy: concat)"),
     "disable_shuffling": ForeignKey("the training data is shuffled by seed", (False,),
                                     "the training data is always shuffled here (by seed)"),
     "ignore_pad_token_for_loss": ForeignKey("padding never counts in the loss", (True,),

@@ -1073,18 +1073,23 @@ def _missing_tag(n: int, turn: dict, spec: _Spec) -> str:
 
 def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *,
                   max_samples: int | None = None, val_size: float = 0, seed: int = 42,
-                  eval_names: list[str] | str | None = None) -> tuple[list[dict], list[dict]]:
+                  eval_names: list[str] | str | None = None, mix_strategy: str = "concat",
+                  interleave_probs: str = "") -> tuple[list[dict], list[dict]]:
     """Read, check, mix, shuffle and split the datasets of a run: (train_examples, eval_examples).
 
-    - `names` (a list or a comma-separated string) are read in order and concatenated; an entry's
-      "num_samples" draws N of its valid records (see `sample_records`), then `max_samples` keeps
-      the first N of each, in that order (as LLaMA-Factory does).
+    - `names` (a list or a comma-separated string, each name with an optional ":weight") are read in
+      order; an entry's "num_samples" draws N of its valid records (see `sample_records`), then
+      `max_samples` keeps the first N of each, in that order (as LLaMA-Factory does).
+    - With weights (in the names or `interleave_probs`) or an interleave `mix_strategy`, the
+      datasets are interleaved (`interleave`); otherwise concatenated.
     - Any problem in any dataset raises one DataError listing all of them.
     - The training examples are shuffled with random.Random(seed): the same seed gives the same order.
     - `eval_names`, when given, are the eval split; otherwise `val_size` (a fraction 0 < x < 1 or a
       whole number of records) is split off the shuffled training examples.
     """
-    train_names = _name_list(names)
+    from trainer_core.config import dataset_mix
+
+    train_names, weights = dataset_mix(",".join(_name_list(names)), interleave_probs)
     eval_list = _name_list(eval_names)
     if not train_names:
         raise UserError('no dataset given: set "dataset" to one or more names from dataset_info.json')
@@ -1098,27 +1103,75 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
 
     problems: list[Problem] = []
 
-    def read_all(names: list[str]) -> list[dict]:
-        examples = []
+    def read_each(names: list[str]) -> list[list[dict]]:
+        groups = []
         for name in names:
             found, trouble = read_dataset(name, dataset_dir, stage)
             problems.extend(trouble)
             if info[name].get("num_samples") and found:  # read_dataset checked it is a count
                 found = sample_records(found, info[name]["num_samples"], f"{seed}:{name}")
-            examples.extend(found[:max_samples] if max_samples else found)
-        return examples
+            groups.append(found[:max_samples] if max_samples else found)
+        return groups
 
-    train = read_all(train_names)
-    evals = read_all(eval_list)
+    groups = read_each(train_names)
+    evals = [e for group in read_each(eval_list) for e in group]
     if problems:
         raise DataError(problems)
-    if not train:
+    if not any(groups):
         raise UserError(f"dataset {', '.join(train_names)} holds no records")
-    random.Random(seed).shuffle(train)
+    if weights is None and mix_strategy == "concat":
+        train = [e for group in groups for e in group]
+        random.Random(seed).shuffle(train)
+    else:
+        empty = [name for name, group in zip(train_names, groups) if not group]
+        if empty:
+            raise UserError(f"dataset {empty[0]} holds no records to mix")
+        train = interleave(groups, weights or [1.0] * len(groups), seed,
+                           until_all=mix_strategy == "interleave_over")
     if not eval_list and val_size:
         count = _val_count(val_size, len(train))
         evals, train = train[:count], train[count:]
     return train, evals
+
+
+def interleave(groups: list[list[dict]], weights: list[float], seed: Any, until_all: bool = False) -> list[dict]:
+    """The records of several datasets drawn one at a time, each draw picking a dataset with
+    probability weight / sum(weights), from each dataset in a shuffled order (seeded).
+    As Hugging Face datasets' `interleave_datasets` (LLaMA-Factory's interleave_under / _over):
+    stop when the first dataset runs out, or (`until_all`) when each has run out at least once,
+    a dataset that ran out starting over in a new order."""
+    if len(weights) != len(groups) or not all(w > 0 for w in weights):
+        raise UserError(f"mixing weights must be one number > 0 per dataset, got {weights}")
+    rng = random.Random(seed)
+    orders = []
+    for group in groups:
+        order = list(range(len(group)))
+        rng.shuffle(order)
+        orders.append(order)
+    positions = [0] * len(groups)
+    ran_out: set[int] = set()
+    picked: list[dict] = []
+    while True:
+        i = rng.choices(range(len(groups)), weights=weights)[0]
+        if positions[i] == len(orders[i]):
+            if not until_all:
+                break
+            ran_out.add(i)
+            if len(ran_out) == len(groups):
+                break
+            rng.shuffle(orders[i])
+            positions[i] = 0
+        picked.append(dict(groups[i][orders[i][positions[i]]]))  # a record drawn twice is two records
+        positions[i] += 1
+    return picked
+
+
+def mix_composition(examples: list[dict]) -> dict[str, int]:
+    """How many records of each dataset (by "source"), in order of first appearance."""
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[example.get("source", "?")] = counts.get(example.get("source", "?"), 0) + 1
+    return counts
 
 
 def sample_records(examples: list[dict], count: int, seed: Any) -> list[dict]:

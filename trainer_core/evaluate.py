@@ -514,7 +514,9 @@ def _run_validation_split(config: dict, dataset_dir: str) -> list[dict]:
 
     _, evals = load_datasets(config.get("dataset", ""), dataset_dir, config.get("stage", "sft"),
                              max_samples=config.get("max_samples"), val_size=config.get("val_size") or 0,
-                             seed=config.get("seed", 42), eval_names=config.get("eval_dataset") or None)
+                             seed=config.get("seed", 42), eval_names=config.get("eval_dataset") or None,
+                             mix_strategy=config.get("mix_strategy") or "concat",
+                             interleave_probs=config.get("interleave_probs") or "")
     return evals
 
 

@@ -40,6 +40,7 @@ LOG_FILE = "trainer_log.jsonl"
 CONFIG_FILE = "run.yaml"
 COMMAND_FILE = "command.txt"
 CONSOLE_FILE = "console.log"
+MIX_FILE = "data_mix.json"  # records of each dataset in the training split, per epoch
 STATES = ("running", "finished", "failed", "aborted")
 # Environment variables worth recording in command.txt; secrets are never among them.
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT", "QIHUANG_HOME", "HF_HOME",

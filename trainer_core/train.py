@@ -222,7 +222,9 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
 
     train_examples, eval_examples = load_datasets(
         cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples, val_size=cfg.val_size,
-        seed=cfg.seed, eval_names=cfg.eval_dataset or None)
+        seed=cfg.seed, eval_names=cfg.eval_dataset or None, mix_strategy=cfg.mix_strategy,
+        interleave_probs=cfg.interleave_probs)
+    record_mix(cfg, train_examples, log)
     cache_dir = qihuang_home() / "cache" / "tokenized"
     splits: list[list] = []
     for name, examples in (("train", train_examples), ("eval", eval_examples)):
@@ -253,6 +255,24 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
             log(f"train: packed into {len(samples)} blocks of at most {cfg.cutoff_len} tokens")
         splits.append(samples)
     return splits[0], splits[1]
+
+
+def record_mix(cfg: TrainConfig, train_examples: list[dict], log=print) -> None:
+    """What the training split holds of each dataset, per epoch: one log line and data_mix.json in
+    the run folder (written once, by the main process)."""
+    from trainer_core.config import dataset_mix
+    from trainer_core.data import mix_composition
+
+    counts = mix_composition(train_examples)
+    total = sum(counts.values()) or 1
+    log("train mix: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in counts.items()))
+    if int(os.environ.get("RANK", "0")) != 0 or not cfg.output_dir:
+        return
+    names, weights = dataset_mix(cfg.dataset, cfg.interleave_probs)
+    strategy = cfg.mix_strategy if weights is None or cfg.mix_strategy != "concat" else "interleave_under"
+    runs.write_json_atomic(Path(cfg.output_dir) / runs.MIX_FILE, {
+        "strategy": strategy, "weights": dict(zip(names, weights)) if weights else None,
+        "records_per_epoch": counts, "total": sum(counts.values())})
 
 
 def show_example(sample: dict, tokenizer: Any, log=print) -> None:
