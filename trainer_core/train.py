@@ -353,12 +353,25 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run
 
 
 def _leave_process_group() -> None:
-    """A rank that exits with its gloo/NCCL group alive can abort in teardown ("terminate called
-    without an active exception", SIGABRT) after a run that succeeded; leave the group first."""
+    """Ranks leave their gloo/NCCL group together, then destroy it: a rank that exits while
+    another still saves (rank 0 writes the model) can abort in teardown ("terminate called without
+    an active exception", SIGABRT) after a run that succeeded. The wait is bounded, for a peer that
+    died; after an error in this rank there is no wait at all."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if sys.exc_info()[0] is None:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=120))
+            else:
+                dist.barrier()
+        except RuntimeError:  # a peer is gone: nothing left to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def _finish(run_dir: Path, is_main: bool, state: str, exit_code: int, error: str | None) -> None:
