@@ -401,7 +401,8 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         """Yield twice: character statistics at once, token statistics when the tokenizer is done."""
         view: dict[str, Any] = {"what": what, "problems": problems,
                                 "text": text_stats(examples) if examples else {"records": 0}}
-        yield present(view, examples, 1, language)
+        first = present(view, examples, 1, language)
+        yield first
         if not with_tokens or not examples or any("question" in e for e in examples):
             return
         try:
@@ -411,7 +412,10 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
                     "problems": [*problems, *special]}
         except Exception as exc:  # noqa: BLE001 - a tokenizer that will not load is reported, not raised
             view = {**view, "token_error": error_text(exc, language)}
-        yield present(view, examples, 1, language)
+        shown = present(view, examples, 1, language)
+        if shown[c["data_msg"]] == first[c["data_msg"]]:  # the same line: leave what a later click wrote there
+            del shown[c["data_msg"]]
+        yield shown
 
     def on_language(view: dict | None, examples: list[dict], page_number: Any, language: str) -> dict[Any, Any]:
         if not view:
