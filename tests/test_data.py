@@ -17,6 +17,7 @@ import pytest
 from trainer_core.data import (
     load_dataset_info,
     load_datasets,
+    mix_composition,
     percentile,
     read_dataset,
     read_file,
@@ -658,7 +659,7 @@ def test_the_run_folder_records_the_mix(tmp_path):
     lines: list[str] = []
     cfg = TrainConfig(dataset="a:3,b:1", output_dir=str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
-    record_mix(cfg, train, lines.append)
+    record_mix(cfg, mix_composition(train), lines.append)
     mix = json.loads((tmp_path / "run" / "data_mix.json").read_text())
     assert mix["strategy"] == "interleave_under" and mix["weights"] == {"a": 3.0, "b": 1.0}
     assert mix["records_per_epoch"] == _sources(train) and mix["total"] == len(train)

@@ -36,7 +36,7 @@ def harmless(name: str) -> str:
 
 
 EXAMPLE_NOTICES = [
-    harmless("do_train"), harmless("overwrite_cache"), harmless("preprocessing_num_workers"), harmless("plot_loss"),
+    harmless("do_train"), harmless("overwrite_cache"), harmless("plot_loss"),  # preprocessing_num_workers is ours
     "overwrite_output_dir: true is taken as resume_from_checkpoint: none (LLaMA-Factory then does not resume; an "
     "output_dir that already holds checkpoints is refused here rather than overwritten)",
     harmless("ddp_timeout"), harmless("eval_strategy")]

@@ -63,6 +63,12 @@ class TrainConfig:
                              choices=MIX_STRATEGIES)
     interleave_probs: str = _key("", "mixing weights in dataset order, e.g. 0.5,0.3,0.2 (LLaMA-Factory's "
                                  "spelling of dataset: a:0.5,b:0.3,c:0.2)")
+    data_engine: str = _key("auto", "how data is prepared: memory (Python lists, fastest for small data), arrow "
+                            "(checked and tokenized by several processes into memory-mapped Arrow files, cached "
+                            "and resumable: data larger than memory), auto (arrow from 256 MiB of files on)",
+                            choices=("auto", "memory", "arrow"))
+    preprocessing_num_workers: int | None = _key(None, "processes that prepare Arrow data (default: one per core)",
+                                                 min=1, optional=True)
     # Method
     finetuning_type: str = _key("lora", "lora, qlora (4-bit base + LoRA) or full", choices=("lora", "qlora", "full"))
     lora_rank: int = _key(8, "LoRA rank r", min=1)
@@ -342,7 +348,6 @@ LLAMAFACTORY_KEYS: dict[str, ForeignKey] = {
     # data
     "overwrite_cache": ForeignKey("tokenized data is cached under a fingerprint of the data, the tokenizer and the "
                                   "settings, so a stale cache is never used"),
-    "preprocessing_num_workers": ForeignKey("tokenizing runs in the training process and is cached; speed only"),
     "preprocessing_batch_size": ForeignKey("speed only"),
     "dataloader_num_workers": ForeignKey("batches are built in the training process; speed only"),
     "streaming": ForeignKey("datasets are read whole", (False,),

@@ -232,13 +232,28 @@ def _check_stage(formatting: str, stage: str, what: str) -> None:
 # Public readers
 # ---------------------------------------------------------------------------------------------
 
-def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_record_chars: int = 200_000,
-                 max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
-    """Read the dataset `name` registered in `<dataset_dir>/dataset_info.json`.
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a registered dataset's records are and how to read them (`dataset_source`)."""
 
-    Returns the good examples and every problem found (records with problems are left out).
-    A mistake in the registry entry itself raises UserError.
-    """
+    name: str
+    files: list[tuple[Path, str]]  # (path, the name problems show)
+    spec: _Spec
+    stage: str
+    txt_lines: bool  # .txt holds one document per line (LLaMA-Factory's pre-training entries)
+    pretraining: bool  # LLaMA-Factory's pre-training shape (see _pretraining_shape)
+    where: str  # "dataset 'x' in .../dataset_info.json", for messages
+    num_samples: int | None
+
+    def text_hint(self) -> str:
+        return (f'{self.where} is pre-training text in LLaMA-Factory\'s layout ("columns": {{"prompt": '
+                f'"{self.spec.key("instruction")}"}} and no "response"): use it with stage pt, or map an answer '
+                'column with "response" for sft')
+
+
+def dataset_source(name: str, dataset_dir: str | Path, stage: str = "sft") -> tuple[DatasetSource, list[Problem]]:
+    """The files and the reading spec of the dataset `name`; a file that cannot be opened is a
+    problem. A mistake in the registry entry itself raises UserError."""
     dataset_dir = Path(dataset_dir)
     info = load_dataset_info(dataset_dir)
     info_path = dataset_dir / "dataset_info.json"
@@ -254,24 +269,36 @@ def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_
     _check_stage(spec.formatting, stage, f"dataset '{name}'")
     path = dataset_dir / file_name
     problem = _open_problem(path, file_name, f" ({where})")
-    if problem:
-        return [], [problem]
-    files, problems = _data_files(path, file_name)
-    text_hint = (f'{where} is pre-training text in LLaMA-Factory\'s layout ("columns": {{"prompt": '
-                 f'"{spec.key("instruction")}"}} and no "response"): use it with stage pt, or map an answer '
-                 'column with "response" for sft')
+    files, problems = ([], [problem]) if problem else _data_files(path, file_name)
+    source = DatasetSource(name, files, spec, stage, pretraining, pretraining, where, entry.get("num_samples"))
     if pretraining and stage == "sft" and any(f.suffix.lower() == ".txt" for f, _ in files):
-        raise UserError(text_hint)
+        raise UserError(source.text_hint())
+    return source, problems
+
+
+def read_dataset(name: str, dataset_dir: str | Path, stage: str = "sft", *, max_record_chars: int = 200_000,
+                 max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
+    """Read the dataset `name` registered in `<dataset_dir>/dataset_info.json`.
+
+    Returns the good examples and every problem found (records with problems are left out).
+    A mistake in the registry entry itself raises UserError.
+    """
+    source, problems = dataset_source(name, dataset_dir, stage)
     examples: list[dict] = []
-    for file, display in files:
-        found, trouble = _read(file, display, spec, stage, name, max_record_chars, max_file_bytes,
-                               txt_lines=pretraining)
+    for file, display in source.files:
+        found, trouble = _read(file, display, source.spec, stage, name, max_record_chars, max_file_bytes,
+                               txt_lines=source.txt_lines)
         examples += found
         problems += trouble
-    if pretraining and stage == "sft" and not examples and any(
-            p.field == spec.key("output") and p.message.startswith("missing") for p in problems):
-        raise UserError(text_hint)  # not one record has an answer: it is the pt shape, not broken sft data
+    if no_answers(source, examples, problems):
+        raise UserError(source.text_hint())  # not one record has an answer: it is the pt shape, not broken sft data
     return examples, problems
+
+
+def no_answers(source: DatasetSource, examples: list, problems: list[Problem]) -> bool:
+    """LLaMA-Factory's pre-training shape read for sft: not one record has an answer."""
+    return (source.pretraining and source.stage == "sft" and not examples
+            and any(p.field == source.spec.key("output") and p.message.startswith("missing") for p in problems))
 
 
 def _sheet_of(entry: dict, where: str) -> str | int:
@@ -426,34 +453,40 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
         rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes, txt_lines, spec.sheet)
     except OSError as e:  # no permission, a file that vanished, a device
         return [], [Problem(display, None, None, f"cannot read the file: {e.strerror or e}")]
-    convert = CONVERTERS[spec.formatting]
     examples = []
     for index, row in rows:
-        # Checked before converting: the tokenizer would truncate anyway; this guards memory.
-        size = _record_chars(row)
-        if size > max_record_chars:
-            problems.append(Problem(display, index, None, f"record is {size:,} characters; "
-                                    f"the limit is {max_record_chars:,} (max_record_chars)"))
-            continue
-        bad_unicode = _surrogate_problem(row)
-        if bad_unicode is not None:  # it could not be printed, tokenized or saved
-            problems.append(Problem(display, index, *bad_unicode))
-            continue
-        example, errors = convert(row, spec)
-        if errors or example is None:  # a converter returns None only together with its errors
-            problems.extend(Problem(display, index, key, message) for key, message in errors)
-            continue
-        if stage == "pt" and "messages" in example:
-            # Pre-training reads conversations as plain text.
-            example = {"text": "\n".join(message_text(m) for m in example["messages"])}
-        example["source"] = source
-        example["file"] = display
-        example["index"] = index
-        examples.append(example)
+        example, trouble = convert_row(index, row, display, spec, stage, source, max_record_chars)
+        problems += trouble
+        if example is not None:
+            examples.append(example)
     if not rows and not problems:  # a header with no rows, an empty list: nothing to train on
         problems.append(Problem(display, None, None, "holds no records: the dataset is empty"))
     problems.sort(key=lambda p: -1 if p.record is None else p.record)  # file order; whole-file first
     return examples, [_printable(p) for p in problems]
+
+
+def convert_row(index: int, row: Any, display: str, spec: _Spec, stage: str, source: str,
+                max_record_chars: int = 200_000) -> tuple[dict | None, list[Problem]]:
+    """One row as read -> (its example, or None with the problems that keep it out). The one
+    check and conversion of a record, for the in-memory reader and the Arrow path alike."""
+    # Checked before converting: the tokenizer would truncate anyway; this guards memory.
+    size = _record_chars(row)
+    if size > max_record_chars:
+        return None, [Problem(display, index, None, f"record is {size:,} characters; "
+                              f"the limit is {max_record_chars:,} (max_record_chars)")]
+    bad_unicode = _surrogate_problem(row)
+    if bad_unicode is not None:  # it could not be printed, tokenized or saved
+        return None, [Problem(display, index, *bad_unicode)]
+    example, errors = CONVERTERS[spec.formatting](row, spec)
+    if errors or example is None:  # a converter returns None only together with its errors
+        return None, [Problem(display, index, key, message) for key, message in errors]
+    if stage == "pt" and "messages" in example:
+        # Pre-training reads conversations as plain text.
+        example = {"text": "\n".join(message_text(m) for m in example["messages"])}
+    example["source"] = source
+    example["file"] = display
+    example["index"] = index
+    return example, []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,12 +531,24 @@ def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
 
 
 def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
+    encoding, problem = detect_encoding(data, display)
+    if problem:
+        return "", problem
+    return data.decode(encoding), None
+
+
+def detect_encoding(data: bytes, display: str, sample: bool = False) -> tuple[str, Problem | None]:
+    """The encoding of a text file's bytes: UTF-8 with or without BOM, UTF-16/32 with a BOM, else
+    GB18030 or Big5 (the one that reads as fewer odd characters). `sample`: `data` is the start of
+    a larger file, possibly cut inside a character, so its end is not held against UTF-8."""
     # Excel's "Unicode text" is UTF-16 with a BOM; UTF-32's BOM starts like UTF-16's, so it goes first.
     for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             try:
-                return data.decode(encoding), None
+                if not sample:  # a sample may end inside a character
+                    data.decode(encoding)
+                return encoding, None
             except UnicodeDecodeError:
                 return "", Problem(display, None, None, f"starts with a {encoding.upper()} byte-order mark "
                                    f"but is not valid {encoding.upper()} text; save it as UTF-8")
@@ -511,24 +556,23 @@ def _decode(data: bytes, display: str) -> tuple[str, Problem | None]:
     if b"\x00" in data[:8192]:
         return "", Problem(display, None, None, "not a text file (it contains NUL bytes); "
                            "save it as UTF-8 text (UTF-16 without a byte-order mark looks like this too)")
-    try:
-        return data.decode("utf-8-sig"), None  # utf-8-sig also reads UTF-8 without a BOM
-    except UnicodeDecodeError:
-        pass
-    try:
-        text = data.decode("gb18030")
-    except UnicodeDecodeError:
-        text = None
-    try:
-        big5 = data.decode("big5")
-    except UnicodeDecodeError:
-        big5 = None
+    if sample:
+        data = data[:data.rfind(b"\n") + 1] or data  # whole lines only
+    candidates = {}
+    for encoding in ("utf-8-sig", "gb18030", "big5"):  # utf-8-sig also reads UTF-8 without a BOM
+        try:
+            candidates[encoding] = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if encoding == "utf-8-sig":
+            return encoding, None
+    text, big5 = candidates.get("gb18030"), candidates.get("big5")
     if text is not None and big5 is not None and _odd_characters(big5) < _odd_characters(text):
-        return big5, None  # GB18030 decodes almost any bytes: Big5 text read as it is mojibake
+        return "big5", None  # GB18030 decodes almost any bytes: Big5 text read as it is mojibake
     if text is not None:
-        return text, None
+        return "gb18030", None
     if big5 is not None:
-        return big5, None
+        return "big5", None
     return "", Problem(display, None, None, "unknown encoding: the file is neither UTF-8, GB18030 nor Big5; "
                        "save it as UTF-8")
 
@@ -1135,33 +1179,41 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
 
 
 def interleave(groups: list[list[dict]], weights: list[float], seed: Any, until_all: bool = False) -> list[dict]:
-    """The records of several datasets drawn one at a time, each draw picking a dataset with
-    probability weight / sum(weights), from each dataset in a shuffled order (seeded).
+    """The records of several datasets drawn by weight (see `interleave_order`); a record drawn
+    twice is two records."""
+    order = interleave_order([len(group) for group in groups], weights, seed, until_all)
+    return [dict(groups[i][position]) for i, position in order]
+
+
+def interleave_order(sizes: list[int], weights: list[float], seed: Any, until_all: bool = False
+                     ) -> list[tuple[int, int]]:
+    """(dataset, record) pairs drawn one at a time, each draw picking a dataset with probability
+    weight / sum(weights), from each dataset in a shuffled order (seeded).
     As Hugging Face datasets' `interleave_datasets` (LLaMA-Factory's interleave_under / _over):
     stop when the first dataset runs out, or (`until_all`) when each has run out at least once,
     a dataset that ran out starting over in a new order."""
-    if len(weights) != len(groups) or not all(w > 0 for w in weights):
+    if len(weights) != len(sizes) or not all(w > 0 for w in weights):
         raise UserError(f"mixing weights must be one number > 0 per dataset, got {weights}")
     rng = random.Random(seed)
     orders = []
-    for group in groups:
-        order = list(range(len(group)))
+    for size in sizes:
+        order = list(range(size))
         rng.shuffle(order)
         orders.append(order)
-    positions = [0] * len(groups)
+    positions = [0] * len(sizes)
     ran_out: set[int] = set()
-    picked: list[dict] = []
+    picked: list[tuple[int, int]] = []
     while True:
-        i = rng.choices(range(len(groups)), weights=weights)[0]
+        i = rng.choices(range(len(sizes)), weights=weights)[0]
         if positions[i] == len(orders[i]):
             if not until_all:
                 break
             ran_out.add(i)
-            if len(ran_out) == len(groups):
+            if len(ran_out) == len(sizes):
                 break
             rng.shuffle(orders[i])
             positions[i] = 0
-        picked.append(dict(groups[i][orders[i][positions[i]]]))  # a record drawn twice is two records
+        picked.append((i, orders[i][positions[i]]))
         positions[i] += 1
     return picked
 
@@ -1175,15 +1227,19 @@ def mix_composition(examples: list[dict]) -> dict[str, int]:
 
 
 def sample_records(examples: list[dict], count: int, seed: Any) -> list[dict]:
-    """`count` records drawn as LLaMA-Factory's num_samples draws them: a random permutation cut
-    to `count`, and when `count` exceeds the records, every record once plus the rest drawn with
-    replacement. Deterministic: the same seed gives the same draw (LLaMA-Factory uses numpy's global
-    generator; here it is random.Random(seed))."""
+    """`count` records drawn as LLaMA-Factory's num_samples draws them (see `sample_order`)."""
+    return [dict(examples[i]) for i in sample_order(len(examples), count, seed)]  # drawn twice: two records
+
+
+def sample_order(size: int, count: int, seed: Any) -> list[int]:
+    """Which of `size` records `count` draws take, as LLaMA-Factory's num_samples draws them: a
+    random permutation cut to `count`, and when `count` exceeds the records, every record once
+    plus the rest drawn with replacement. Deterministic: the same seed gives the same draw
+    (LLaMA-Factory uses numpy's global generator; here it is random.Random(seed))."""
     rng = random.Random(seed)
-    order = list(range(len(examples)))
+    order = list(range(size))
     rng.shuffle(order)
-    picked = order[:count] + [rng.randrange(len(examples)) for _ in range(count - len(order))]
-    return [dict(examples[i]) for i in picked]  # a record drawn twice is two records
+    return order[:count] + [rng.randrange(size) for _ in range(count - len(order))]
 
 
 def _name_list(names: list[str] | str | None) -> list[str]:
@@ -1378,6 +1434,6 @@ def human_size(size: float) -> str:
     """Bytes as a person reads them (the UI shows file sizes with it too)."""
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"

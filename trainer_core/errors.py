@@ -32,10 +32,16 @@ class Problem:
 
 
 class DataError(UserError):
-    """One or more problems in the data; all of them, not just the first."""
+    """One or more problems in the data; all of them, not just the first. For data too large to
+    list every problem (the Arrow path), `problems` holds the first of each kind and `totals`
+    counts every problem by kind (a kind's message with its numbers and quoted values left out)."""
 
-    def __init__(self, problems: list[Problem], limit: int = 20):
+    def __init__(self, problems: list[Problem], limit: int = 20, totals: dict[str, int] | None = None):
         self.problems = problems
+        self.totals = totals or {}
+        count = sum(self.totals.values()) if self.totals else len(problems)
         shown = "\n".join(f"  - {p}" for p in problems[:limit])
         more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-        super().__init__(f"{len(problems)} problem(s) in the data:\n{shown}{more}")
+        by_kind = "".join(f"\n  {n:,} in all: {kind}" for kind, n in self.totals.items())
+        super().__init__(f"{count:,} problem(s) in the data:\n{shown}{more}"
+                         + (f"\nby kind:{by_kind}" if by_kind else ""))

@@ -364,6 +364,17 @@ def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size:
     `packing=False` each document is cut on its own, so no block holds two documents (a
     document's last block is shorter and padded in the batch)."""
     stats = EncodeStats(records=len(examples))
+    documents = pt_documents(examples, tokenizer, stats, batch_size)
+    streams = [list(itertools.chain.from_iterable(documents))] if packing else documents
+    samples = [block for stream in streams for block in cut_blocks(stream, cutoff_len)]
+    stats.samples = len(samples)
+    stats.tokens = stats.trainable_tokens = sum(len(s["input_ids"]) for s in samples)
+    return samples, stats
+
+
+def pt_documents(examples: list[dict], tokenizer: Any, stats: EncodeStats, batch_size: int = 1000
+                 ) -> list[list[int]]:
+    """Each document's token ids, ended by eos; their lengths go to `stats`."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     documents: list[list[int]] = []
     for begin in range(0, len(examples), batch_size):
@@ -371,17 +382,18 @@ def encode_pt(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size:
         for ids in tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]:
             stats.lengths.append(len(ids) + len(eos))
             documents.append(list(ids) + eos)
-    streams = [list(itertools.chain.from_iterable(documents))] if packing else documents
-    samples = []
-    for stream in streams:
-        for start in range(0, len(stream), cutoff_len):
-            block = stream[start: start + cutoff_len]
-            if len(block) < 2:  # nothing to predict
-                continue
-            samples.append({"input_ids": block, "labels": list(block)})
-    stats.samples = len(samples)
-    stats.tokens = stats.trainable_tokens = sum(len(s["input_ids"]) for s in samples)
-    return samples, stats
+    return documents
+
+
+def cut_blocks(stream: list[int], cutoff_len: int) -> list[dict]:
+    """A token stream cut into blocks of cutoff_len (the last one shorter); a block of fewer than
+    two tokens has nothing to predict and is left out."""
+    blocks = []
+    for start in range(0, len(stream), cutoff_len):
+        block = stream[start: start + cutoff_len]
+        if len(block) >= 2:
+            blocks.append({"input_ids": block, "labels": list(block)})
+    return blocks
 
 
 def _as_text(example: dict) -> str:

@@ -216,15 +216,25 @@ def format_progress(entry: dict) -> str:
 
 def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[list[dict], list[dict]]:
     """Datasets → examples → token ids (cached), with a line of statistics for each split."""
-    from trainer_core.data import load_datasets
+    from trainer_core.arrow_data import load_arrow_data, use_arrow
+    from trainer_core.config import dataset_mix
+    from trainer_core.data import load_datasets, mix_composition
     from trainer_core.models import qihuang_home
     from trainer_core.tokenization import pack_samples, special_token_problems, tokenize_dataset
 
+    if use_arrow(cfg.data_engine, dataset_mix(cfg.dataset)[0], cfg.dataset_dir, cfg.stage):
+        log(f"data: Arrow path (data_engine {cfg.data_engine}): checked and tokenized by worker processes into "
+            "memory-mapped files, cached and resumable")
+        arrow = load_arrow_data(cfg, tokenizer, log)
+        record_mix(cfg, arrow.composition, log)
+        for line in arrow.lines:
+            log(line)
+        return arrow.train, arrow.eval if arrow.eval is not None else []
     train_examples, eval_examples = load_datasets(
         cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples, val_size=cfg.val_size,
         seed=cfg.seed, eval_names=cfg.eval_dataset or None, mix_strategy=cfg.mix_strategy,
         interleave_probs=cfg.interleave_probs)
-    record_mix(cfg, train_examples, log)
+    record_mix(cfg, mix_composition(train_examples), log)
     cache_dir = qihuang_home() / "cache" / "tokenized"
     splits: list[list] = []
     for name, examples in (("train", train_examples), ("eval", eval_examples)):
@@ -257,13 +267,11 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
     return splits[0], splits[1]
 
 
-def record_mix(cfg: TrainConfig, train_examples: list[dict], log=print) -> None:
-    """What the training split holds of each dataset, per epoch: one log line and data_mix.json in
-    the run folder (written once, by the main process)."""
+def record_mix(cfg: TrainConfig, counts: dict[str, int], log=print) -> None:
+    """What the training split holds of each dataset (`counts`), per epoch: one log line and
+    data_mix.json in the run folder (written once, by the main process)."""
     from trainer_core.config import dataset_mix
-    from trainer_core.data import mix_composition
 
-    counts = mix_composition(train_examples)
     total = sum(counts.values()) or 1
     log("train mix: " + ", ".join(f"{name} {n} ({100 * n / total:.0f}%)" for name, n in counts.items()))
     if int(os.environ.get("RANK", "0")) != 0 or not cfg.output_dir:
