@@ -1,7 +1,8 @@
 """The run form: the values of the Parameters tab and the config they stand for.
 
 The form is a dict of values named like the config keys, plus the model picker
-(`model_source`, `model_path`, `known_model`) and the Data tab's `datasets` / `dataset_dir`.
+(`model_source`, `model_path`, `known_model`) and the Data tab's `datasets` / `dataset_dir` and
+mixing (`weights`, one per picked dataset in pick order, and `mix_strategy`).
 `values_from_config` and `raw_config` convert it from and to a config dict, one function each
 way; `check` validates it with the core (`trainer_core.config.validate`) and puts every problem
 under the fields of its keys (`by_field`). The Parameters tab shows it, the Train tab starts
@@ -11,7 +12,9 @@ what `check` returns, so what is previewed is what runs. No gradio here: plain f
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from trainer_core.config import (
     preset_paths,
     validate,
 )
-from trainer_core.data import dataset_outside
+from trainer_core.data import dataset_outside, load_dataset_info
 from trainer_core.errors import UserError
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
@@ -45,8 +48,11 @@ OUTPUT_KEYS = ("report_to", "output_dir")
 FORM_KEYS = ("stage", "finetuning_type", "template", *LORA_KEYS, *QLORA_KEYS, *MAIN_KEYS, *ADVANCED_KEYS,
              *HARDWARE_KEYS, *OUTPUT_KEYS)
 MODEL_FIELDS = ("model_source", "model_path", "known_model")
-DATA_FIELDS = ("datasets", "dataset_dir")  # owned by the Data tab
+DATA_FIELDS = ("datasets", "dataset_dir", "weights", "mix_strategy")  # owned by the Data tab
 ORDER = (*MODEL_FIELDS, *DATA_FIELDS, *FORM_KEYS)  # the order of a handler's form inputs
+DATA_KEYS = ("dataset", "dataset_dir", "interleave_probs", "mix_strategy")  # the config keys the Data tab sets
+# The form keys besides the Data tab's choice that decide the training split's composition.
+MIX_INPUTS = ("stage", "max_samples", "val_size", "seed", "eval_dataset")
 MODEL_SOURCES = ("builtin", "local", "known")
 # How a widget spells the config values it cannot hold (a dropdown's value is never "" or None):
 # config value -> widget value. values_from_config and raw_config are the only two users.
@@ -119,10 +125,54 @@ def values_from_config(config: dict, ctx: AppContext, current: dict[str, Any], a
     if not keep_data_dir and cfg.get("dataset_dir"):
         data_dir = str(cfg["dataset_dir"])
     values["dataset_dir"] = data_dir
-    wanted = dataset_mix(str(cfg.get("dataset") or ""))[0]  # the names; the form has no weights yet
-    chosen = [d for d in wanted if d in available] if keep_data_dir else wanted
-    values["datasets"] = chosen or list(current.get("datasets") or [])
+    names, weights = dataset_mix(str(cfg.get("dataset") or ""), str(cfg.get("interleave_probs") or ""))
+    pairs = list(zip(names, weights if weights and len(weights) == len(names) else [None] * len(names)))
+    chosen = [(name, w) for name, w in pairs if name in available] if keep_data_dir else pairs
+    if chosen:  # the config's datasets, their weights and how they mix
+        values["datasets"] = [name for name, _ in chosen]
+        values["weights"] = ",".join(weight_text(w) for _, w in chosen if w is not None)
+        strategy = str(cfg.get("mix_strategy") or "concat")
+        # Weights alone mean interleave_under (trainer_core.data.load_datasets): the form shows that.
+        values["mix_strategy"] = "interleave_under" if values["weights"] and strategy == "concat" else strategy
+    else:  # none of them is in this data folder: the Data tab's choice stays
+        values["datasets"] = list(current.get("datasets") or [])
+        values["weights"] = current.get("weights") or ""
+        values["mix_strategy"] = current.get("mix_strategy") or "concat"
     return values
+
+
+def weight_text(weight: float) -> str:
+    """0.6 -> "0.6", 2.0 -> "2": a weight as the weights field shows it."""
+    return str(int(weight)) if float(weight).is_integer() else repr(float(weight))
+
+
+def split_weights(text: Any) -> list[str]:
+    """The weights field's entries: `0.6,0.3,0.1` (also with spaces, full-width commas or semicolons)."""
+    return [part for part in re.split(r"[,，;；\s]+", str(text or "").strip()) if part]
+
+
+def mix_keys(values: dict[str, Any]) -> dict[str, str]:
+    """`dataset`, `interleave_probs` and `mix_strategy` from the Data tab's choice: the weights go
+    beside the names (`a:0.6,b:0.4`); a count that does not match goes to interleave_probs, where
+    the core names the mismatch. One dataset is not mixed: its weight and strategy are left out."""
+    names = [str(name) for name in values.get("datasets") or []]
+    weights = split_weights(values.get("weights")) if len(names) > 1 else []
+    keys = {"dataset": ",".join(names), "interleave_probs": "",
+            "mix_strategy": str(values.get("mix_strategy") or "concat") if len(names) > 1 else "concat"}
+    if weights and len(weights) == len(names):
+        keys["dataset"] = ",".join(f"{name}:{weight}" for name, weight in zip(names, weights))
+    elif weights:
+        keys["interleave_probs"] = ",".join(weights)
+    return keys
+
+
+def mix_problem(values: dict[str, Any]) -> str | None:
+    """What is wrong with the weights (the core's message), if anything."""
+    keys = mix_keys(values)
+    if not keys["dataset"]:
+        return None
+    _, problems = validate(keys, TrainConfig)
+    return next((p.message for p in problems if {"dataset", "interleave_probs"} & set(p.keys)), None)
 
 
 # ---- form -> config ------------------------------------------------------------------------
@@ -141,7 +191,7 @@ def raw_config(values: dict[str, Any]) -> dict[str, Any]:
         raw[key] = value
     source = values.get("model_source") or "builtin"
     raw["model_name_or_path"] = "default" if source == "builtin" else (values.get("model_path") or "").strip()
-    raw["dataset"] = ",".join(values.get("datasets") or [])
+    raw.update(mix_keys(values))
     raw["dataset_dir"] = (values.get("dataset_dir") or "").strip()
     return raw
 
@@ -164,7 +214,7 @@ def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, 
     if raw.get("dataset") and raw.get("dataset_dir") and not any("dataset_dir" in p.keys for p in problems):
         try:
             problems += [ConfigProblem((), text) for text in
-                         dataset_outside(raw["dataset"].split(","), raw["dataset_dir"], ctx.data_roots())]
+                         dataset_outside(dataset_mix(raw["dataset"])[0], raw["dataset_dir"], ctx.data_roots())]
         except UserError as exc:
             problems.append(ConfigProblem((), str(exc)))
     cfg, config_problems = validate(raw, TrainConfig)
@@ -174,11 +224,11 @@ def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, 
 
 def by_field(problems: list[ConfigProblem]) -> tuple[dict[str, str], list[str]]:
     """Each problem under every form field it names (the first problem of a field wins); the
-    rest, and what the Data tab chose (dataset, dataset_dir), as general problems."""
+    rest, and what the Data tab chose (datasets, their folder, weights and mixing), as general problems."""
     fields: dict[str, str] = {}
     general: list[str] = []
     for problem in problems:
-        on_this_tab = [key for key in problem.keys if key not in ("dataset", "dataset_dir")]
+        on_this_tab = [key for key in problem.keys if key not in DATA_KEYS]
         for key in on_this_tab:
             fields.setdefault(key, problem.message)
         if not on_this_tab:
@@ -229,6 +279,108 @@ def summary(fields: dict[str, str], general: list[str], lang: str) -> str:
         lines.append(f"- `{key}`: {shown}")
     lines += [f"- {translate(text, lang)}" for text in general]
     return "\n".join(lines)
+
+
+# ---- the training split's composition -------------------------------------------------------
+
+_COMPOSITIONS: dict[tuple, dict[str, Any]] = {}  # the latest few, by their inputs and the files' stamps
+_COMPOSITIONS_LOCK = threading.Lock()  # handlers run in threads
+COMPOSITIONS_KEPT = 8
+
+
+def composition(values: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
+    """What one epoch of the run trains on, computed as the run computes it (the core's
+    `load_datasets` and `mix_composition`, from the form's datasets, weights, mix strategy, stage,
+    max_samples, val_size, seed and eval_dataset): {"strategy": the one that applies, "weights":
+    {name: weight} or None, "records": {name: records per epoch} in pick order, "total", "eval":
+    records held out}. Raises UserError with the core's message when the run could not mix them.
+    Kept by the files' sizes and times, so asking again reads nothing. Data that takes the
+    Arrow path (trainer_core.arrow_data.use_arrow: too large to read here) is counted only by the
+    run, after tokenization: then "records" is None."""
+    from trainer_core.arrow_data import use_arrow
+    from trainer_core.data import load_datasets, mix_composition
+
+    raw = raw_config(values)
+    if not raw["dataset"]:
+        raise UserError("dataset: give at least one dataset name from dataset_info.json")
+    data_dir = ctx.page_path(raw["dataset_dir"], "dataset_dir")
+    wanted = {key: raw[key] for key in (*DATA_KEYS, *MIX_INPUTS)}
+    cfg, problems = validate({**wanted, "dataset_dir": str(data_dir)}, TrainConfig)
+    if cfg is None:
+        raise UserError("\n".join(problem.message for problem in problems))
+    names, weights = dataset_mix(cfg.dataset, cfg.interleave_probs)
+    read = [*names, *dataset_mix(cfg.eval_dataset)[0]]
+    outside = dataset_outside(read, data_dir, ctx.data_roots())
+    if outside:
+        raise UserError(outside[0])
+    # As load_datasets mixes (and data_mix.json records): weights alone mean interleave_under.
+    strategy = cfg.mix_strategy if weights is None or cfg.mix_strategy != "concat" else "interleave_under"
+    mix = {"strategy": strategy, "weights": dict(zip(names, weights)) if weights else None}
+    if use_arrow(cfg.data_engine, names, cfg.dataset_dir, cfg.stage):
+        return {**mix, "records": None, "total": None, "eval": None}
+    key = (tuple(sorted(wanted.items(), key=lambda item: item[0])), str(data_dir), _stamps(data_dir, read))
+    with _COMPOSITIONS_LOCK:
+        known = _COMPOSITIONS.get(key)
+    if known is not None:
+        return known
+    train, evals = load_datasets(cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples,
+                                 val_size=cfg.val_size, seed=cfg.seed, eval_names=cfg.eval_dataset or None,
+                                 mix_strategy=cfg.mix_strategy, interleave_probs=cfg.interleave_probs)
+    counts = mix_composition(train)
+    found = {**mix, "records": {name: counts.get(name, 0) for name in names}, "total": len(train),
+             "eval": len(evals)}
+    with _COMPOSITIONS_LOCK:
+        while len(_COMPOSITIONS) >= COMPOSITIONS_KEPT:
+            del _COMPOSITIONS[next(iter(_COMPOSITIONS))]
+        _COMPOSITIONS[key] = found
+    return found
+
+
+def _stamps(data_dir: Path, names: list[str]) -> tuple:
+    """Size and time of the registry and of each dataset's file(s): a change reads them again."""
+    def stamp(path: Path) -> tuple:
+        try:
+            found = path.stat()
+        except OSError:
+            return (str(path), None)
+        inside = tuple(stamp(child) for child in sorted(path.iterdir())) if path.is_dir() else ()
+        return (str(path), found.st_size, found.st_mtime_ns, inside)
+
+    try:
+        info = load_dataset_info(data_dir)
+    except UserError:
+        info = {}
+    files = [data_dir / str(info[name]["file_name"]) for name in names
+             if isinstance(info.get(name), dict) and info[name].get("file_name")]
+    return (stamp(data_dir / "dataset_info.json"), *(stamp(path) for path in files))
+
+
+def composition_table(comp: dict[str, Any], lang: str) -> str:
+    """The composition for the Data tab: a line with the total and the strategy, then a table."""
+    if comp["records"] is None:
+        return t("mix.arrow", lang, strategy=t("mix." + comp["strategy"], lang))
+    held_out = t("mix.held_out", lang, n=f"{comp['eval']:,}") if comp["eval"] else ""
+    lines = [t("mix.head", lang, total=f"{comp['total']:,}", strategy=t("mix." + comp["strategy"], lang),
+               held_out=held_out), "",
+             f"| {t('mix.dataset', lang)} | {t('mix.weight', lang)} | {t('mix.records', lang)} | "
+             f"{t('mix.share', lang)} |", "| --- | ---: | ---: | ---: |"]
+    weights = comp["weights"] or {}
+    for name, n in comp["records"].items():
+        weight = weight_text(weights[name]) if name in weights else "–"
+        lines.append(f"| {name} | {weight} | {n:,} | {_share(n, comp['total'])} |")
+    return "\n".join(lines)
+
+
+def composition_line(comp: dict[str, Any], lang: str) -> str:
+    """The composition in one line (the Parameters tab's preview)."""
+    if comp["records"] is None:
+        return t("mix.arrow", lang, strategy=t("mix." + comp["strategy"], lang))
+    parts = " · ".join(f"{name} {n:,} ({_share(n, comp['total'])})" for name, n in comp["records"].items())
+    return t("mix.line", lang, total=f"{comp['total']:,}", parts=parts)
+
+
+def _share(n: int, total: int) -> str:
+    return f"{100 * n / total:.1f}%" if total else "–"
 
 
 def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import pytest
 
 from app import choices, form, jobview
 from app.context import make_context
-from app.i18n import LANGS, TEXT, t
+from app.i18n import LANGS, TEXT, t, translate
 from app.tabs import chat, data, evaluate, export, train
 from trainer_core import runs
 from trainer_core.config import ConfigError, ConfigProblem
@@ -194,6 +194,112 @@ def test_the_preset_list_offers_only_presets_and_each_fills_a_valid_form(ctx):
                                            choices.dataset_names(ctx.data_dir))
         cfg, problems, general = form.check(values, ctx)
         assert cfg is not None and not problems and not general, (name, problems, general)
+
+
+# ---- mixing by ratio (issue 18): the Data tab's weights and strategy in the run form ---------
+
+def test_weights_and_mix_strategy_travel_through_the_form(ctx):
+    values = form_values(ctx, weights="0.6, 0.4", mix_strategy="interleave_over")
+    raw = form.raw_config(values)
+    assert raw["dataset"] == "qa:0.6,dialog:0.4" and raw["mix_strategy"] == "interleave_over"
+    assert form.raw_config(form_values(ctx))["dataset"] == "qa,dialog"  # no weights: the names alone
+    assert form.raw_config(form_values(ctx, weights="0.6；0.4"))["dataset"] == "qa:0.6,dialog:0.4"
+    one = form.raw_config(form_values(ctx, datasets=["qa"], weights="2", mix_strategy="interleave_over"))
+    assert one["dataset"] == "qa" and one["mix_strategy"] == "concat"  # one dataset is not mixed
+    command, text = form.preview(values, ctx)
+    assert "dataset: qa:0.6,dialog:0.4" in text and "mix_strategy: interleave_over" in text
+
+    path = form.save(values, "configs/mixed.yaml", ctx)
+    loaded = form.load(path, ctx, form_values(ctx), choices.dataset_names(ctx.data_dir))
+    assert (loaded["datasets"], loaded["weights"], loaded["mix_strategy"]) == (["qa", "dialog"], "0.6,0.4",
+                                                                              "interleave_over")
+    assert form.raw_config(loaded)["dataset"] == "qa:0.6,dialog:0.4"
+
+    # LLaMA-Factory's spelling: names in dataset, weights in interleave_probs.
+    lf = ctx.workdir / "configs" / "lf.yaml"
+    lf.write_text(f"stage: sft\ndo_train: true\ndataset: dialog,qa\ninterleave_probs: 0.25,0.75\n"
+                  f"mix_strategy: interleave_under\ndataset_dir: {ctx.data_dir}\n", encoding="utf-8")
+    loaded = form.load(lf, ctx, form_values(ctx), choices.dataset_names(ctx.data_dir))
+    assert (loaded["datasets"], loaded["weights"], loaded["mix_strategy"]) == (["dialog", "qa"], "0.25,0.75",
+                                                                              "interleave_under")
+    assert form.raw_config(loaded)["dataset"] == "dialog:0.25,qa:0.75"
+    # Weights alone mean interleave_under (the core's reading): the form shows the strategy that applies.
+    weighted = form.values_from_config({"dataset": "qa:1,dialog:3"}, ctx, form_values(ctx), ["qa", "dialog"])
+    assert weighted["weights"] == "1,3" and weighted["mix_strategy"] == "interleave_under"
+    # A preset's dataset missing from this folder loses its weight with it; none left keeps the Data tab's.
+    kept = form.values_from_config({"dataset": "tcm_qa:0.5,qa:0.2,dialog:0.3"}, ctx, form_values(ctx),
+                                   ["qa", "dialog"])
+    assert kept["datasets"] == ["qa", "dialog"] and kept["weights"] == "0.2,0.3"
+    current = form_values(ctx, weights="1,2", mix_strategy="interleave_over")
+    kept = form.values_from_config({"dataset": "tcm_qa:0.5,tcm_dialog:0.5"}, ctx, current, ["qa", "dialog"])
+    assert (kept["datasets"], kept["weights"], kept["mix_strategy"]) == (["qa", "dialog"], "1,2", "interleave_over")
+
+
+@pytest.mark.parametrize("weights, en, zh", [
+    ("x,1", "dataset: mixing weight 'x' is not a number > 0", "dataset：混合权重 'x' 不是大于 0 的数"),
+    ("0,1", "dataset: mixing weight '0' is not a number > 0", "dataset：混合权重 '0' 不是大于 0 的数"),
+    ("1,-2", "dataset: mixing weight '-2' is not a number > 0", "dataset：混合权重 '-2' 不是大于 0 的数"),
+    ("0.6", "interleave_probs: 1 weights for 2 datasets", "interleave_probs：1 个权重，却有 2 个数据集"),
+    ("1,2,3", "interleave_probs: 3 weights for 2 datasets", "interleave_probs：3 个权重，却有 2 个数据集"),
+])
+def test_bad_weights_show_the_cores_message_under_the_field(ctx, weights, en, zh):
+    values = form_values(ctx, weights=weights)
+    assert form.mix_problem(values) == en
+    assert form.field_info("weights", "en", en) == f"⚠ {en}"
+    assert form.field_info("weights", "zh", en) == f"⚠ {zh}"
+    cfg, fields, general = form.check(values, ctx)  # the run refuses them too, as a Data-tab problem
+    assert cfg is None and not fields and general == [en]
+    assert form.mix_problem(form_values(ctx, weights="")) is None
+    assert form.mix_problem(form_values(ctx, datasets=["qa"], weights=weights)) is None  # one dataset: no weights
+
+
+def test_the_composition_is_the_cores_count_of_the_training_split(ctx, monkeypatch):
+    from trainer_core import data as core_data
+
+    values = form_values(ctx, weights="0.6,0.4", mix_strategy="interleave_over", val_size=4, seed=7)
+    found = form.composition(values, ctx)
+    train, evals = core_data.load_datasets("qa:0.6,dialog:0.4", ctx.data_dir, "sft", val_size=4, seed=7,
+                                           mix_strategy="interleave_over")
+    assert found["records"] == core_data.mix_composition(train) and found["total"] == len(train)
+    assert found["eval"] == 4 and found["strategy"] == "interleave_over"
+    assert found["records"]["qa"] >= 48 - 4 and found["records"]["dialog"] > 16  # over: dialog repeated
+    # No weights: every record once, in pick order; weights with concat draw as interleave_under.
+    plain = form.composition(form_values(ctx, datasets=["dialog", "qa"], val_size=0), ctx)
+    assert plain == {"strategy": "concat", "weights": None, "records": {"dialog": 16, "qa": 48}, "total": 64,
+                     "eval": 0}
+    assert form.composition(form_values(ctx, weights="1,1"), ctx)["strategy"] == "interleave_under"
+    assert form.composition(form_values(ctx, max_samples=10, val_size=0), ctx)["records"] == {"qa": 10, "dialog": 10}
+
+    table = form.composition_table(found, "zh").splitlines()
+    assert "interleave_over" in table[0] and "另有 4 条留作验证" in table[0]
+    assert table[-2].startswith("| qa | 0.6 | ") and table[-1].startswith("| dialog | 0.4 | ")
+    line = form.composition_line(plain, "en")
+    assert line == "Training split (64 records per epoch): dialog 16 (25.0%) · qa 48 (75.0%)"
+    assert translate(line, "zh") == "训练集构成（每轮 64 条）：dialog 16 (25.0%) · qa 48 (75.0%)"
+
+    # Asked again, nothing is read; a changed file is read again.
+    monkeypatch.setattr(core_data, "read_dataset", lambda *a, **k: pytest.fail("read again"))
+    assert form.composition(values, ctx) == found
+    monkeypatch.undo()
+    qa = json.loads((ctx.data_dir / "qa.json").read_text(encoding="utf-8"))
+    (ctx.data_dir / "qa.json").write_text(json.dumps(qa[:20], ensure_ascii=False), encoding="utf-8")
+    assert form.composition(form_values(ctx, datasets=["dialog", "qa"], val_size=0), ctx)["records"]["qa"] == 20
+
+    # Data that takes the Arrow path is counted by the run, after tokenization: not read here.
+    from trainer_core import arrow_data
+
+    monkeypatch.setattr(arrow_data, "ARROW_FROM_BYTES", 1)
+    monkeypatch.setattr(core_data, "read_dataset", lambda *a, **k: pytest.fail("read large data"))
+    large = form.composition(form_values(ctx, weights="2,1", val_size=0), ctx)
+    assert large["records"] is None and large["strategy"] == "interleave_under"
+    assert "Arrow" in form.composition_table(large, "en") and "Arrow" in form.composition_line(large, "zh")
+    monkeypatch.undo()
+
+    # What keeps the run from mixing them is the core's message (the page translates it).
+    with pytest.raises(UserError, match="raw text"):
+        form.composition(form_values(ctx, datasets=["qa", "corpus"]), ctx)
+    with pytest.raises(UserError, match="leaves none to train on"):
+        form.composition(form_values(ctx, val_size=36, max_samples=None, weights="1,1"), ctx)
 
 
 # ---- Data ----------------------------------------------------------------------------------

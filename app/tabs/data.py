@@ -23,10 +23,12 @@ import gradio as gr
 
 from app.choices import dataset_choices
 from app.context import AppContext
+from app.form import MIX_INPUTS, as_values, composition, composition_table, field_info, mix_problem
 from app.i18n import t
 from app.jobview import error_text
 from app.page import Page
 from app.ui_kit import Labels
+from trainer_core.config import MIX_STRATEGIES
 from trainer_core.data import (
     EXTENSIONS,
     FORMATTINGS,
@@ -324,6 +326,17 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
     # The training selection; the Parameters and Train tabs read it.
     c["datasets"] = L.make(gr.Dropdown, label="data.train_sets", info="data.train_sets_info", multiselect=True,
                            choices=dataset_choices(ctx.data_dir), value=chosen, elem_id="data-datasets")
+    # Several datasets: their weights and how they mix, beside what one epoch of the run holds of each.
+    with gr.Row(visible=len(chosen) > 1) as c["mix_row"]:
+        with gr.Column(scale=2):
+            c["weights"] = L.make(gr.Textbox, label="data.weights", placeholder="data.weights_ph",
+                                  info_text=field_info("weights", L.lang), value=page.initial_values["weights"],
+                                  elem_id="data-weights")
+            c["mix_strategy"] = L.make(gr.Dropdown, label="data.mix_strategy", info="data.mix_strategy_info",
+                                       choice_keys=[("mix." + s, s) for s in MIX_STRATEGIES],
+                                       value=page.initial_values["mix_strategy"], elem_id="data-mix-strategy")
+        with gr.Column(scale=3):
+            c["mix"] = gr.Markdown(elem_id="data-mix")
     with gr.Row():
         c["inspect_name"] = L.make(gr.Dropdown, label="data.inspect", choices=dataset_choices(ctx.data_dir),
                                    value=chosen[0] if chosen else None, scale=3, elem_id="data-inspect")
@@ -366,6 +379,7 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
     c["examples"] = gr.State([])
     c["data_view"] = gr.State(None)  # what the inspection found, to show it again in another language
     page.datasets, page.dataset_dir = c["datasets"], c["dataset_dir"]
+    page.weights, page.mix_strategy = c["weights"], c["mix_strategy"]
     return c
 
 
@@ -487,6 +501,29 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     c["data_refresh"].click(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs,
                             api_name="data_refresh")
     c["dataset_dir"].submit(on_refresh, [c["dataset_dir"], c["datasets"], c["inspect_name"], lang], refresh_outputs)
+
+    def on_mix(*args: Any) -> dict[Any, Any]:
+        """The weights' problem under their field, and the training split's composition (the core's
+        own count, as the run will mix) beside them; shown while several datasets are picked."""
+        *rest, language = args
+        values = as_values(rest)
+        several = len(values["datasets"] or []) > 1
+        problem = mix_problem(values) if several else None
+        shown = ""
+        if several and not problem:
+            try:
+                shown = composition_table(composition(values, ctx), language)
+            except Exception as exc:  # noqa: BLE001 - what keeps the run from mixing them, never a traceback
+                shown = error_text(exc, language)
+        return {c["mix_row"]: gr.update(visible=several),
+                c["weights"]: gr.update(info=field_info("weights", language, problem)), c["mix"]: shown}
+
+    mix_inputs = [*page.form_inputs(), lang]
+    mix_outputs = [c["mix_row"], c["weights"], c["mix"]]
+    mix_triggers = [c["datasets"].change, c["weights"].change, c["mix_strategy"].change, c["dataset_dir"].submit,
+                    c["data_refresh"].click, lang.change, *(f[key].change for key in MIX_INPUTS)]
+    gr.on(mix_triggers, on_mix, mix_inputs, mix_outputs, trigger_mode="always_last", show_progress="hidden")
+    page.load_events.append((on_mix, mix_inputs, mix_outputs))
 
     def on_file(file: str | None) -> dict[Any, Any]:
         if not file:

@@ -24,6 +24,8 @@ from app.form import (
     OUTPUT_KEYS,
     as_values,
     check,
+    composition,
+    composition_line,
     field_info,
     load,
     preset_names,
@@ -35,6 +37,7 @@ from app.form import (
     values_from_config,
 )
 from app.i18n import t, translate
+from app.jobview import error_text
 from app.page import Page
 from app.ui_kit import Labels
 from trainer_core.catalog import KNOWN_MODELS, known_model
@@ -168,7 +171,8 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     flag_inputs = [*form, lang, infos]
     flag_outputs = [*checked, c["params_summary"], infos]
-    gr.on([fields[k].change for k in (*FORM_KEYS, "model_path", "model_source")] + [lang.change],
+    gr.on([fields[k].change for k in (*FORM_KEYS, "model_path", "model_source")]
+          + [page.datasets.change, page.weights.change, page.mix_strategy.change, lang.change],
           flags, inputs=flag_inputs, outputs=flag_outputs, trigger_mode="always_last", show_progress="hidden")
     page.load_events.append((flags, flag_inputs, flag_outputs))
 
@@ -209,12 +213,18 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     def on_preview(*args: Any) -> dict[Any, Any]:
         *rest, language = args
+        values = as_values(rest)
         try:
-            command, text = preview(as_values(rest), ctx)
+            command, text = preview(values, ctx)
         except UserError as exc:
             message = f"⚠ {t('params.fix_first', language)}\n\n```\n{translate(str(exc), language)}\n```"
             return {c["command"]: "", c["config_yaml"]: "", c["params_msg"]: message}
-        return {c["command"]: command, c["config_yaml"]: text, c["params_msg"]: t("params.previewed", language)}
+        try:  # what one epoch holds of each dataset, as the run will mix them
+            mix = composition_line(composition(values, ctx), language)
+        except Exception as exc:  # noqa: BLE001 - the run would stop there: said here, never a traceback
+            mix = error_text(exc, language)
+        return {c["command"]: command, c["config_yaml"]: text,
+                c["params_msg"]: f"{t('params.previewed', language)}\n\n{mix}"}
 
     c["preview_btn"].click(on_preview, [*form, lang], [c["command"], c["config_yaml"], c["params_msg"]])
 
