@@ -36,7 +36,7 @@ from pagekit import (
 )
 
 from app import form
-from app.i18n import t
+from app.i18n import t, translate
 
 # ---- what the walk covers ------------------------------------------------------------------
 
@@ -56,6 +56,9 @@ CASES = {
     "data-dir": "a folder outside the allowed ones (its message), then the real one again",
     "data-refresh": "pressed",
     "data-datasets": "cleared, every option picked, back to the first two",
+    "data-weights": "bad weights (the core's message under it, translated), then weights (the composition follows), "
+                    "then emptied",
+    "data-mix-strategy": "every strategy (the composition names the one that applies)",
     "data-inspect": "every dataset picked (the preview shows it)",
     "data-inspect-btn": "pressed: token statistics",
     "data-prev": "pressed", "data-next": "pressed", "data-page": "typed, Enter",
@@ -394,6 +397,7 @@ def walk_data(w: Walk, workroot: Path) -> None:
     w.done.add("data-dir")
     w.click("data-refresh")
     w.multi_each("data-datasets", keep=chosen)
+    walk_mix(w)
     def inspected(label: str) -> None:  # the preview's head names the dataset, with no error
         name = label.split(" · ")[0]
         try:
@@ -442,6 +446,30 @@ def walk_data(w: Walk, workroot: Path) -> None:
     wait_text(page, "#data-problems", "empty question")
     w.click("data-upload-register")
     wait_text(page, "#data-msg", "3 个问题" if lang == "zh" else "3 problem(s)")
+
+
+def walk_mix(w: Walk) -> None:
+    """Weights and mix strategy of the two picked datasets: a bad weight shows the core's message
+    under the field, good ones change the composition, each strategy is named in it."""
+    page, lang = w.page, w.lang
+    w.wait_visible("data-weights")
+    strategy = {s: t("mix." + s, lang) for s in ("concat", "interleave_under", "interleave_over")}
+    wait_text(page, "#data-mix", strategy["concat"])  # no weights: every record once
+    for bad, shown in (("x,1", "'x'"), ("0,1", "'0'"), ("1", "1 ")):
+        w.type("data-weights", bad)
+        message = form.mix_problem({"datasets": ["a", "b"], "weights": bad}) or "(none)"
+        w.wait_info("data-weights", f"⚠ {translate(message, lang)}")
+        assert shown in w.info("data-weights")
+        w.wait("() => document.querySelector('#data-mix').innerText.trim() === ''")  # no composition of bad weights
+    w.type("data-weights", "3,1")
+    w.wait_info("data-weights", form.field_info("weights", lang))
+    wait_text(page, "#data-mix", strategy["interleave_under"])  # weights alone: drawn by weight
+    # The strategy that applies: concat with weights draws as interleave_under.
+    w.pick_each("data-mix-strategy", after=lambda label: wait_text(
+        page, "#data-mix", strategy["interleave_under"] if label == strategy["concat"] else label))
+    w.type("data-weights", "")
+    wait_text(page, "#data-mix", strategy["concat"])
+    w.done.add("data-weights")
 
 
 def number_invalid(key: str) -> float:
@@ -546,6 +574,7 @@ def walk_params(w: Walk, model_dir: Path) -> None:
 
     w.click("params-preview")
     wait_text(page, "#params-command", "trainer_core train")
+    wait_text(page, "#params-msg", t("mix.line", lang, total="§", parts="§").split("§")[0])  # the composition
     w.type("params-config-path", "configs/walk.txt")
     w.click("params-save")
     wait_text(page, "#params-msg", "'configs/walk.txt'")

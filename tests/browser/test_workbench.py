@@ -75,6 +75,33 @@ def test_a_bad_upload_shows_its_problems(page):
     shot(page, "data-bad-upload-zh")
 
 
+def test_mix_datasets_by_weight_and_see_the_composition(page):
+    """Issue 18: weights for the picked datasets on the Data tab, the composition the core counts
+    beside them, and the same in the Parameters preview (dataset: qa:3,dialog:1)."""
+    open_tab(page, "data")
+    wait_text(page, "#data-mix", "拼接")  # qa and dialog, no weights: every record once
+    mix = page.inner_text("#data-mix")
+    assert "qa" in mix and "dialog" in mix and "每轮训练" in mix, mix
+    page.fill("#data-weights textarea, #data-weights input", "3,1,2")
+    page.press("#data-weights textarea, #data-weights input", "Tab")
+    wait_text(page, "#data-weights .info-text", "⚠ interleave_probs：3 个权重，却有 2 个数据集")
+    page.fill("#data-weights textarea, #data-weights input", "3,1")
+    page.press("#data-weights textarea, #data-weights input", "Tab")
+    wait_text(page, "#data-mix", "interleave_under")
+    rows = page.locator("#data-mix tbody tr")
+    assert rows.count() == 2 and rows.nth(0).inner_text().split("\t")[:2] == ["qa", "3"], rows.all_inner_texts()
+    shot(page, "data-mix-zh")
+    open_tab(page, "params")
+    page.click("#params-preview")
+    wait_text(page, "#params-yaml", "dataset: qa:3,dialog:1")
+    wait_text(page, "#params-msg", "训练集构成（每轮")
+    assert "qa " in page.inner_text("#params-msg") and "dialog " in page.inner_text("#params-msg")
+    open_tab(page, "data")  # the runs below train on the plain concatenation again
+    page.fill("#data-weights textarea, #data-weights input", "")
+    page.press("#data-weights textarea, #data-weights input", "Tab")
+    wait_text(page, "#data-mix", "拼接")
+
+
 def _loss_points(page, series: int) -> int:
     """Markers (one per logged point) of a drawn loss series: 0 train, 1 eval."""
     return page.locator(f"#train-loss g#loss-{series} use").count()
