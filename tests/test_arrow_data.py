@@ -83,7 +83,12 @@ def test_pt_blocks_are_the_in_memory_paths_in_one_shard(tmp_path, tokenizer, pac
     prepared = _prepare(folder, "corpus", "pt", tokenizer, packing=packing, shard_bytes=1 << 20)
     assert len(prepared.shards) == 1 and prepared.shards[0].kind == "paragraphs"
     expected, _ = encode_pt(read_dataset("corpus", folder, "pt")[0], tokenizer, 64, packing=packing)
-    assert [_key(s) for s in _samples(prepared)] == [_key(s) for s in expected]
+    assert [s["input_ids"] for s in _samples(prepared)] == [s["input_ids"] for s in expected]
+    # the run reads them with their labels (the same ids), in a shuffled order
+    cfg = TrainConfig(stage="pt", dataset="corpus", dataset_dir=str(folder), data_engine="arrow", cutoff_len=64,
+                      packing=packing)
+    train = load_arrow_data(cfg, tokenizer, lambda _: None).train
+    assert sorted(map(_key, train)) == sorted(map(_key, expected))
 
 
 def test_problems_are_counted_in_full_shown_per_kind_and_placed_exactly(tmp_path, tokenizer):
@@ -141,7 +146,8 @@ def test_the_mix_and_the_split_are_the_in_memory_draws(tmp_path, tokenizer):
         train, evals = load_datasets(dataset, folder, "sft", seed=5, val_size=0.1, mix_strategy=strategy)
         assert arrow.composition == mix_composition(train), strategy
         assert (len(arrow.train), len(arrow.eval)) == (len(train), len(evals))
-    assert len(interleave_order([90, 40], [0.7, 0.3], 5)) == len(load_datasets("a:0.7,b:0.3", folder, "sft", seed=5)[0])
+    drawn, _ = interleave_order([90, 40], [0.7, 0.3], 5)
+    assert len(drawn) == len(load_datasets("a:0.7,b:0.3", folder, "sft", seed=5)[0])
 
 
 def test_auto_takes_arrow_from_the_threshold_on(tmp_path, monkeypatch):
@@ -175,3 +181,19 @@ def test_utf16_and_empty_files_are_refused_by_name(tmp_path, tokenizer):
         source, _ = dataset_source(name, folder, "sft")
         shards, problems = plan_shards(source)
         assert shards == [] and message in problems[0].message and problems[0].file == f"{name}.jsonl"
+
+
+def test_data_check_of_a_large_file_counts_every_problem_and_samples_the_statistics(tmp_path, capsys):
+    from trainer_core.cli import main
+
+    lines = _qa_lines(3000).splitlines()
+    for i in range(5, 3000, 10):
+        lines[i] = json.dumps({"instruction": "问"}, ensure_ascii=False)
+    folder = _write(tmp_path / "data", {"qa": ("qa.jsonl", "alpaca", "\n".join(lines) + "\n")})
+    code = main(["data", "check", "qa", "--dataset_dir", str(folder), "--data_engine", "arrow", "--no-tokens"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "3,000 records checked, 2,700 without a problem; the statistics below are of a sample of 2,700" in out
+    assert "300 problem(s), the first of each kind:" in out and "300 in all: output: missing" in out
+    assert "qa.jsonl, record 2995, field 'output': missing" not in out  # the first 20 of the kind only
+    assert out.count("field 'output': missing") == arrow_data.PROBLEMS_PER_KIND

@@ -53,6 +53,7 @@ from trainer_core.errors import DataError, Problem, UserError
 ARROW_FROM_BYTES = 256 << 20  # data_engine auto: files past this go through Arrow (bench/RESULTS.md)
 SHARD_BYTES = 64 << 20  # a shard's share of a file: the unit of work, progress and resuming
 PROBLEMS_PER_KIND = 20  # problems kept of each kind; all are counted
+SAMPLE_RECORDS = 20_000  # a check's statistics and preview come from about this many records, spread out
 LAYOUT_VERSION = "1"  # bump when a shard's files change meaning
 BATCH_RECORDS = 1000  # records tokenized (and written) together
 WAIT_SECONDS = 6 * 3600  # how long a rank waits for local rank 0 to prepare the data
@@ -253,6 +254,7 @@ class ShardResult:
     special: list[str] = field(default_factory=list)  # the first special-token warnings
     special_count: int = 0
     bytes: int = 0
+    sample: list[dict] = field(default_factory=list)  # a check's first valid examples of the shard
 
 
 def _kind(problem: Problem) -> str:
@@ -404,21 +406,27 @@ def samples_of(shard: Shard, settings: Settings, tokenizer: Any, result: ShardRe
     lengths += stats.lengths
 
 
-def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path) -> ShardResult:
+def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path | None,
+                  sample_size: int = 0) -> ShardResult:
     """Prepare one shard into `folder`: shard-N.arrow (the samples), shard-N.json (the result) and
     shard-N.lengths (each record's token count, int32), renamed into place when complete. With no
-    tokenizer the records are only checked (data check): nothing is written."""
+    tokenizer the records are only checked (data check), nothing is written, and the first
+    `sample_size` valid examples come back in the result."""
     from datasets import Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
     result = ShardResult(number=shard.number, bytes=shard.size)
-    if tokenizer is None:
-        for _ in examples_of(shard, settings, result):
+    if tokenizer is None or folder is None:
+        for example in examples_of(shard, settings, result):
             result.samples += 1
+            if len(result.sample) < sample_size:
+                result.sample.append(example)
         return result
     import numpy as np
 
-    columns = {"input_ids": List(Value("int32")), "labels": List(Value("int32"))}
+    columns = {"input_ids": List(Value("int32"))}
+    if settings.stage == "sft":  # pre-training's labels are its input_ids (_with_labels)
+        columns["labels"] = List(Value("int32"))
     if settings.stage == "sft" and settings.packing:
         columns["position_ids"] = List(Value("int32"))
     stem = folder / f"shard-{shard.number:05d}"
@@ -467,8 +475,9 @@ def _init_worker(settings: Settings, tokenizer: Any) -> None:
     _WORKER.update(settings=settings, tokenizer=tokenizer)
 
 
-def _work(shard: Shard, folder: str) -> ShardResult:
-    return prepare_shard(shard, _WORKER["settings"], _WORKER["tokenizer"], Path(folder))
+def _work(shard: Shard, folder: str, sample_size: int) -> ShardResult:
+    return prepare_shard(shard, _WORKER["settings"], _WORKER["tokenizer"], Path(folder) if folder else None,
+                         sample_size)
 
 
 @dataclass
@@ -508,12 +517,13 @@ def cache_folder(source: Any, settings: Settings, tokenizer: Any, shard_bytes: i
     return qihuang_home() / "cache" / "arrow" / f"{safe}-{digest.hexdigest()[:20]}"
 
 
-def prepare_dataset(source: Any, settings: Settings, tokenizer: Any, *, workers: int | None = None,
+def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, workers: int | None = None,
                     shard_bytes: int | None = None, progress: Callable[[int, int, int, int], None] | None = None,
                     wait_only: bool = False) -> Prepared:
     """Prepare (or find prepared) every shard of a dataset; `progress(done_bytes, total_bytes,
     done_shards, total_shards)` after each shard. `wait_only`: another process prepares them
-    (local rank 0); wait for its complete.json."""
+    (local rank 0); wait for its complete.json. With no tokenizer the records are only checked,
+    and each result holds a share of SAMPLE_RECORDS valid examples (`check_large`)."""
     shard_bytes = shard_bytes or SHARD_BYTES
     shards, problems = plan_shards(source, shard_bytes)
     folder = cache_folder(source, settings, tokenizer, shard_bytes) if tokenizer is not None else None
@@ -530,14 +540,14 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any, *, workers:
                 results[shard.number] = found
         reused = len(results)
     todo = [s for s in shards if s.number not in results]
+    sample_size = 0 if folder else -(-SAMPLE_RECORDS // max(1, len(shards)))  # a check: spread over the shards
     done_bytes = sum(s.size for s in shards if s.number in results)
     if progress:
         progress(done_bytes, total_bytes, len(results), len(shards))
     workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(todo)))  # never above the cores
     if todo and workers == 1:
         for shard in todo:
-            results[shard.number] = prepare_shard(shard, settings, tokenizer, folder) if folder else \
-                _check_only(shard, settings)
+            results[shard.number] = prepare_shard(shard, settings, tokenizer, folder, sample_size)
             done_bytes += shard.size
             if progress:
                 progress(done_bytes, total_bytes, len(results), len(shards))
@@ -547,7 +557,7 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any, *, workers:
         # spawn, not fork: the parent may hold threads (torch, a process group) a fork would copy
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_init_worker, initargs=(settings, tokenizer)) as pool:
-            futures = {pool.submit(_work, shard, str(folder) if folder else ""): shard for shard in todo}
+            futures = {pool.submit(_work, shard, str(folder) if folder else "", sample_size): shard for shard in todo}
             from concurrent.futures import as_completed
 
             for future in as_completed(futures):
@@ -567,10 +577,6 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any, *, workers:
     if folder is not None and not wait_only:
         runs_write_json(folder / "complete.json", {"shards": len(shards), "samples": sum(r.samples for r in ordered)})
     return Prepared(source.name, folder, ordered, shards, problems, totals, reused)
-
-
-def _check_only(shard: Shard, settings: Settings) -> ShardResult:
-    return prepare_shard(shard, settings, None, Path("."))
 
 
 def _absolute_problems(shards: list[Shard], results: list[ShardResult]) -> list[Problem]:
@@ -714,33 +720,79 @@ def load_arrow_data(cfg: Any, tokenizer: Any, log: Callable[[str], None] = print
             raise UserError(f"dataset {name} holds no samples after tokenization")
         return concatenate_datasets([Dataset.from_file(f) for f in files])
 
+    import numpy as np
+
     parts = [dataset_of(name) for name in names]
-    groups: list[list[int]] = []
+    groups: list[Any] = []  # per dataset, the samples it gives (a range, or num_samples' draw)
     for name, part in zip(names, parts):
-        order = list(range(len(part)))
+        order: Any = range(len(part))
         if info[name].get("num_samples"):
             order = sample_order(len(part), info[name]["num_samples"], f"{cfg.seed}:{name}")
-        groups.append(order[: cfg.max_samples] if cfg.max_samples else order)
-    offsets = [0]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + len(part))
+        groups.append(np.asarray(order[: cfg.max_samples] if cfg.max_samples else order, dtype=np.int64))
+    offsets = np.cumsum([0] + [len(part) for part in parts[:-1]])
     if weights is None and cfg.mix_strategy == "concat":
-        picks = [(g, i) for g, group in enumerate(groups) for i in group]
-        random.Random(cfg.seed).shuffle(picks)
+        which = np.repeat(np.arange(len(groups)), [len(group) for group in groups])
+        indices = np.concatenate([offset + group for offset, group in zip(offsets, groups)])
+        order = list(range(len(indices)))
+        random.Random(cfg.seed).shuffle(order)  # the in-memory path's shuffle of the same list
+        which, indices = which[order], indices[order]
     else:
-        drawn = interleave_order([len(group) for group in groups], weights or [1.0] * len(groups), cfg.seed,
-                                 until_all=cfg.mix_strategy == "interleave_over")
-        picks = [(g, groups[g][position]) for g, position in drawn]
+        drawn, picked = interleave_order([len(group) for group in groups], weights or [1.0] * len(groups),
+                                         cfg.seed, until_all=cfg.mix_strategy == "interleave_over")
+        which, positions = np.frombuffer(drawn, dtype=np.int64), np.frombuffer(picked, dtype=np.int64)
+        indices = np.empty(len(which), dtype=np.int64)
+        for g, group in enumerate(groups):
+            chosen = which == g
+            indices[chosen] = offsets[g] + group[positions[chosen]]
     combined = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    indices = [offsets[g] + i for g, i in picks]
     evals = None
     if eval_names:
-        evals = concatenate_datasets([dataset_of(name) for name in eval_names])
+        evals = _with_labels(concatenate_datasets([dataset_of(name) for name in eval_names]), cfg.stage)
     elif cfg.val_size:
         count = _val_count(cfg.val_size, len(indices))
-        evals, indices, picks = combined.select(indices[:count]), indices[count:], picks[count:]
-    composition: dict[str, int] = {}
-    for g, _ in picks:
-        composition[names[g]] = composition.get(names[g], 0) + 1
+        evals = _with_labels(combined.select(indices[:count]), cfg.stage)
+        which, indices = which[count:], indices[count:]
+    counts = np.bincount(which, minlength=len(names))
+    composition = {name: int(n) for name, n in zip(names, counts) if n}
     lines = [f"train: {len(indices):,} samples" + (f"; eval: {len(evals):,}" if evals is not None else "")]
-    return ArrowSplits(combined.select(indices), evals, composition, lines)
+    return ArrowSplits(_with_labels(combined.select(indices), cfg.stage), evals, composition, lines)
+
+
+def _with_labels(dataset: Any, stage: str) -> Any:
+    """Pre-training shards keep input_ids alone (labels are the same ids: half the disk); the
+    labels are added as samples are read."""
+    if stage != "pt":
+        return dataset
+    return dataset.with_transform(lambda batch: {"input_ids": batch["input_ids"], "labels": batch["input_ids"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Check: data check and the Data tab on data too large to hold
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LargeCheck:
+    """A large dataset checked in full, its statistics from a sample spread over it."""
+
+    name: str
+    records: int  # records read
+    valid: int  # of which without a problem
+    problems: list[Problem]  # the first PROBLEMS_PER_KIND of each kind
+    totals: dict[str, int]  # every problem, by kind
+    sample: list[dict]  # up to about SAMPLE_RECORDS valid examples, from every shard
+
+
+def check_large(name: str, dataset_dir: str | Path, stage: str, *, workers: int | None = None,
+                progress: Callable[[int, int, int, int], None] | None = None) -> LargeCheck:
+    """Check every record of a dataset in worker processes without holding it: counts and
+    problems in full, the examples for statistics and preview as a sample."""
+    from trainer_core.data import dataset_source
+
+    source, trouble = dataset_source(name, dataset_dir, stage)
+    settings = Settings(stage, 0, False, source.spec)
+    done = prepare_dataset(source, settings, None, workers=workers, progress=progress)
+    totals = dict(done.totals)
+    for problem in trouble:
+        totals[_kind(problem)] = totals.get(_kind(problem), 0) + 1
+    return LargeCheck(name, done.records, done.samples, trouble + done.problems, totals,
+                      [example for result in done.results for example in result.sample])

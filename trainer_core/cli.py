@@ -340,6 +340,8 @@ def cmd_data(args: list[str]) -> int:
     parser.add_argument("--cutoff_len", type=int, default=None)
     parser.add_argument("--model_name_or_path", default=None)
     parser.add_argument("--template", default=None)
+    parser.add_argument("--data_engine", default=None, choices=["auto", "memory", "arrow"],
+                        help="arrow: check in worker processes without holding the data (auto: from 256 MiB on)")
     parser.add_argument("--config", default=None, help="take the settings above from a run config")
     parser.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer load)")
     opts = parser.parse_args(args)
@@ -347,7 +349,7 @@ def cmd_data(args: list[str]) -> int:
     from trainer_core.config import load_config
     from trainer_core.datacheck import check_datasets, format_report
 
-    overrides = {k: v for k in ("dataset_dir", "stage", "cutoff_len", "model_name_or_path", "template")
+    overrides = {k: v for k in ("dataset_dir", "stage", "cutoff_len", "model_name_or_path", "template", "data_engine")
                  if (v := getattr(opts, k)) is not None}
     overrides["dataset"] = ",".join(opts.names)
     cfg = load_config(opts.config, overrides)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer_core.config import TrainConfig
+from trainer_core.config import TrainConfig, dataset_mix
 from trainer_core.data import load_dataset_info, read_dataset, text_stats
 
 
@@ -22,13 +22,24 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
         tokenizer = load_tokenizer(resolve_model_path(cfg.model_name_or_path, log), cfg.trust_remote_code)
         if cfg.stage == "sft":
             setup_chat_template(tokenizer, cfg.template, log)
+    from trainer_core.arrow_data import check_large, print_progress, use_arrow
+
     reports = []
     info = load_dataset_info(cfg.dataset_dir)
-    for name in [n.strip() for n in cfg.dataset.split(",") if n.strip()]:
+    for name in dataset_mix(cfg.dataset)[0]:
         # Multiple-choice sets are for evaluation only, but checking them is what this command is for.
         mcq = info.get(name, {}).get("formatting") == "mcq"
-        examples, problems = read_dataset(name, cfg.dataset_dir, "mcq" if mcq else cfg.stage)
-        report: dict[str, Any] = {"name": name, "problems": problems, "text": text_stats(examples)}
+        stage = "mcq" if mcq else cfg.stage
+        report: dict[str, Any] = {"name": name}
+        if not mcq and use_arrow(cfg.data_engine, [name], cfg.dataset_dir, stage):
+            # Too large to hold: every record checked by worker processes, statistics from a sample.
+            large = check_large(name, cfg.dataset_dir, stage, workers=cfg.preprocessing_num_workers,
+                                progress=print_progress(log))
+            examples, problems = large.sample, large.problems
+            report.update(records=large.records, valid=large.valid, totals=large.totals, sampled=len(examples))
+        else:
+            examples, problems = read_dataset(name, cfg.dataset_dir, stage)
+        report.update(problems=problems, text=text_stats(examples))
         if tokenizer is not None and examples and not mcq:
             from trainer_core.tokenization import special_token_problems
 
@@ -61,6 +72,9 @@ def format_report(reports: list[dict]) -> str:
     for report in reports:
         text, problems = report["text"], report["problems"]
         lines.append(f"== {report['name']} ==")
+        if "sampled" in report:
+            lines.append(f"  {report['records']:,} records checked, {report['valid']:,} without a problem; the "
+                         f"statistics below are of a sample of {report['sampled']:,} spread over the file(s)")
         lines.append("  " + ", ".join(f"{k}: {_fmt(v)}" for k, v in text.items()))
         tokens = report.get("tokens")
         if tokens:
@@ -70,10 +84,15 @@ def format_report(reports: list[dict]) -> str:
                          f"{tokens['dropped_no_trainable']}; samples: {tokens['samples']}; "
                          f"trainable tokens: {tokens['trainable_tokens']:,}")
         if problems:
-            lines.append(f"  {len(problems)} problem(s):")
+            totals = report.get("totals")
+            count = sum(totals.values()) if totals else len(problems)
+            lines.append(f"  {count:,} problem(s)" + (", the first of each kind:" if totals else ":"))
             lines += [f"    - {p}" for p in problems[:50]]
             if len(problems) > 50:
                 lines.append(f"    ... and {len(problems) - 50} more")
+            if totals:
+                lines.append("  by kind:")
+                lines += [f"    {n:,} in all: {kind}" for kind, n in totals.items()]
         else:
             lines.append("  no problems")
     return "\n".join(lines)
