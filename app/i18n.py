@@ -44,6 +44,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "role.tool": ("工具", "tool"),
     "job.none": ("还没有任务。", "No job yet."),
     "job.eta": ("剩余", "ETA"),
+    "job.preparing": ("准备数据", "preparing data"),
     "job.elapsed": ("已用", "elapsed"),
     # ---- Data tab -------------------------------------------------------------------------
     "data.intro": ("选择用于训练的数据集，逐页查看对话、统计与问题；也可以上传新文件。",

@@ -32,7 +32,14 @@ def progress_html(p: dict | None, lang: str) -> str:
     share = percent(p)
     total = p.get("total_steps")
     steps = f"{p.get('step') or 0} / {total}" if total else "–"
-    meta = [f"{t('job.eta', lang)} {runs.format_duration(p.get('eta_seconds')) if state == 'running' else '–'}",
+    eta = p.get("eta_seconds")
+    preparing = p.get("preparing") if state == "running" else None
+    if preparing:  # the Arrow path prepares the data before the first step (data_progress.json)
+        share = 100.0 * preparing["done_bytes"] / max(1, preparing["total_bytes"])
+        steps = (f"{t('job.preparing', lang)} {preparing.get('dataset', '')} · "
+                 f"{preparing['shards_done']} / {preparing['shards']}")
+        eta = preparing.get("eta_seconds")
+    meta = [f"{t('job.eta', lang)} {runs.format_duration(eta) if state == 'running' else '–'}",
             f"{t('job.elapsed', lang)} {runs.format_duration(p.get('elapsed_seconds'))}"]
     if p.get("tokens_per_second"):
         meta.append(f"{p['tokens_per_second']:,.0f} tok/s")

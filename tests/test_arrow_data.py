@@ -5,6 +5,7 @@ kill and reused from the cache, the run's mix and split drawn as in memory, rank
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,33 @@ def test_data_check_of_a_large_file_counts_every_problem_and_samples_the_statist
     assert "300 problem(s), the first of each kind:" in out and "300 in all: output: missing" in out
     assert "qa.jsonl, record 2995, field 'output': missing" not in out  # the first 20 of the kind only
     assert out.count("field 'output': missing") == arrow_data.PROBLEMS_PER_KIND
+
+
+def test_streaming_needs_max_steps_and_no_val_split():
+    from trainer_core.config import validate
+
+    _, problems = validate({"streaming": True}, TrainConfig)
+    assert [p.keys for p in problems] == [("streaming", "max_steps")]
+    _, problems = validate({"streaming": True, "max_steps": 10, "val_size": 0.1}, TrainConfig)
+    assert [p.keys for p in problems] == [("streaming", "val_size")]
+    assert validate({"streaming": True, "max_steps": 10}, TrainConfig)[1] == []
+
+
+def test_the_train_tab_shows_the_preparation_as_its_progress_bar(tmp_path):
+    from app import jobview
+    from trainer_core import runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.update_status(run, state="running", pid=os.getpid(), pgid=os.getpgid(0), started_at=runs.now_iso())
+    lines: list[str] = []
+    report = arrow_data.print_progress(lines.append, every=3600, record=run, dataset="corpus")
+    report(0, 4 << 30, 0, 64)
+    report(1 << 30, 4 << 30, 16, 64)
+    assert lines == ["preparing data: 0% (0 bytes of 4.0 GiB, 0/64 shards, 0 bytes/s)"]  # one line an hour
+    shown = jobview.progress_html(jobview.job_progress(str(run)), "en")
+    assert "preparing data corpus · 16 / 64" in shown and "width:25.0%" in shown and "ETA 0:0" in shown
+    assert "准备数据 corpus · 16 / 64" in jobview.progress_html(jobview.job_progress(str(run)), "zh")
+    report(4 << 30, 4 << 30, 64, 64)  # done: the bar goes back to steps
+    assert lines[-1].startswith("preparing data: 100% (4.0 GiB of 4.0 GiB, 64/64 shards")
+    assert "preparing" not in jobview.progress_html(jobview.job_progress(str(run)), "en")

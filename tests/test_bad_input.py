@@ -585,12 +585,19 @@ def test_data_check_refuses_a_2gb_file_within_a_small_memory_limit(tmp_path):
     def limit_memory() -> None:  # reading the file whole would need 2 GB: it would fail, not pass
         resource.setrlimit(resource.RLIMIT_AS, (3 * GIB // 2, 3 * GIB // 2))
 
-    result = subprocess.run([sys.executable, "-m", "trainer_core", "data", "check", "big",
-                             f"--dataset_dir={tmp_path}", "--no-tokens"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120, preexec_fn=limit_memory)
+    def check(*options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "trainer_core", "data", "check", "big",
+                               f"--dataset_dir={tmp_path}", "--no-tokens", *options], cwd=REPO, capture_output=True,
+                              text=True, timeout=120, preexec_fn=limit_memory)
+
+    result = check("--data_engine", "memory")  # the in-memory path refuses it before reading
     assert result.returncode == 2, result.stderr
     assert ("    - big.jsonl: file is 2.0 GiB; the limit is 1.0 GiB (max_file_bytes): split it or raise the limit"
             in result.stdout)
+    assert "Traceback" not in result.stdout + result.stderr
+    result = check()  # auto: the Arrow path reads it in parts, and finds NUL bytes, not text
+    assert result.returncode == 2, result.stderr
+    assert "    - big.jsonl: not a text file (it contains NUL bytes)" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
 

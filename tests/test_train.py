@@ -232,3 +232,21 @@ def test_one_process_seeing_several_gpus_never_gets_data_parallel(tiny_model_dir
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainer = train.make_trainer(model=model, args=args)
     assert not isinstance(trainer._wrap_model(trainer.model), torch.nn.DataParallel)
+
+
+def test_streaming_trains_without_preparing_and_arrow_trains_from_its_shards(cli, tiny_model_dir, tiny_data_dir,
+                                                                              tmp_path):
+    out = tmp_path / "streamed"
+    result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, dataset="qa:0.7,dialog:0.3", streaming="true",
+                                  max_steps=3, save_steps=100))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "qa: streamed from 1 file(s)" in result.stdout and "Training on streamed data, 3 steps" in result.stdout
+    assert [e["step"] for e in _log(out) if e["loss"] is not None] == [1, 2, 3]
+    out = tmp_path / "arrow"
+    result = cli("train", *_common(tiny_model_dir, tiny_data_dir, out, stage="pt", dataset="corpus",
+                                  data_engine="arrow", max_steps=3, save_steps=100),
+                 env={"QIHUANG_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data: Arrow path (data_engine arrow)" in result.stdout and "corpus: 60 records →" in result.stdout
+    losses = [e["loss"] for e in _log(out) if e["loss"] is not None]
+    assert len(losses) == 3 and losses[-1] < losses[0]

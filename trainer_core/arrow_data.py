@@ -260,7 +260,7 @@ class ShardResult:
 def _kind(problem: Problem) -> str:
     """A problem's kind: its field and message with numbers and quoted values left out."""
     message = re.sub(r"'[^']*'|\"[^\"]*\"", "…", problem.message)
-    message = re.sub(r"\d[\d,.]*", "N", message)
+    message = re.sub(r"(?<![\w-])\d[\d,.]*", "N", message)  # "line 12", not "UTF-8"
     return f"{problem.field}: {message}" if problem.field else message
 
 
@@ -542,7 +542,7 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, w
     todo = [s for s in shards if s.number not in results]
     sample_size = 0 if folder else -(-SAMPLE_RECORDS // max(1, len(shards)))  # a check: spread over the shards
     done_bytes = sum(s.size for s in shards if s.number in results)
-    if progress:
+    if progress and shards:
         progress(done_bytes, total_bytes, len(results), len(shards))
     workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(todo)))  # never above the cores
     if todo and workers == 1:
@@ -575,7 +575,9 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, w
         for kind, n in result.totals.items():
             totals[kind] = totals.get(kind, 0) + n
     if folder is not None and not wait_only:
-        runs_write_json(folder / "complete.json", {"shards": len(shards), "samples": sum(r.samples for r in ordered)})
+        from trainer_core.runs import write_json_atomic
+
+        write_json_atomic(folder / "complete.json", {"shards": len(shards), "samples": sum(r.samples for r in ordered)})
     return Prepared(source.name, folder, ordered, shards, problems, totals, reused)
 
 
@@ -599,12 +601,6 @@ def _absolute_problems(shards: list[Shard], results: list[ShardResult]) -> list[
     return problems
 
 
-def runs_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)
-
-
 def _wait_for(folder: Path) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not (folder / "complete.json").is_file():
@@ -616,29 +612,34 @@ def _wait_for(folder: Path) -> None:
         time.sleep(1.0)
 
 
-def print_progress(log: Callable[[str], None] = print, every: float = 5.0
-                   ) -> Callable[[int, int, int, int], None]:
+def print_progress(log: Callable[[str], None] = print, every: float = 5.0, record: Path | None = None,
+                   dataset: str = "") -> Callable[[int, int, int, int], None]:
     """A progress function that logs a line at most every `every` seconds (and at the end): what
-    the console, the Train tab's log and a CLI user see."""
+    the console, the Train tab's log and a CLI user see. `record`: a run folder whose
+    data_progress.json it keeps current, for the Train tab's progress bar."""
     from trainer_core.data import human_size
-    from trainer_core.runs import format_duration
+    from trainer_core.runs import DATA_PROGRESS_FILE, format_duration, write_json_atomic
 
     began = time.monotonic()
-    last = [0.0]
+    last = [-float("inf")]  # the first call logs
     cached: list[int] = []  # the bytes found prepared at the start: not part of the rate
 
     def report(done: int, total: int, shards_done: int, shards: int) -> None:
         now = time.monotonic()
         if not cached:
             cached.append(done)
+        rate = (done - cached[0]) / max(now - began, 1e-9)
+        eta = int((total - done) / rate) if rate > 0 and done < total else None
+        if record is not None:
+            write_json_atomic(record / DATA_PROGRESS_FILE, {
+                "dataset": dataset, "done_bytes": done, "total_bytes": total, "shards_done": shards_done,
+                "shards": shards, "bytes_per_second": round(rate), "eta_seconds": eta})
         if now - last[0] < every and shards_done < shards:
             return
         last[0] = now
-        fresh = done - cached[0]
-        rate = fresh / max(now - began, 1e-9)
-        eta = f", ETA {format_duration(int((total - done) / rate))}" if rate > 0 and done < total else ""
         log(f"preparing data: {100 * done / max(total, 1):.0f}% ({human_size(done)} of {human_size(total)}, "
-            f"{shards_done}/{shards} shards, {human_size(rate)}/s{eta})")
+            f"{shards_done}/{shards} shards, {human_size(rate)}/s"
+            f"{f', ETA {format_duration(eta)}' if eta is not None else ''})")
 
     return report
 
@@ -689,8 +690,9 @@ def load_arrow_data(cfg: Any, tokenizer: Any, log: Callable[[str], None] = print
         source, trouble = dataset_source(name, cfg.dataset_dir, cfg.stage)
         settings = Settings(cfg.stage, cfg.cutoff_len, cfg.resolved_packing(), source.spec)
         started = time.perf_counter()
+        record = Path(cfg.output_dir) if cfg.output_dir and os.environ.get("RANK", "0") == "0" else None
         done = prepare_dataset(source, settings, tokenizer, workers=cfg.preprocessing_num_workers,
-                               progress=print_progress(log), wait_only=wait_only)
+                               progress=print_progress(log, record=record, dataset=name), wait_only=wait_only)
         for problem in trouble:
             totals[_kind(problem)] = totals.get(_kind(problem), 0) + 1
         for kind, n in done.totals.items():
@@ -796,3 +798,54 @@ def check_large(name: str, dataset_dir: str | Path, stage: str, *, workers: int 
         totals[_kind(problem)] = totals.get(_kind(problem), 0) + 1
     return LargeCheck(name, done.records, done.samples, trouble + done.problems, totals,
                       [example for result in done.results for example in result.sample])
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: the same shards read while training
+# ---------------------------------------------------------------------------------------------
+
+def _stream(shards: list[Shard], settings: Settings, tokenizer: Any) -> Iterator[dict]:
+    """The samples of `shards` in order, read, checked and tokenized as they are needed. A record
+    with a problem is left out; the first of each kind are printed, with a running count."""
+    seen: dict[str, int] = {}
+    for shard in shards:
+        result = ShardResult(number=shard.number)
+        yield from samples_of(shard, settings, tokenizer, result, [])
+        for record, field_name, message, file in result.problems:
+            kind = _kind(Problem(file, record, field_name, message))
+            seen[kind] = seen.get(kind, 0) + 1
+            if seen[kind] <= PROBLEMS_PER_KIND:
+                print(f"warning: left out {file}, record {record} of its part {shard.number}"
+                      f"{f', field {field_name!r}' if field_name else ''}: {message}", flush=True)
+
+
+def stream_arrow_data(cfg: Any, tokenizer: Any, log: Callable[[str], None] = print) -> Any:
+    """The training data as a `datasets.IterableDataset` read while training (`streaming: true`):
+    the Arrow path's shards, records and tokenization without preparing them first. Weights mix
+    as Hugging Face datasets' `interleave_datasets` (what LLaMA-Factory's streaming does), without
+    them the datasets follow each other; a buffer of 10,000 samples shuffles either."""
+    from datasets import IterableDataset, concatenate_datasets, interleave_datasets
+
+    from trainer_core.config import dataset_mix
+    from trainer_core.data import dataset_source
+
+    names, weights = dataset_mix(cfg.dataset, cfg.interleave_probs)
+    parts = []
+    for name in names:
+        source, problems = dataset_source(name, cfg.dataset_dir, cfg.stage)
+        shards, trouble = plan_shards(source)
+        if problems or trouble:
+            raise DataError(problems + trouble)
+        settings = Settings(cfg.stage, cfg.cutoff_len, cfg.resolved_packing(), source.spec)
+        parts.append(IterableDataset.from_generator(
+            _stream, gen_kwargs={"shards": shards, "settings": settings, "tokenizer": tokenizer}))
+        log(f"{name}: streamed from {len(source.files)} file(s) in {len(shards)} part(s); records are checked "
+            "and tokenized as training reads them")
+    if weights is None and cfg.mix_strategy == "concat":
+        mixed = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    else:
+        total = sum(weights or [1.0] * len(parts))
+        mixed = interleave_datasets(parts, probabilities=[w / total for w in weights or [1.0] * len(parts)],
+                                    seed=cfg.seed, stopping_strategy="all_exhausted"
+                                    if cfg.mix_strategy == "interleave_over" else "first_exhausted")
+    return mixed.shuffle(seed=cfg.seed, buffer_size=10_000)

@@ -69,6 +69,8 @@ class TrainConfig:
                             choices=("auto", "memory", "arrow"))
     preprocessing_num_workers: int | None = _key(None, "processes that prepare Arrow data (default: one per core)",
                                                  min=1, optional=True)
+    streaming: bool = _key(False, "read, check and tokenize the data while training instead of before: the first "
+                           "step comes at once, for data read once (needs max_steps; no val_size split)")
     # Method
     finetuning_type: str = _key("lora", "lora, qlora (4-bit base + LoRA) or full", choices=("lora", "qlora", "full"))
     lora_rank: int = _key(8, "LoRA rank r", min=1)
@@ -125,6 +127,12 @@ class TrainConfig:
             problems.append(ConfigProblem(("finetuning_type", "deepspeed"),
                                           "QLoRA with DeepSpeed ZeRO-3 is not supported; use z2 or no DeepSpeed"))
         problems += _mix_problems(self.dataset, self.interleave_probs)
+        if self.streaming and self.max_steps <= 0:
+            problems.append(ConfigProblem(("streaming", "max_steps"), "streaming reads the data as it trains, so "
+                                          "the number of steps is not known before: set max_steps"))
+        if self.streaming and self.val_size:
+            problems.append(ConfigProblem(("streaming", "val_size"), "streaming keeps no held-out split: set "
+                                          "val_size 0 and name an eval_dataset for the eval loss"))
         if not [d for d in self.dataset.split(",") if d.strip()]:
             problems.append(ConfigProblem(("dataset",), "dataset: give at least one dataset name from "
                                           "dataset_info.json"))
@@ -350,8 +358,6 @@ LLAMAFACTORY_KEYS: dict[str, ForeignKey] = {
                                   "settings, so a stale cache is never used"),
     "preprocessing_batch_size": ForeignKey("speed only"),
     "dataloader_num_workers": ForeignKey("batches are built in the training process; speed only"),
-    "streaming": ForeignKey("datasets are read whole", (False,),
-                            "datasets are read whole here (max_samples limits them)"),
     "disable_shuffling": ForeignKey("the training data is shuffled by seed", (False,),
                                     "the training data is always shuffled here (by seed)"),
     "ignore_pad_token_for_loss": ForeignKey("padding never counts in the loss", (True,),

@@ -408,7 +408,17 @@ def progress(run_dir: str | Path) -> dict:
         "tokens_per_second": last.get("tokens_per_second"), "elapsed_seconds": last.get("elapsed_seconds"),
         "eta_seconds": last.get("eta_seconds"), "started_at": status.get("started_at"),
         "ended_at": status.get("ended_at"),
+        "preparing": _preparing(run_dir) if not log else None,
     }
+
+
+def _preparing(run_dir: Path) -> dict | None:
+    """The Arrow path's data preparation while no step has run yet (data_progress.json)."""
+    try:
+        found = json.loads((run_dir / runs.DATA_PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and found.get("done_bytes", 0) < found.get("total_bytes", 0) else None
 
 
 class Tail:

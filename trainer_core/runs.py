@@ -41,6 +41,7 @@ CONFIG_FILE = "run.yaml"
 COMMAND_FILE = "command.txt"
 CONSOLE_FILE = "console.log"
 MIX_FILE = "data_mix.json"  # records of each dataset in the training split, per epoch
+DATA_PROGRESS_FILE = "data_progress.json"  # the Arrow path's preparation, while it runs (arrow_data)
 STATES = ("running", "finished", "failed", "aborted")
 # Environment variables worth recording in command.txt; secrets are never among them.
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT", "QIHUANG_HOME", "HF_HOME",

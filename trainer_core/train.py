@@ -8,6 +8,7 @@ with state `aborted`; `resume_from_checkpoint: auto` continues from there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -222,6 +223,15 @@ def load_training_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[lis
     from trainer_core.models import qihuang_home
     from trainer_core.tokenization import pack_samples, special_token_problems, tokenize_dataset
 
+    if cfg.streaming:
+        from trainer_core.arrow_data import stream_arrow_data
+
+        train = stream_arrow_data(cfg, tokenizer, log)
+        evals: Any = []
+        if cfg.eval_dataset:
+            evals = load_training_data(dataclasses.replace(cfg, streaming=False, dataset=cfg.eval_dataset,
+                                                           eval_dataset="", val_size=0.0), tokenizer, log)[0]
+        return train, evals
     if use_arrow(cfg.data_engine, dataset_mix(cfg.dataset)[0], cfg.dataset_dir, cfg.stage):
         log(f"data: Arrow path (data_engine {cfg.data_engine}): checked and tokenized by worker processes into "
             "memory-mapped files, cached and resumable")
@@ -461,7 +471,7 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
     if cfg.stage == "sft":
         setup_chat_template(tokenizer, cfg.template, log)
     train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
-    show_example(train_samples[0], tokenizer, log)
+    show_example(next(iter(train_samples)), tokenizer, log)
 
     runs.remove_incomplete_checkpoints(run_dir, log)
     resume = resolve_resume(cfg, run_dir)
@@ -484,10 +494,13 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
 
     set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
     model = load_model(cfg, model_path, tokenizer, log)
-    steps_per_epoch = math.ceil(len(train_samples) / (cfg.per_device_train_batch_size
-                                                      * cfg.gradient_accumulation_steps * args.world_size))
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
-    log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
+    if cfg.streaming:
+        log(f"Training on streamed data, {cfg.max_steps} steps")
+    else:
+        steps_per_epoch = math.ceil(len(train_samples) / (cfg.per_device_train_batch_size
+                                                          * cfg.gradient_accumulation_steps * args.world_size))
+        total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
+        log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
 
     trainer = make_trainer(
         model=model,
