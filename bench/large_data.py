@@ -66,9 +66,9 @@ def make_sft(path: Path, records: int, seed: int = 0) -> None:
             fh.write("\n".join(rows) + "\n")
 
 
-def write_registry(folder: Path) -> None:
+def write_registry(folder: Path, sft_file: str = "sft.jsonl") -> None:
     info = {"corpus": {"file_name": "corpus.txt", "columns": {"prompt": "text"}},  # LLaMA-Factory's pt shape
-            "sft": {"file_name": "sft.jsonl", "formatting": "alpaca"}}
+            "sft": {"file_name": sft_file, "formatting": "alpaca"}}
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
 
 
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="auto", choices=("auto", "memory", "arrow"))
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--keep-cache", action="store_true", help="do not empty the cache before the cold run")
+    parser.add_argument("--cold-only", action="store_true", help="leave out the warm run")
     parser.add_argument("--dry-run", action="store_true", help="tiny files (1 MB, 2,000 records), data_engine arrow")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and args.only != name:
             continue
         path = workdir / ("corpus.txt" if name == "corpus" else "sft.jsonl")
+        if not args.dry_run and name == "sft" and sft_records != 2_000_000:
+            path = workdir / f"sft-{sft_records}.jsonl"  # a smaller set beside the 2M one
+            write_registry(workdir, sft_file=path.name)
         stamp = workdir / f"{path.name}.made"
         wanted = str(corpus_bytes if name == "corpus" else sft_records)
         if not path.is_file() or not stamp.is_file() or stamp.read_text() != wanted:
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"made {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.monotonic() - began:.0f} s", flush=True)
         if not args.keep_cache:
             subprocess.run(["rm", "-rf", str(workdir / "home" / "cache")], check=True)
-        for temperature in ("cold", "warm"):
+        for temperature in ("cold",) if args.cold_only else ("cold", "warm"):
             result = run_once(name, stage, workdir, engine, args.steps, [])
             result.update(temperature=temperature, file_gb=round(path.stat().st_size / 1e9, 3))
             print(json.dumps(result, ensure_ascii=False), flush=True)

@@ -228,3 +228,19 @@ def test_the_train_tab_shows_the_preparation_as_its_progress_bar(tmp_path):
     report(4 << 30, 4 << 30, 64, 64)  # done: the bar goes back to steps
     assert lines[-1].startswith("preparing data: 100% (4.0 GiB of 4.0 GiB, 64/64 shards")
     assert "preparing" not in jobview.progress_html(jobview.job_progress(str(run)), "en")
+
+
+def test_text_lines_are_the_in_memory_readers_records(tmp_path, tokenizer):
+    from trainer_core.arrow_data import iter_records
+
+    text = "  indented doc 1\r\nsecond\rthird after a lone CR\n\n \t\nlast  "
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "wiki.txt").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    (folder / "dataset_info.json").write_text(json.dumps({"wiki": {"file_name": "wiki.txt",
+                                                                   "columns": {"prompt": "text"}}}))
+    source, _ = dataset_source("wiki", folder, "pt")
+    shards, _ = plan_shards(source, 8)
+    assert len(shards) > 1
+    records = [row for shard in shards for _, row, _ in iter_records(shard)]
+    assert records == [e["text"] for e in read_dataset("wiki", folder, "pt")[0]]

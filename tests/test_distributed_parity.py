@@ -194,6 +194,21 @@ def test_torchrun_two_processes_train_the_weights_of_one(reference, tiny_model_d
     _parity("torchrun-2proc", finetuning_type, reference(finetuning_type), [(out, 0), (out, 1)], out, tiny_model_dir)
 
 
+def test_torchrun_ranks_on_the_arrow_path_prepare_once_and_train_the_weights_of_one(reference, tiny_model_dir,
+                                                                                    parity_data, tmp_path):
+    """data_engine arrow under torchrun: local rank 0 prepares the shards, rank 1 waits and reads
+    them; the samples and their order are the in-memory path's, so the weights are the single
+    in-memory process's."""
+    out = tmp_path / "arrow"
+    result = _train(tiny_model_dir, parity_data, out, "lora", num_gpus=2, data_engine="arrow",
+                    env={"QIHUANG_HOME": str(tmp_path / "home")})
+    _check_finished(result, out)
+    console = (out / "console.log").read_text(encoding="utf-8")
+    assert console.count("parity: 24 records → 24 samples (prepared 1 of 1 shards") == 1  # rank 0 alone
+    assert console.count("parity: 24 records → 24 samples (from cache") == 1  # rank 1 read rank 0's shards
+    _parity("torchrun-2proc-arrow", "lora", reference("lora"), [(out, 0), (out, 1)], out, tiny_model_dir)
+
+
 @pytest.mark.parametrize("stage", ["z2", "z3"])
 @pytest.mark.parametrize("finetuning_type", ["lora", "full"])
 def test_deepspeed_zero_two_ranks_train_the_weights_of_one(reference, tiny_model_dir, parity_data, tmp_path,

@@ -293,19 +293,21 @@ def iter_records(shard: Shard) -> Iterator[tuple[int, Any, Problem | None]]:
                 index += 1
         return
     json_lines = Path(shard.path).suffix.lower() in LINE_KINDS
+    codec = "utf-8" if shard.encoding == "utf-8-sig" else shard.encoding  # the BOM is gone already
     for number, raw in enumerate(data.split(b"\n"), shard.first_line):
         if not raw.strip():
             continue
         try:
-            line = raw.decode(shard.encoding)
+            line = raw.decode(codec)
         except UnicodeDecodeError:
-            yield index, None, Problem(shard.display, index, None, f"line {number}: not valid "
-                                       f"{shard.encoding.upper().replace('-SIG', '')} text")
+            yield index, None, Problem(shard.display, index, None, f"line {number}: not valid {codec.upper()} text")
             index += 1
             continue
-        if not json_lines:
-            yield index, line.rstrip("\r").strip(), None
-            index += 1
+        if not json_lines:  # one document per line, as data._parse_txt_lines reads them (a lone CR ends one too)
+            for document in line.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+                if document.strip():
+                    yield index, document, None
+                    index += 1
             continue
         try:
             yield index, json.loads(line), None
