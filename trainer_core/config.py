@@ -27,7 +27,7 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr")
 
 
-def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+def config_key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
          max: float | None = None, min_exclusive: bool = False, optional: bool = False) -> Any:
     """A config key: its default, a one-line help, and the values it allows."""
     meta = {"help": help, "choices": choices, "min": min, "max": max,
@@ -40,75 +40,76 @@ def _key(default: Any, help: str, *, choices: tuple | None = None, min: float | 
 @dataclass
 class TrainConfig:
     # What to train
-    stage: str = _key("sft", "sft: supervised fine-tuning on conversations; pt: continued pre-training on text",
-                      choices=("sft", "pt"))
-    model_name_or_path: str = _key("default", "a local model folder, a hub id, or 'default' for the built-in "
-                                   "SmolLM2-135M-Instruct")
-    template: str = _key("auto", "chat template: auto (the tokenizer's own) or a built-in fallback",
-                         choices=("auto", "chatml", "qwen", "llama3"))
-    trust_remote_code: bool = _key(False, "run code shipped with the model (only for models you trust)")
+    stage: str = config_key("sft", "sft: supervised fine-tuning on conversations; pt: continued pre-training on text",
+                            choices=("sft", "pt"))
+    model_name_or_path: str = config_key("default", "a local model folder, a hub id, or 'default' for the built-in "
+                                         "SmolLM2-135M-Instruct")
+    template: str = config_key("auto", "chat template: auto (the tokenizer's own) or a built-in fallback",
+                               choices=("auto", "chatml", "qwen", "llama3"))
+    trust_remote_code: bool = config_key(False, "run code shipped with the model (only for models you trust)")
     # Data
-    dataset_dir: str = _key("data", "folder holding dataset_info.json")
-    dataset: str = _key("tcm_qa", "comma-separated dataset names from dataset_info.json, each with an optional "
-                        "mixing weight: tcm_qa:0.5,tcm_dialog:0.3,general:0.2")
-    eval_dataset: str = _key("", "datasets used for evaluation instead of a val_size split")
-    val_size: float = _key(0.0, "share (0-1) or number (>=1) of records held out for eval loss", min=0)
-    max_samples: int | None = _key(None, "use at most this many records of each dataset", min=1, optional=True)
-    cutoff_len: int = _key(1024, "maximum tokens per sample (SFT) or block (PT)", min=16)
-    packing: bool | None = _key(None, "concatenate samples into cutoff_len blocks (default: on for pt, off "
-                                "for sft)", optional=True)
-    mix_strategy: str = _key("concat", "several datasets: concat (every record once, shuffled), interleave_under "
-                             "(drawn by weight until the first runs out), interleave_over (until each has run "
-                             "out once, the others repeated); weights alone mean interleave_under",
-                             choices=MIX_STRATEGIES)
-    interleave_probs: str = _key("", "mixing weights in dataset order, e.g. 0.5,0.3,0.2 (LLaMA-Factory's "
-                                 "spelling of dataset: a:0.5,b:0.3,c:0.2)")
-    data_engine: str = _key("auto", "how data is prepared: memory (Python lists, fastest for small data), arrow "
-                            "(checked and tokenized by several processes into memory-mapped Arrow files, cached "
-                            "and resumable: data larger than memory), auto (arrow from 256 MiB of files on)",
-                            choices=("auto", "memory", "arrow"))
-    preprocessing_num_workers: int | None = _key(None, "processes that prepare Arrow data (default: one per core)",
-                                                 min=1, optional=True)
-    streaming: bool = _key(False, "read, check and tokenize the data while training instead of before: the first "
-                           "step comes at once, for data read once (needs max_steps; no val_size split)")
+    dataset_dir: str = config_key("data", "folder holding dataset_info.json")
+    dataset: str = config_key("tcm_qa", "comma-separated dataset names from dataset_info.json, each with an optional "
+                              "mixing weight: tcm_qa:0.5,tcm_dialog:0.3,general:0.2")
+    eval_dataset: str = config_key("", "datasets used for evaluation instead of a val_size split")
+    val_size: float = config_key(0.0, "share (0-1) or number (>=1) of records held out for eval loss", min=0)
+    max_samples: int | None = config_key(None, "use at most this many records of each dataset", min=1, optional=True)
+    cutoff_len: int = config_key(1024, "maximum tokens per sample (SFT) or block (PT)", min=16)
+    packing: bool | None = config_key(None, "concatenate samples into cutoff_len blocks (default: on for pt, off "
+                                      "for sft)", optional=True)
+    mix_strategy: str = config_key("concat", "several datasets: concat (every record once, shuffled), interleave_under "
+                                   "(drawn by weight until the first runs out), interleave_over (until each has run "
+                                   "out once, the others repeated); weights alone mean interleave_under",
+                                   choices=MIX_STRATEGIES)
+    interleave_probs: str = config_key("", "mixing weights in dataset order, e.g. 0.5,0.3,0.2 (LLaMA-Factory's "
+                                       "spelling of dataset: a:0.5,b:0.3,c:0.2)")
+    data_engine: str = config_key("auto", "how data is prepared: memory (Python lists, fastest for small data), arrow "
+                                  "(checked and tokenized by several processes into memory-mapped Arrow files, cached "
+                                  "and resumable: data larger than memory), auto (arrow from 256 MiB of files on)",
+                                  choices=("auto", "memory", "arrow"))
+    preprocessing_num_workers: int | None = config_key(None, "processes that prepare Arrow data (default: one per "
+                                                       "core)", min=1, optional=True)
+    streaming: bool = config_key(False, "read, check and tokenize the data while training instead of before: the first "
+                                 "step comes at once, for data read once (needs max_steps; no val_size split)")
     # Method
-    finetuning_type: str = _key("lora", "lora, qlora (4-bit base + LoRA) or full", choices=("lora", "qlora", "full"))
-    lora_rank: int = _key(8, "LoRA rank r", min=1)
-    lora_alpha: int = _key(16, "LoRA alpha (scale = alpha / rank)", min=1)
-    lora_dropout: float = _key(0.0, "dropout on the LoRA path", min=0, max=0.9)
-    lora_target: str = _key("all", "'all' linear layers, or a comma list such as q_proj,v_proj")
-    quantization_bit: int = _key(4, "QLoRA base weight bits", choices=(4, 8))
+    finetuning_type: str = config_key("lora", "lora, qlora (4-bit base + LoRA) or full",
+                                      choices=("lora", "qlora", "full"))
+    lora_rank: int = config_key(8, "LoRA rank r", min=1)
+    lora_alpha: int = config_key(16, "LoRA alpha (scale = alpha / rank)", min=1)
+    lora_dropout: float = config_key(0.0, "dropout on the LoRA path", min=0, max=0.9)
+    lora_target: str = config_key("all", "'all' linear layers, or a comma list such as q_proj,v_proj")
+    quantization_bit: int = config_key(4, "QLoRA base weight bits", choices=(4, 8))
     # Output
-    output_dir: str = _key("", "run folder; default outputs/<stage>-<finetuning_type>-<time>")
+    output_dir: str = config_key("", "run folder; default outputs/<stage>-<finetuning_type>-<time>")
     # Optimisation
-    per_device_train_batch_size: int = _key(4, "samples per device per step", min=1)
-    per_device_eval_batch_size: int = _key(4, "samples per device per eval step", min=1)
-    gradient_accumulation_steps: int = _key(1, "micro-batches per optimizer step", min=1)
-    learning_rate: float = _key(1e-4, "peak learning rate", min=0, min_exclusive=True)
-    num_train_epochs: float = _key(3.0, "epochs (ignored when max_steps > 0)", min=0, min_exclusive=True)
-    max_steps: int = _key(-1, "stop after this many optimizer steps; -1 = use num_train_epochs", min=-1)
-    lr_scheduler_type: str = _key("cosine", "learning-rate schedule", choices=SCHEDULERS)
-    warmup_steps: int = _key(0, "linear warm-up steps (overrides warmup_ratio when > 0)", min=0)
-    warmup_ratio: float = _key(0.0, "share of steps used for warm-up", min=0, max=1)
-    weight_decay: float = _key(0.0, "AdamW weight decay", min=0)
-    max_grad_norm: float = _key(1.0, "gradient clipping norm (0 = off)", min=0)
-    seed: int = _key(42, "random seed for data order, split and initialisation", min=0)
+    per_device_train_batch_size: int = config_key(4, "samples per device per step", min=1)
+    per_device_eval_batch_size: int = config_key(4, "samples per device per eval step", min=1)
+    gradient_accumulation_steps: int = config_key(1, "micro-batches per optimizer step", min=1)
+    learning_rate: float = config_key(1e-4, "peak learning rate", min=0, min_exclusive=True)
+    num_train_epochs: float = config_key(3.0, "epochs (ignored when max_steps > 0)", min=0, min_exclusive=True)
+    max_steps: int = config_key(-1, "stop after this many optimizer steps; -1 = use num_train_epochs", min=-1)
+    lr_scheduler_type: str = config_key("cosine", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_steps: int = config_key(0, "linear warm-up steps (overrides warmup_ratio when > 0)", min=0)
+    warmup_ratio: float = config_key(0.0, "share of steps used for warm-up", min=0, max=1)
+    weight_decay: float = config_key(0.0, "AdamW weight decay", min=0)
+    max_grad_norm: float = config_key(1.0, "gradient clipping norm (0 = off)", min=0)
+    seed: int = config_key(42, "random seed for data order, split and initialisation", min=0)
     # Logging and saving
-    logging_steps: int = _key(5, "log loss every N steps", min=1)
-    save_steps: int = _key(500, "save a checkpoint every N steps (and always at the end)", min=1)
-    save_total_limit: int | None = _key(None, "keep at most N checkpoints", min=1, optional=True)
-    eval_steps: int | None = _key(None, "evaluate every N steps (default: logging_steps x 10)", min=1,
-                                  optional=True)
-    report_to: str = _key("none", "where metrics also go", choices=("none", "wandb", "tensorboard"))
-    resume_from_checkpoint: str = _key("auto", "auto: continue from the newest checkpoint in output_dir; "
-                                       "none: start fresh; or a checkpoint folder")
+    logging_steps: int = config_key(5, "log loss every N steps", min=1)
+    save_steps: int = config_key(500, "save a checkpoint every N steps (and always at the end)", min=1)
+    save_total_limit: int | None = config_key(None, "keep at most N checkpoints", min=1, optional=True)
+    eval_steps: int | None = config_key(None, "evaluate every N steps (default: logging_steps x 10)", min=1,
+                                        optional=True)
+    report_to: str = config_key("none", "where metrics also go", choices=("none", "wandb", "tensorboard"))
+    resume_from_checkpoint: str = config_key("auto", "auto: continue from the newest checkpoint in output_dir; "
+                                             "none: start fresh; or a checkpoint folder")
     # Hardware
-    bf16: bool = _key(False, "bf16 mixed precision (GPUs from Ampere on, CPUs with AVX-512 BF16/AMX)")
-    fp16: bool = _key(False, "fp16 mixed precision (CUDA GPUs)")
-    gradient_checkpointing: bool = _key(False, "recompute activations to save memory (slower)")
-    deepspeed: str = _key("", "DeepSpeed: a preset (z0, z2, z3, z3_offload) or a JSON path; empty = none")
-    num_gpus: int = _key(1, "GPUs (or CPU processes) per node; 0 = this process only", min=0)
-    hostfile: str = _key("", "DeepSpeed hostfile for several nodes")
+    bf16: bool = config_key(False, "bf16 mixed precision (GPUs from Ampere on, CPUs with AVX-512 BF16/AMX)")
+    fp16: bool = config_key(False, "fp16 mixed precision (CUDA GPUs)")
+    gradient_checkpointing: bool = config_key(False, "recompute activations to save memory (slower)")
+    deepspeed: str = config_key("", "DeepSpeed: a preset (z0, z2, z3, z3_offload) or a JSON path; empty = none")
+    num_gpus: int = config_key(1, "GPUs (or CPU processes) per node; 0 = this process only", min=0)
+    hostfile: str = config_key("", "DeepSpeed hostfile for several nodes")
 
     def resolved_packing(self) -> bool:
         return self.stage == "pt" if self.packing is None else self.packing

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from trainer_core.config import ConfigProblem, _key, config_from_dict, read_yaml, save_config
+from trainer_core.config import ConfigProblem, config_from_dict, config_key, read_yaml, save_config
 from trainer_core.errors import UserError
 
 TASKS = ("ppl", "generate", "mcq")
@@ -75,38 +75,38 @@ def _names(text: str) -> list[str]:
 @dataclass
 class EvalConfig:
     # What to evaluate
-    run: str = _key("", "a training run: its adapter/ (or model/) on its base model")
-    model: str = _key("", "a model folder, a hub id or 'default' (instead of --run)")
-    adapter: str = _key("", "a LoRA adapter folder on top of --model")
-    base_only: bool = _key(False, "with --run: the run's base model without its adapter")
-    label: str = _key("", "the name of this model in results and comparisons "
-                      "(default: base, tuned (adapter) or tuned (full))")
+    run: str = config_key("", "a training run: its adapter/ (or model/) on its base model")
+    model: str = config_key("", "a model folder, a hub id or 'default' (instead of --run)")
+    adapter: str = config_key("", "a LoRA adapter folder on top of --model")
+    base_only: bool = config_key(False, "with --run: the run's base model without its adapter")
+    label: str = config_key("", "the name of this model in results and comparisons "
+                            "(default: base, tuned (adapter) or tuned (full))")
     # Tasks and data
-    task: str = _key("", "ppl, generate or mcq; repeat or comma-separate "
-                     "(default: mcq for multiple-choice data, else ppl,generate)")
-    dataset: str = _key("", "datasets from dataset_info.json (default with --run: the run's validation split)")
-    dataset_dir: str = _key("", "folder holding dataset_info.json (default: the run's, else data)")
-    split: str | None = _key(None, "validation: the records the run held out (needs --run); all: every record "
-                             "(default: validation with --run and no --dataset, else all)", choices=SPLITS,
-                             optional=True)
-    max_samples: int | None = _key(None, "at most this many records of each dataset", min=1, optional=True)
-    n_shot: int = _key(0, "mcq: examples from the dev set shown before each question", min=0)
-    dev_dataset: str = _key("", "mcq: the dev set for n-shot examples (default: <dataset>_dev)")
-    subject: str = _key("", "mcq: only questions of these subjects")
+    task: str = config_key("", "ppl, generate or mcq; repeat or comma-separate "
+                           "(default: mcq for multiple-choice data, else ppl,generate)")
+    dataset: str = config_key("", "datasets from dataset_info.json (default with --run: the run's validation split)")
+    dataset_dir: str = config_key("", "folder holding dataset_info.json (default: the run's, else data)")
+    split: str | None = config_key(None, "validation: the records the run held out (needs --run); all: every record "
+                                   "(default: validation with --run and no --dataset, else all)", choices=SPLITS,
+                                   optional=True)
+    max_samples: int | None = config_key(None, "at most this many records of each dataset", min=1, optional=True)
+    n_shot: int = config_key(0, "mcq: examples from the dev set shown before each question", min=0)
+    dev_dataset: str = config_key("", "mcq: the dev set for n-shot examples (default: <dataset>_dev)")
+    subject: str = config_key("", "mcq: only questions of these subjects")
     # Settings
-    cutoff_len: int | None = _key(None, "maximum tokens per sample (default: the run's, else 1024)", min=1,
-                                  optional=True)
-    batch_size: int = _key(4, "samples per forward pass or generate call", min=1)
-    max_new_tokens: int = _key(128, "generate: longest answer in tokens", min=1)
-    do_sample: bool = _key(False, "generate: sample instead of greedy decoding")
-    temperature: float = _key(0.7, "generate: sampling temperature", min=0)
-    top_p: float = _key(0.9, "generate: nucleus sampling share", min=0, max=1)
-    seed: int = _key(42, "random seed for sampling", min=0)
-    template: str | None = _key(None, "chat template (default: the run's, else auto = the tokenizer's own)",
-                                choices=TEMPLATES, optional=True)
-    dtype: str = _key("auto", "weights' dtype (auto: bfloat16 on a GPU that has it, else float32)",
-                      choices=EVAL_DTYPES)
-    output_dir: str = _key("", "where results go (the eval job's folder)")
+    cutoff_len: int | None = config_key(None, "maximum tokens per sample (default: the run's, else 1024)", min=1,
+                                        optional=True)
+    batch_size: int = config_key(4, "samples per forward pass or generate call", min=1)
+    max_new_tokens: int = config_key(128, "generate: longest answer in tokens", min=1)
+    do_sample: bool = config_key(False, "generate: sample instead of greedy decoding")
+    temperature: float = config_key(0.7, "generate: sampling temperature", min=0)
+    top_p: float = config_key(0.9, "generate: nucleus sampling share", min=0, max=1)
+    seed: int = config_key(42, "random seed for sampling", min=0)
+    template: str | None = config_key(None, "chat template (default: the run's, else auto = the tokenizer's own)",
+                                      choices=TEMPLATES, optional=True)
+    dtype: str = config_key("auto", "weights' dtype (auto: bfloat16 on a GPU that has it, else float32)",
+                            choices=EVAL_DTYPES)
+    output_dir: str = config_key("", "where results go (the eval job's folder)")
 
     def rules(self) -> list[ConfigProblem]:
         """What goes together: --run or --model, and the options that only one of them takes."""
@@ -137,15 +137,15 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    run: str = _key("", "a training run's folder (RUN_DIR): its base + adapter/, or its model/")
-    model: str = _key("", "base model ('default', a folder or a hub id), instead of --run")
-    adapter: str = _key("", "a LoRA adapter folder to merge into --model")
-    output_dir: str = _key("", "where the export goes (default RUN_DIR/export)")
-    dtype: str = _key("float32", "dtype of the saved weights", choices=DTYPES)
-    max_shard_size: str = _key("2GB", "largest safetensors shard, e.g. 2GB or 500MB")
-    gguf: str = _key("f16", "GGUF files to write: none, f16, q8_0 or f16,q8_0")
-    overwrite: bool = _key(False, "replace an existing export in --output_dir")
-    job_dir: str = _key("", "the job's folder, for its progress (set by the launcher)")
+    run: str = config_key("", "a training run's folder (RUN_DIR): its base + adapter/, or its model/")
+    model: str = config_key("", "base model ('default', a folder or a hub id), instead of --run")
+    adapter: str = config_key("", "a LoRA adapter folder to merge into --model")
+    output_dir: str = config_key("", "where the export goes (default RUN_DIR/export)")
+    dtype: str = config_key("float32", "dtype of the saved weights", choices=DTYPES)
+    max_shard_size: str = config_key("2GB", "largest safetensors shard, e.g. 2GB or 500MB")
+    gguf: str = config_key("f16", "GGUF files to write: none, f16, q8_0 or f16,q8_0")
+    overwrite: bool = config_key(False, "replace an existing export in --output_dir")
+    job_dir: str = config_key("", "the job's folder, for its progress (set by the launcher)")
 
     def rules(self) -> list[ConfigProblem]:
         problems = []

@@ -169,5 +169,9 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
                     c["chat_status"]]
     c["chat_send"].click(on_send, send_inputs, send_outputs, api_name="chat_send")
     c["chat_input"].submit(on_send, send_inputs, send_outputs)
-    c["chat_clear"].click(lambda: ([], [], [], []), None,
-                          [c["chat_box"], c["chat_base_box"], c["chat_history"], c["chat_base_history"]])
+    conversation = [c["chat_box"], c["chat_base_box"], c["chat_history"], c["chat_base_history"]]
+
+    def on_clear() -> dict[Any, Any]:
+        return {component: [] for component in conversation}
+
+    c["chat_clear"].click(on_clear, None, conversation)
