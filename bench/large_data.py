@@ -5,7 +5,8 @@ its data workers), sampled every 0.2 s.
 
     python bench/large_data.py                       # 5 GB corpus (pt) and 2,000,000 records (sft)
     python bench/large_data.py --only sft --engine memory   # the in-memory path on the same files
-    python bench/large_data.py --dry-run             # tiny files, the same steps (tests/test_bench.py)
+    python bench/large_data.py --dry-run             # tiny files, the same steps
+    python bench/large_data.py --only sft --compare-llamafactory /tmp/lf/venv   # LLaMA-Factory on the same file
 
 Writes bench/results/large_data-<time>.json and prints a Markdown table for RESULTS.md. The files
 go to --workdir (default /tmp/qihuang-large), never into the repository.
@@ -154,6 +155,56 @@ def run_once(name: str, stage: str, workdir: Path, engine: str, steps: int, extr
             "log_tail": lines[-5:] if code else []}
 
 
+def run_llamafactory(venv: Path, name: str, stage: str, workdir: Path, steps: int, cold: bool) -> dict:
+    """The same job under LLaMA-Factory (its CLI, the same file and dataset_info.json entry, the
+    built-in model's folder, two preprocessing workers like ours): wall, the data phase (its first
+    dataset line to "Running training"), start → first step, peak tree RSS, its cache's size."""
+    import yaml
+
+    from trainer_core.models import default_model_dir
+
+    out = workdir / "runs" / f"lf-{name}-{time.strftime('%H%M%S')}"
+    cache = workdir / "lf-cache"
+    if cold:
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    config = {"model_name_or_path": str(default_model_dir()), "stage": stage, "do_train": True,
+              "finetuning_type": "lora", "lora_target": "all", "dataset": name, "dataset_dir": str(workdir),
+              "template": "smollm2", "cutoff_len": 512, "preprocessing_num_workers": 2, "overwrite_cache": False,
+              "output_dir": str(out), "overwrite_output_dir": True, "max_steps": steps,
+              "per_device_train_batch_size": 2, "logging_steps": 1, "save_steps": 100000, "report_to": "none",
+              "bf16": False, "fp16": False, "seed": 42}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lf.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "HF_HOME": str(cache / "hf"), "HF_DATASETS_CACHE": str(cache / "datasets"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(cache / "tmp")}
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    process = subprocess.Popen([str(venv / "bin" / "llamafactory-cli"), "train", str(out / "lf.yaml")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rss = TreeRss(process.pid)
+    marks: dict[str, float] = {}
+    tail: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        now = time.monotonic() - began
+        tail = (tail + [line.rstrip()])[-8:]
+        if "data_start" not in marks and ("Loading dataset" in line or "Converting format" in line
+                                          or "Generating train split" in line):
+            marks["data_start"] = now
+        if "Running training" in line:
+            marks["data_end"] = now
+        if "first_step" not in marks and "'loss'" in line:
+            marks["first_step"] = now
+    code = process.wait()
+    peak = rss.stop()
+    size = subprocess.run(["du", "-sb", str(cache / "datasets")], capture_output=True, text=True).stdout.split()
+    data_s = marks.get("data_end", 0) - marks.get("data_start", 0)
+    return {"tool": "llamafactory", "dataset": name, "stage": stage, "engine": "datasets.map", "exit_code": code,
+            "wall_s": round(time.monotonic() - began, 1), "data_s": round(data_s, 1),
+            "to_first_step_s": round(marks.get("first_step", 0), 1), "peak_rss_gb": round(peak / 1e9, 2),
+            "cache_gb": round(int(size[0]) / 1e9, 2) if size else None, "log_tail": tail if code else []}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/qihuang-large")
@@ -164,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--keep-cache", action="store_true", help="do not empty the cache before the cold run")
     parser.add_argument("--cold-only", action="store_true", help="leave out the warm run")
+    parser.add_argument("--compare-llamafactory", metavar="VENV", help="also run LLaMA-Factory from this venv "
+                        "(../shared/bench/llamafactory/setup.sh makes one) on the same files, after ours")
     parser.add_argument("--dry-run", action="store_true", help="tiny files (1 MB, 2,000 records), data_engine arrow")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
@@ -192,17 +245,28 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["rm", "-rf", str(workdir / "home" / "cache")], check=True)
         for temperature in ("cold",) if args.cold_only else ("cold", "warm"):
             result = run_once(name, stage, workdir, engine, args.steps, [])
+            result.update(temperature=temperature, file_gb=round(path.stat().st_size / 1e9, 3), tool="ours")
+            print(json.dumps(result, ensure_ascii=False), flush=True)
+            results.append(result)
+        for temperature in ("cold",) if args.cold_only else ("cold", "warm"):
+            if not args.compare_llamafactory:
+                break
+            result = run_llamafactory(Path(args.compare_llamafactory), name, stage, workdir, args.steps,
+                                      cold=temperature == "cold")
             result.update(temperature=temperature, file_gb=round(path.stat().st_size / 1e9, 3))
+            result["records"] = next((r["records"] for r in results if r["dataset"] == name), 0)
+            result["records_per_s"] = round(result["records"] / result["data_s"]) if result["data_s"] else None
             print(json.dumps(result, ensure_ascii=False), flush=True)
             results.append(result)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     target = Path(args.out) / f"large_data{'-dry' if args.dry_run else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     target.write_text(json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "runs": results},
                                  indent=1, ensure_ascii=False), encoding="utf-8")
-    print("\n| data | engine | run | file | records | data prep | records/s | start → first step | peak RSS (tree) |")
+    print("\n| data | tool, engine | run | file | records | data prep | records/s | start → first step | peak RSS (tree) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['dataset']} ({r['stage']}) | {r['engine']} | {r['temperature']} | {r['file_gb']} GB | "
+        print(f"| {r['dataset']} ({r['stage']}) | {r.get('tool', 'ours')}, {r['engine']} | {r['temperature']} | "
+              f"{r['file_gb']} GB | "
               f"{r['records']:,} | {r['data_s']:.1f} s | {r['records_per_s'] or 0:,} | {r['to_first_step_s']} s | "
               f"{r['peak_rss_gb']} GB |")
     print(f"\nwritten {target}")
