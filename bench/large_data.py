@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     target = Path(args.out) / f"large_data{'-dry' if args.dry_run else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     target.write_text(json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "runs": results},
                                  indent=1, ensure_ascii=False), encoding="utf-8")
-    print("\n| data | tool, engine | run | file | records | data prep | records/s | start → first step | peak RSS (tree) |")
+    print("\n| data | tool, engine | run | file | records | data prep | records/s | start → first step "
+          "| peak RSS (tree) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['dataset']} ({r['stage']}) | {r.get('tool', 'ours')}, {r['engine']} | {r['temperature']} | "
