@@ -67,8 +67,8 @@ def make_sft(path: Path, records: int, seed: int = 0) -> None:
             fh.write("\n".join(rows) + "\n")
 
 
-def write_registry(folder: Path, sft_file: str = "sft.jsonl") -> None:
-    info = {"corpus": {"file_name": "corpus.txt", "columns": {"prompt": "text"}},  # LLaMA-Factory's pt shape
+def write_registry(folder: Path, corpus_file: str = "corpus.txt", sft_file: str = "sft.jsonl") -> None:
+    info = {"corpus": {"file_name": corpus_file, "columns": {"prompt": "text"}},  # LLaMA-Factory's pt shape
             "sft": {"file_name": sft_file, "formatting": "alpaca"}}
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
 
@@ -233,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         path = workdir / ("corpus.txt" if name == "corpus" else "sft.jsonl")
         if not args.dry_run and name == "sft" and sft_records != 2_000_000:
             path = workdir / f"sft-{sft_records}.jsonl"  # a smaller set beside the 2M one
-            write_registry(workdir, sft_file=path.name)
+        if not args.dry_run and name == "corpus" and corpus_bytes != int(5e9):
+            path = workdir / f"corpus-{corpus_bytes}.txt"  # a slice beside the 5 GB one
+        write_registry(workdir, **{f"{name}_file": path.name})
         stamp = workdir / f"{path.name}.made"
         wanted = str(corpus_bytes if name == "corpus" else sft_records)
         if not path.is_file() or not stamp.is_file() or stamp.read_text() != wanted:
