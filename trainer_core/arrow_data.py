@@ -266,7 +266,7 @@ def _kind(problem: Problem) -> str:
 
 def iter_records(shard: Shard) -> Iterator[tuple[int, Any, Problem | None]]:
     """(shard-relative record index, row, problem) for each record of a shard."""
-    from trainer_core.data import _json_error
+    from trainer_core.data import json_error
 
     if shard.kind == "parquet":
         import pyarrow.parquet as pq
@@ -286,7 +286,12 @@ def iter_records(shard: Shard) -> Iterator[tuple[int, Any, Problem | None]]:
         data = data[3:]
     index = 0
     if shard.kind == "paragraphs":
-        text = data.decode(shard.encoding, errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+        try:
+            text = data.decode(shard.encoding).replace("\r\n", "\n").replace("\r", "\n")
+        except UnicodeDecodeError as e:
+            yield -1, None, Problem(shard.display, None, None, f"byte {shard.start + e.start:,} is not valid "
+                                    f"{shard.encoding.upper()} text (the file's first part was); save it as UTF-8")
+            return
         for part in re.split(r"\n\s*\n", text):
             if part.strip():
                 yield index, part.strip(), None
@@ -314,14 +319,14 @@ def iter_records(shard: Shard) -> Iterator[tuple[int, Any, Problem | None]]:
         except (ValueError, RecursionError) as e:
             column = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
             yield index, None, Problem(shard.display, index, None,
-                                       f"line {number}: invalid JSON{column}: {_json_error(e)}")
+                                       f"line {number}: invalid JSON{column}: {json_error(e)}")
         index += 1
 
 
 def _whole_rows(shard: Shard, settings: Settings) -> Iterator[tuple[int, Any, Problem | None]]:
-    from trainer_core.data import _read_rows
+    from trainer_core.data import read_rows
 
-    rows, problems = _read_rows(Path(shard.path), shard.display, settings.spec.formatting, 1 << 30,
+    rows, problems = read_rows(Path(shard.path), shard.display, settings.spec.formatting, 1 << 30,
                                 False, settings.spec.sheet)
     for problem in problems:
         yield (problem.record if problem.record is not None else -1), None, problem
@@ -667,23 +672,23 @@ def load_arrow_data(cfg: Any, tokenizer: Any, log: Callable[[str], None] = print
 
     from trainer_core.config import dataset_mix
     from trainer_core.data import (
-        _entry,
-        _name_list,
-        _val_count,
         dataset_source,
         interleave_order,
         load_dataset_info,
+        name_list,
         no_answers,
+        registry_entry,
         sample_order,
+        val_count,
     )
 
     names, weights = dataset_mix(cfg.dataset, cfg.interleave_probs)
-    eval_names = _name_list(cfg.eval_dataset)
+    eval_names = name_list(cfg.eval_dataset)
     if not names:
         raise UserError('no dataset given: set "dataset" to one or more names from dataset_info.json')
     info = load_dataset_info(cfg.dataset_dir)
     for name in names + eval_names:
-        _entry(info, name, Path(cfg.dataset_dir) / "dataset_info.json")
+        registry_entry(info, name, Path(cfg.dataset_dir) / "dataset_info.json")
     wait_only = int(os.environ.get("LOCAL_RANK", "0")) != 0
     problems: list[Problem] = []
     totals: dict[str, int] = {}
@@ -753,7 +758,7 @@ def load_arrow_data(cfg: Any, tokenizer: Any, log: Callable[[str], None] = print
     if eval_names:
         evals = _with_labels(concatenate_datasets([dataset_of(name) for name in eval_names]), cfg.stage)
     elif cfg.val_size:
-        count = _val_count(cfg.val_size, len(indices))
+        count = val_count(cfg.val_size, len(indices))
         evals = _with_labels(combined.select(indices[:count]), cfg.stage)
         which, indices = which[count:], indices[count:]
     counts = np.bincount(which, minlength=len(names))

@@ -258,7 +258,7 @@ def dataset_source(name: str, dataset_dir: str | Path, stage: str = "sft") -> tu
     dataset_dir = Path(dataset_dir)
     info = load_dataset_info(dataset_dir)
     info_path = dataset_dir / "dataset_info.json"
-    entry = _entry(info, name, info_path)
+    entry = registry_entry(info, name, info_path)
     where = f"dataset '{name}' in {info_path}"
     _check_entry(entry, where, dataset_dir)
     file_name = entry["file_name"]
@@ -427,7 +427,7 @@ def read_file(path: str | Path, formatting: str, columns: dict | None = None, st
     return _read(path, display, spec, stage, path.name, max_record_chars, max_file_bytes)
 
 
-def _entry(info: dict[str, dict], name: str, info_path: Path) -> dict:
+def registry_entry(info: dict[str, dict], name: str, info_path: Path) -> dict:
     if name in info:
         return info[name]
     available = ", ".join(sorted(info)) or "none"
@@ -451,7 +451,7 @@ def _read(path: Path, display: str, spec: _Spec, stage: str, source: str, max_re
     """Read rows, check their size, convert them; collect every problem on the way.
     `txt_lines`: a .txt file holds one document per line (LLaMA-Factory's pre-training entries)."""
     try:
-        rows, problems = _read_rows(path, display, spec.formatting, max_file_bytes, txt_lines, spec.sheet)
+        rows, problems = read_rows(path, display, spec.formatting, max_file_bytes, txt_lines, spec.sheet)
     except OSError as e:  # no permission, a file that vanished, a device
         return [], [Problem(display, None, None, f"cannot read the file: {e.strerror or e}")]
     examples = []
@@ -494,7 +494,7 @@ def convert_row(index: int, row: Any, display: str, spec: _Spec, stage: str, sou
 # File readers: bytes -> rows [(index, row)]
 # ---------------------------------------------------------------------------------------------
 
-def _read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
+def read_rows(path: Path, display: str, formatting: str, max_file_bytes: int,
                txt_lines: bool = False, sheet: str | int = 0) -> tuple[Rows, list[Problem]]:
     def fail(message: str) -> tuple[Rows, list[Problem]]:
         return [], [Problem(display, None, None, message)]
@@ -588,7 +588,7 @@ def _odd_characters(text: str) -> int:
     return sum(any(low <= ord(c) <= high for low, high in _ODD_RANGES) for c in text if ord(c) > 0x7F)
 
 
-def _json_error(error: ValueError | RecursionError) -> str:
+def json_error(error: ValueError | RecursionError) -> str:
     """Why json.loads refused a text; its line and column are added by the caller."""
     if isinstance(error, json.JSONDecodeError):
         if error.msg.startswith("Invalid control character"):  # Python's message ends in a dangling "at"
@@ -604,10 +604,10 @@ def _parse_json(text: str, display: str) -> tuple[Rows, list[Problem]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = " (one JSON object per line? then name the file .jsonl)" if e.msg == "Extra data" else ""
-        message = f"invalid JSON at line {e.lineno}, column {e.colno}: {_json_error(e)}{hint}"
+        message = f"invalid JSON at line {e.lineno}, column {e.colno}: {json_error(e)}{hint}"
         return [], [Problem(display, None, None, message)]
     except (ValueError, RecursionError) as e:
-        return [], [Problem(display, None, None, f"invalid JSON: {_json_error(e)}")]
+        return [], [Problem(display, None, None, f"invalid JSON: {json_error(e)}")]
     if not isinstance(data, list):
         message = f"expected a JSON list of records, got {_json_kind(data)}"
         lists = [k for k, v in data.items() if isinstance(v, list)] if isinstance(data, dict) else []
@@ -629,7 +629,7 @@ def _parse_jsonl(text: str, display: str) -> tuple[Rows, list[Problem]]:
             rows.append((index, json.loads(line)))
         except (ValueError, RecursionError) as e:
             column = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-            message = f"line {line_number}: invalid JSON{column}: {_json_error(e)}"
+            message = f"line {line_number}: invalid JSON{column}: {json_error(e)}"
             problems.append(Problem(display, index, None, message))
         index += 1
     return rows, problems
@@ -1134,8 +1134,8 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
     """
     from trainer_core.config import dataset_mix
 
-    train_names, weights = dataset_mix(",".join(_name_list(names)), interleave_probs)
-    eval_list = _name_list(eval_names)
+    train_names, weights = dataset_mix(",".join(name_list(names)), interleave_probs)
+    eval_list = name_list(eval_names)
     if not train_names:
         raise UserError('no dataset given: set "dataset" to one or more names from dataset_info.json')
     if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
@@ -1144,7 +1144,7 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
     # Check every name before reading anything: one message for all typos, no minutes lost reading.
     info = load_dataset_info(dataset_dir)
     for name in train_names + eval_list:
-        _entry(info, name, Path(dataset_dir) / "dataset_info.json")
+        registry_entry(info, name, Path(dataset_dir) / "dataset_info.json")
 
     problems: list[Problem] = []
 
@@ -1174,7 +1174,7 @@ def load_datasets(names: list[str] | str, dataset_dir: str | Path, stage: str, *
         train = interleave(groups, weights or [1.0] * len(groups), seed,
                            until_all=mix_strategy == "interleave_over")
     if not eval_list and val_size:
-        count = _val_count(val_size, len(train))
+        count = val_count(val_size, len(train))
         evals, train = train[:count], train[count:]
     return train, evals
 
@@ -1245,7 +1245,7 @@ def sample_order(size: int, count: int, seed: Any) -> list[int]:
     return order[:count] + [rng.randrange(size) for _ in range(count - len(order))]
 
 
-def _name_list(names: list[str] | str | None) -> list[str]:
+def name_list(names: list[str] | str | None) -> list[str]:
     if not names:
         return []
     if isinstance(names, str):
@@ -1253,7 +1253,7 @@ def _name_list(names: list[str] | str | None) -> list[str]:
     return [name.strip() for name in names if name and name.strip()]
 
 
-def _val_count(val_size: float, total: int) -> int:
+def val_count(val_size: float, total: int) -> int:
     """Number of eval records: a fraction of `total` (at least 1) or a count."""
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)) or val_size < 0:
         raise UserError(f"val_size must be a fraction between 0 and 1 or a whole number, got {val_size!r}")
