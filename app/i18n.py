@@ -102,6 +102,14 @@ TEXT: dict[str, tuple[str, str]] = {
     "data.pick_one": ("请选择一个数据集。", "Pick a dataset."),
     "data.inspected": ("**{what}**：{records} 条可用记录，{problems} 个问题。",
                        "**{what}**: {records} usable records, {problems} problem(s)."),
+    "data.inspected_large": ("**{what}**：数据量大，由多个进程逐条检查而不整体载入：共 {records} 条记录，"
+                             "{valid} 条可用，{problems} 个问题（每类列出前 20 个）；"
+                             "统计与预览取自分布于全文件的 {sampled} 条样本。",
+                             "**{what}**: large, so every record was checked by worker processes without holding "
+                             "the data: {records} records, {valid} usable, {problems} problem(s) (the first 20 of "
+                             "each kind listed); statistics and preview come from a sample of {sampled} spread over "
+                             "the file(s)."),
+    "data.checking_large": ("正在检查 {what}：{done}/{shards} 个分片", "checking {what}: {done}/{shards} shards"),
     "data.no_tokens": ("未能计算 token 统计：", "Token statistics unavailable:"),
     "data.no_records": ("没有可显示的记录。", "No records to show."),
     "data.page_of": ("第 {page} / {pages} 页，共 {records} 条", "page {page} of {pages}, {records} records"),

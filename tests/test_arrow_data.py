@@ -244,3 +244,27 @@ def test_text_lines_are_the_in_memory_readers_records(tmp_path, tokenizer):
     assert len(shards) > 1
     records = [row for shard in shards for _, row, _ in iter_records(shard)]
     assert records == [e["text"] for e in read_dataset("wiki", folder, "pt")[0]]
+
+
+def test_the_data_tab_checks_a_large_dataset_in_full_and_shows_a_sample(tmp_path, monkeypatch):
+    from app.i18n import t
+    from app.tabs import data as data_tab
+
+    lines = _qa_lines(3000).splitlines()
+    for i in range(7, 3000, 100):
+        lines[i] = "{broken"
+    folder = _write(tmp_path / "data", {"qa": ("qa.jsonl", "alpaca", "\n".join(lines) + "\n")})
+    monkeypatch.setattr(arrow_data, "ARROW_FROM_BYTES", 1)
+    monkeypatch.setattr(arrow_data, "SHARD_BYTES", 50_000)
+    monkeypatch.setattr(arrow_data, "SAMPLE_RECORDS", 600)
+    seen: list[tuple] = []
+    examples, problems, large = data_tab.inspect_dataset("qa", str(folder), "sft", [tmp_path],
+                                                         progress=lambda *a: seen.append(a))
+    assert large == {"records": 3000, "valid": 2970, "sampled": len(examples),
+                     "totals": {"line N: invalid JSON at column N: Expecting property name enclosed in double quotes": 30}}
+    assert 600 <= len(examples) < 700 and max(e["index"] for e in examples) > 2500  # spread over the file
+    assert len(problems) == arrow_data.PROBLEMS_PER_KIND and problems[0].record == 7
+    assert len(seen) > 3 and seen[-1][0] == seen[-1][1]  # the page's progress bar reached its end
+    for lang in ("zh", "en"):
+        assert "{" not in t("data.inspected_large", lang, what="qa", records="3,000", valid="2,970", problems="30",
+                            sampled="600")

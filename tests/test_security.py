@@ -107,7 +107,7 @@ def test_a_dataset_entry_pointing_outside_the_data_folder_is_refused_on_the_page
     assert cfg is None and any("lies outside the data folder" in g for g in general)
     # an --allow_path folder may hold data
     allowed = make_context(ctx.workdir, ctx.data_dir, ctx.model, allowed_dirs=[outside])
-    examples, _ = data.inspect_dataset("leak", str(ctx.data_dir), "sft", allowed.data_roots())
+    examples, _, _ = data.inspect_dataset("leak", str(ctx.data_dir), "sft", allowed.data_roots())
     assert examples[0]["messages"][0]["content"] == "secret"
 
 

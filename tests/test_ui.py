@@ -317,21 +317,21 @@ def test_preview_renders_conversations_escaped_and_paged():
 
 
 def test_inspect_reports_problems_as_rows_not_tracebacks(ctx):
-    examples, problems = data.inspect_dataset("three_problems", str(BAD_DATA), "sft")
+    examples, problems, _ = data.inspect_dataset("three_problems", str(BAD_DATA), "sft")
     rows = data.problem_rows(problems)
     assert [r[:2] for r in rows] == [[1, "output"], [2, "output"], [3, "instruction"]]
     assert len(examples) == 1
-    examples, problems = data.inspect_dataset("broken_json", str(BAD_DATA), "sft")
+    examples, problems, _ = data.inspect_dataset("broken_json", str(BAD_DATA), "sft")
     assert examples == [] and data.problem_rows(problems)[0][0] == ""  # a whole-file problem has no record
 
 
 def test_text_data_is_read_as_pretraining_text_whatever_the_stage(ctx):
-    examples, problems = data.inspect_dataset("corpus", str(ctx.data_dir), "sft")
+    examples, problems, _ = data.inspect_dataset("corpus", str(ctx.data_dir), "sft")
     assert examples and not problems and "text" in examples[0]
 
 
 def test_stats_rows_and_token_lengths(ctx):
-    examples, _ = data.inspect_dataset("dialog", str(ctx.data_dir), "sft")
+    examples, _, _ = data.inspect_dataset("dialog", str(ctx.data_dir), "sft")
     tokens, lengths, special = data.token_report(examples, ctx.model, "auto", 64)
     assert special == []
     assert len(lengths) == len(examples) and tokens["share_over_cutoff"] >= 0
@@ -375,7 +375,7 @@ def test_register_upload_copies_and_registers(ctx, tmp_path):
     assert name == "my_set" and target == ctx.data_dir / "新数据.csv" and target.is_file()
     info = json.loads((ctx.data_dir / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["my_set"]["columns"] == {"instruction": "问题", "output": "回答"}
-    examples, problems = data.inspect_dataset("my_set", str(ctx.data_dir), "sft")
+    examples, problems, _ = data.inspect_dataset("my_set", str(ctx.data_dir), "sft")
     assert len(examples) == 2 and not problems
     with pytest.raises(UserError, match="exists already"):
         data.register_upload(str(upload), "x.csv", "my_set", "alpaca", "instruction=问题, output=回答", ctx,

@@ -600,23 +600,32 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, w
     return Prepared(source.name, folder, ordered, shards, problems, totals, reused)
 
 
-def _absolute_problems(shards: list[Shard], results: list[ShardResult]) -> list[Problem]:
-    """Shard-relative record indices made file-relative (the records of the file's earlier shards
-    counted), the first PROBLEMS_PER_KIND of each kind kept."""
-    problems: list[Problem] = []
-    kept: dict[str, int] = {}
-    offset, last_path = 0, None
+def _record_bases(shards: list[Shard], results: list[ShardResult]) -> list[int]:
+    """For each shard, the file-relative index of its first record: the records of the file's
+    earlier shards counted (a parquet shard knows its own from the file's metadata)."""
+    bases, offset, last_path = [], 0, None
     for shard, result in zip(shards, results):
         if shard.path != last_path:
             offset, last_path = 0, shard.path
-        base = shard.first_record if shard.kind == "parquet" else offset
+        bases.append(shard.first_record if shard.kind == "parquet" else offset)
+        offset += result.records
+    return bases
+
+
+def _absolute_problems(shards: list[Shard], results: list[ShardResult]) -> list[Problem]:
+    """Shard-relative record indices made file-relative, the first PROBLEMS_PER_KIND of each kind
+    kept; a check's sample examples get their file-relative index the same way."""
+    problems: list[Problem] = []
+    kept: dict[str, int] = {}
+    for base, result in zip(_record_bases(shards, results), results):
         for record, field_name, message, file in result.problems:
             problem = Problem(file, None if record is None or record < 0 else record + base, field_name, message)
             kind = _kind(problem)
             if kept.get(kind, 0) < PROBLEMS_PER_KIND:
                 kept[kind] = kept.get(kind, 0) + 1
                 problems.append(problem)
-        offset += result.records
+        for example in result.sample:
+            example["index"] += base
     return problems
 
 

@@ -24,7 +24,7 @@ import gradio as gr
 from app.choices import dataset_choices
 from app.context import AppContext
 from app.form import MIX_INPUTS, as_values, composition, composition_table, field_info, mix_problem
-from app.i18n import t
+from app.i18n import t, translate
 from app.jobview import error_text
 from app.page import Page
 from app.ui_kit import Labels
@@ -67,14 +67,25 @@ def reading_stage(formatting: str, stage: str) -> str:
     return stage if stage in ("sft", "pt") else "sft"
 
 
-def inspect_dataset(name: str, dataset_dir: str, stage: str, roots: list[Path] | None = None
-                    ) -> tuple[list[dict], list[Problem]]:
-    """Read a dataset for the page; `roots`: the folders its file must lie in (AppContext.data_roots)."""
+def inspect_dataset(name: str, dataset_dir: str, stage: str, roots: list[Path] | None = None,
+                    progress: Any = None) -> tuple[list[dict], list[Problem], dict | None]:
+    """Read a dataset for the page; `roots`: the folders its file must lie in (AppContext.data_roots).
+    Returns (examples, problems, large): a dataset past the Arrow path's threshold is checked in full
+    by worker processes without being held (`progress(done_bytes, total_bytes, shards_done, shards)`
+    follows it), its examples are a sample spread over it, and `large` says how many records were
+    checked, how many are valid, and every problem's count by kind."""
+    from trainer_core.arrow_data import check_large, use_arrow
+
     outside = dataset_outside([name], dataset_dir, roots) if roots is not None else []
     if outside:
         raise UserError(outside[0])
     stage = reading_stage(formatting_of(name, dataset_dir), stage)
-    return read_dataset(name, dataset_dir, stage)
+    if stage != "mcq" and use_arrow("auto", [name], dataset_dir, stage):
+        large = check_large(name, dataset_dir, stage, progress=progress)
+        return large.sample, large.problems, {"records": large.records, "valid": large.valid,
+                                              "sampled": len(large.sample), "totals": large.totals}
+    examples, problems = read_dataset(name, dataset_dir, stage)
+    return examples, problems, None
 
 
 # ---- rendering -----------------------------------------------------------------------------
@@ -394,6 +405,12 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         page_html, page_number, page_text = render_page(examples, page_number, language)
         head = view.get("error") or t("data.inspected", language, what=view["what"], records=len(examples),
                                        problems=len(view["problems"]))
+        large = view.get("large")
+        if large and not view.get("error"):  # checked in full by the Arrow path, shown from a sample
+            head = t("data.inspected_large", language, what=view["what"], records=f"{large['records']:,}",
+                     valid=f"{large['valid']:,}", problems=f"{sum(large['totals'].values()):,}",
+                     sampled=f"{large['sampled']:,}")
+            head += "".join(f"\n- {n:,} × {translate(kind, language)}" for kind, n in large["totals"].items())
         if view.get("token_error"):
             head += "\n\n" + t("data.no_tokens", language) + " " + view["token_error"]
         rows = stats_rows(view["text"], view.get("tokens"), language)
@@ -411,9 +428,9 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         return present({"what": "", "problems": [], "text": {}, "error": error_text(exc, language)}, [], 1, language)
 
     def show(examples: list[dict], problems: list[Problem], what: str, language: str, model: str, template: str,
-             cutoff_len: Any, trust: bool, with_tokens: bool = True):
+             cutoff_len: Any, trust: bool, with_tokens: bool = True, large: dict | None = None):
         """Yield twice: character statistics at once, token statistics when the tokenizer is done."""
-        view: dict[str, Any] = {"what": what, "problems": problems,
+        view: dict[str, Any] = {"what": what, "problems": problems, "large": large,
                                 "text": text_stats(examples) if examples else {"records": 0}}
         first = present(view, examples, 1, language)
         yield first
@@ -448,18 +465,24 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     # with_tokens is keyword-only: the event's inputs fill the positional parameters, on_open sets it.
     def on_inspect(name: str, dataset_dir: str, stage: str, language: str, source: str, path: str, template: str,
-                   cutoff_len: Any, trust: bool, *, with_tokens: bool = True):
+                   cutoff_len: Any, trust: bool, *, with_tokens: bool = True, progress: Any = gr.Progress()):
         if not name:
             yield {c["data_msg"]: t("data.pick_one", language)}
             return
+
+        def checking(done: int, total: int, shards_done: int, shards: int) -> None:
+            """A large dataset's check, shown as the page's progress bar."""
+            progress(done / max(1, total), desc=t("data.checking_large", language, what=name, done=shards_done,
+                                                  shards=shards))
+
         try:
-            examples, problems = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage,
-                                                 ctx.data_roots())
+            examples, problems, large = inspect_dataset(name, str(ctx.page_path(dataset_dir, "dataset_dir")), stage,
+                                                        ctx.data_roots(), progress=checking)
             model = model_of(source, path)
         except Exception as exc:  # noqa: BLE001 - shown on the page, never a traceback
             yield failed(exc, language)
             return
-        yield from show(examples, problems, name, language, model, template, cutoff_len, trust, with_tokens)
+        yield from show(examples, problems, name, language, model, template, cutoff_len, trust, with_tokens, large)
 
     inspect_inputs = [c["inspect_name"], c["dataset_dir"], f["stage"], lang, *model_inputs]
     c["inspect_btn"].click(on_inspect, inspect_inputs, table_outputs)
