@@ -1,0 +1,161 @@
+"""The planner (trainer_core/planner.py): parameter counts against real models on the meta device,
+the shipped configs against their published sizes, hand-checkable memory arithmetic, ZeRO sharding,
+fixes, the GPU kinds, the CLI, and (marked train) its CPU figures against real training steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from trainer_core.config import load_config
+from trainer_core.planner import (
+    GIB,
+    GPU_KINDS,
+    DataStats,
+    ModelShape,
+    count_parameters,
+    gpu_hardware,
+    lora_parameters,
+    lora_targets,
+    model_shape,
+    plan,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# Each family's config class with settings that change the count: GQA everywhere, biases, tied or
+# untied heads, an explicit head_dim that is not hidden / heads.
+FAMILY_CONFIGS = [
+    ("LlamaConfig", dict(tie_word_embeddings=False)),
+    ("LlamaConfig", dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
+    ("Qwen2Config", dict(tie_word_embeddings=False)),
+    ("Qwen2Config", dict(tie_word_embeddings=True)),
+    ("Qwen3Config", dict(head_dim=24, tie_word_embeddings=False)),
+    ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True, attention_bias=True)),
+    ("MistralConfig", dict(head_dim=16, tie_word_embeddings=False)),
+    ("GemmaConfig", dict(head_dim=16)),
+    ("Gemma2Config", dict(head_dim=16)),
+    ("Gemma3TextConfig", dict(head_dim=16)),
+    ("GraniteConfig", dict(tie_word_embeddings=True)),
+    ("Phi3Config", dict(tie_word_embeddings=False)),
+]
+
+
+def meta_model(config):
+    """The real model of `config`, built on the meta device: shapes without memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def family_config(class_name: str, overrides: dict):
+    import transformers
+
+    return getattr(transformers, class_name)(**{**SMALL, **overrides})
+
+
+@pytest.mark.parametrize(("class_name", "overrides"), FAMILY_CONFIGS,
+                         ids=[f"{c}-{i}" for i, (c, _) in enumerate(FAMILY_CONFIGS)])
+def test_parameter_count_equals_the_real_model(class_name, overrides):
+    config = family_config(class_name, overrides)
+    model = meta_model(config)
+    real = sum(p.numel() for p in model.parameters())  # a tied head is one parameter, counted once
+    shape = model_shape(config)
+    assert count_parameters(shape).total == real
+    # config.json read without transformers gives the same shape
+    assert model_shape(json.loads(config.to_json_string())) == shape
+
+
+@pytest.mark.parametrize("class_name", ["LlamaConfig", "Qwen2Config", "Qwen3Config", "Phi3Config"])
+def test_lora_parameters_equal_peft_on_every_linear_layer(class_name):
+    from peft import LoraConfig, get_peft_model
+
+    from trainer_core.models import lora_target_modules
+
+    model = meta_model(family_config(class_name, {"tie_word_embeddings": False}))
+    shape = model_shape(model.config)
+    assert sorted(lora_targets(shape, "all")) == sorted(lora_target_modules(model, "all"))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_target_modules(model, "all")))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert lora_parameters(shape, 4, lora_targets(shape, "all")) == trainable
+    some = [n for n in lora_targets(shape, "all")][:2]
+    assert lora_parameters(shape, 8, some) == sum(
+        8 * (n_in + n_out) for n_in, n_out in (shape.linear_layers()[t] for t in some)) * shape.layers
+
+
+# ---- hand-checkable memory arithmetic ----------------------------------------------------------------
+
+# A tiny Llama: hidden 8, 2 layers, 2 heads of 4 over 1 KV head, MLP 16, vocabulary 32, untied head.
+TINY = ModelShape(model_type="llama", hidden=8, layers=2, heads=2, kv_heads=1, head_dim=4, intermediate=16,
+                  vocab=32, tied=False)
+
+
+def tiny_config(**overrides):
+    base = dict(finetuning_type="lora", lora_rank=2, lora_alpha=4, lora_target="all", per_device_train_batch_size=1,
+                cutoff_len=16, stage="sft", packing=False, num_gpus=1, max_steps=10)
+    return load_config(None, {**base, **overrides})
+
+
+def test_tiny_model_parameters_by_hand():
+    counts = count_parameters(TINY)
+    # per layer: q 8x8, k 8x4, v 8x4, o 8x8, gate 8x16, up 8x16, down 16x8 = 576, two norms of 8
+    assert counts.per_layer_linear == 64 + 32 + 32 + 64 + 128 + 128 + 128
+    assert counts.per_layer == 576 + 16
+    # embedding 32x8, head 32x8, 2 layers, final norm 8
+    assert counts.total == 256 + 256 + 2 * 592 + 8 == 1704
+    # LoRA rank 2 on all seven: 2 x (in + out) each, two layers
+    assert lora_parameters(TINY, 2, lora_targets(TINY, "all")) == 2 * 2 * (16 + 12 + 12 + 16 + 24 + 24 + 24) == 512
+
+
+def test_tiny_lora_memory_by_hand():
+    p = plan(tiny_config(), gpu_hardware("A100-40GB"), shape=TINY)
+    # fp32 weights (the trainer loads LoRA and full models in fp32), fp32 adapters, fp32 gradients,
+    # AdamW's two fp32 states, for 1704 weights and 512 adapter parameters
+    assert p.parts["weights"] == 1704 * 4
+    assert p.parts["adapters"] == 512 * 4
+    assert p.parts["gradients"] == 512 * 4
+    assert p.parts["optimizer"] == 512 * 8
+    # Activations per token per layer (fp32, one unpadded row: no mask, k and v at one KV head):
+    norms = 2 * (4 * 8 + 4 + 4 * 8)  # each norm: its input, 1/rms, its output (kept by the LoRA layers)
+    attention = 4 * (8 + 4 + 4 + 8) + 4 * 2  # q, k, v, the output; the log-sum-exp per head
+    mlp = 4 * 2 * 16  # the lean SwiGLU block keeps gate and up
+    lora = 4 * 2 * 7  # each adapter's rank-2 middle
+    layers = 2 * 16 * (norms + attention + mlp + lora)
+    final_norm = 16 * (4 * 8 + 4)
+    # the rows' hidden-state gradient; one slice of fp32 logits (all 16 rows) and logsumexp's temporary
+    loss = 4 * 16 * 8 + 16 * 32 * 8
+    assert p.parts["activations"] == layers + final_norm + loss
+    assert p.overlap == 512 * 4  # the adapters' gradients fit in the freed activations
+    assert p.total == sum(p.parts.values()) - p.overlap
+    assert p.parts["overhead"] > 1 * GIB - 1 and p.fits
+
+
+def test_tiny_time_by_hand():
+    cfg = tiny_config(finetuning_type="full", per_device_train_batch_size=2, gradient_accumulation_steps=3)
+    data = DataStats(samples=100, tokens=1000, trainable_tokens=500, tokens_p95=12, tokens_max=14)
+    hw = gpu_hardware("A100-40GB")
+    p = plan(dataclasses.replace(cfg, max_steps=-1, num_train_epochs=2.0), hw, data=data, price_per_gpu_hour=3.0,
+             shape=TINY)
+    row = 12  # a padded batch is as long as its longest sample: the data's p95
+    tokens = 2 * row
+    body = 1704 - 256 - 256
+    flops = tokens * 6 * body  # full tuning: 6 FLOPs per parameter and token
+    flops += tokens * 0.5 * 6 * 256  # the head only at trained rows: half of the tokens are answers
+    flops += tokens * 2 * 12 * 8 * row  # attention: 12 x q-width x context per token and layer
+    flops *= 3  # gradient accumulation
+    assert p.flops_per_step == pytest.approx(flops)
+    assert p.step_seconds == pytest.approx(flops / (GPU_KINDS["A100-40GB"].peak_fp32_flops * 0.40))
+    assert p.steps_per_epoch == 17  # ceil(100 samples / (2 x 3))
+    assert p.total_steps == 34
+    assert p.run_seconds == pytest.approx(34 * p.step_seconds)
+    assert p.cost == pytest.approx(p.run_seconds / 3600 * 3.0)
+    # memory is planned for the data's longest sample (14 tokens), not cutoff_len (16)
+    assert p.details["activations_final_norm"] == 2 * 14 * (4 * 8 + 4)
+
+
