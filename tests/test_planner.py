@@ -14,10 +14,12 @@ from trainer_core.config import load_config
 from trainer_core.planner import (
     GIB,
     GPU_KINDS,
+    SHIPPED_MODELS_DIR,
     DataStats,
     ModelShape,
     count_parameters,
     gpu_hardware,
+    load_model_shape,
     lora_parameters,
     lora_targets,
     model_shape,
@@ -89,6 +91,30 @@ def test_lora_parameters_equal_peft_on_every_linear_layer(class_name):
         8 * (n_in + n_out) for n_in, n_out in (shape.linear_layers()[t] for t in some)) * shape.layers
 
 
+# Published sizes (the models' cards): Qwen2.5-14B 14.7B (13.1B without embeddings), Qwen2.5-7B
+# 7.61B (6.53B), Qwen3-8B 8.2B (6.95B).
+PUBLISHED = {"qwen2.5-14b": (14.7e9, 13.1e9), "qwen2.5-7b": (7.61e9, 6.53e9), "qwen3-8b": (8.2e9, 6.95e9)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_shipped_configs_match_the_published_sizes(name):
+    shape = load_model_shape(f"presets/models/{name}")
+    counts = count_parameters(shape)
+    total, non_embedding = PUBLISHED[name]
+    assert abs(counts.total / total - 1) < 0.01
+    assert abs((counts.total - counts.embedding - counts.head) / non_embedding - 1) < 0.01
+    assert load_model_shape(name, light=True) == shape  # JSON alone reads the same numbers
+    from transformers import AutoConfig
+
+    real = meta_model(AutoConfig.from_pretrained(str(SHIPPED_MODELS_DIR / name)))
+    assert counts.total == sum(p.numel() for p in real.parameters())
+
+
+def test_hub_ids_and_names_find_the_shipped_configs():
+    assert load_model_shape("Qwen/Qwen2.5-14B-Instruct", light=True) == load_model_shape("qwen2.5-14b", light=True)
+    assert load_model_shape("qwen2.5-7b", light=True).layers == 28
+
+
 # ---- hand-checkable memory arithmetic ----------------------------------------------------------------
 
 # A tiny Llama: hidden 8, 2 layers, 2 heads of 4 over 1 KV head, MLP 16, vocabulary 32, untied head.
@@ -157,5 +183,13 @@ def test_tiny_time_by_hand():
     assert p.cost == pytest.approx(p.run_seconds / 3600 * 3.0)
     # memory is planned for the data's longest sample (14 tokens), not cutoff_len (16)
     assert p.details["activations_final_norm"] == 2 * 14 * (4 * 8 + 4)
+
+
+def test_lora_needs_two_thirds_of_full_tunings_flops():
+    shape = load_model_shape("qwen2.5-7b", light=True)
+    hw = gpu_hardware("H100-80GB")
+    full = plan(tiny_config(finetuning_type="full", cutoff_len=512, stage="pt"), hw, shape=shape)
+    lora = plan(tiny_config(finetuning_type="lora", cutoff_len=512, stage="pt", lora_rank=8), hw, shape=shape)
+    assert 0.66 < lora.flops_per_step / full.flops_per_step < 0.70  # 4 of 6 FLOPs, plus the adapters
 
 
