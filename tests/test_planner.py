@@ -12,17 +12,21 @@ import pytest
 
 from trainer_core.config import load_config
 from trainer_core.planner import (
+    CPU,
     GIB,
     GPU_KINDS,
     SHIPPED_MODELS_DIR,
     DataStats,
     ModelShape,
     count_parameters,
+    cpu_hardware,
     gpu_hardware,
+    kind_name,
     load_model_shape,
     lora_parameters,
     lora_targets,
     model_shape,
+    parse_gpus,
     plan,
 )
 
@@ -191,5 +195,63 @@ def test_lora_needs_two_thirds_of_full_tunings_flops():
     full = plan(tiny_config(finetuning_type="full", cutoff_len=512, stage="pt"), hw, shape=shape)
     lora = plan(tiny_config(finetuning_type="lora", cutoff_len=512, stage="pt", lora_rank=8), hw, shape=shape)
     assert 0.66 < lora.flops_per_step / full.flops_per_step < 0.70  # 4 of 6 FLOPs, plus the adapters
+
+
+# ---- GPU kinds and the CLI -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [*GPU_KINDS, CPU])
+def test_every_gpu_kind_is_reachable_by_gpus(kind, capsys):
+    from trainer_core.cli import main
+
+    hw = parse_gpus(f"2x{kind}")
+    assert hw.kind == kind and hw.gpus == 2
+    assert kind_name(kind.lower().replace("-", "_")) == kind
+    assert main(["plan", "presets/sft_lora.yaml", "model_name_or_path=qwen2.5-7b", "--gpus", f"2x{kind}",
+                 "--no-data", "--price=2"]) == 0
+    out = capsys.readouterr().out
+    assert f"2x{kind}" in out and "total" in out
+
+
+def test_gpus_spellings():
+    assert parse_gpus("2x8xH100-80GB").world == 16
+    assert parse_gpus("a100").kind == "A100-40GB"  # the memory left out: the smaller card
+    assert parse_gpus("4xrtx4090").kind == "RTX4090-24GB"
+    assert parse_gpus("cpu").memory_bytes == cpu_hardware().memory_bytes
+    from trainer_core.errors import UserError
+
+    for bad in ("4xB200", "0xA100-40GB", "x"):
+        with pytest.raises(UserError):
+            parse_gpus(bad)
+
+
+def test_plan_cli_prints_the_table_and_the_fix(cli, tmp_path):
+    config = tmp_path / "q14.yaml"
+    config.write_text("model_name_or_path: presets/models/qwen2.5-14b\ncutoff_len: 2048\nlora_rank: 64\n"
+                      "lora_alpha: 128\nper_device_train_batch_size: 4\nbf16: true\ndeepspeed: z3\n", encoding="utf-8")
+    result = cli("plan", str(config), "--gpus", "4xA100-40GB", "--price", "2.5", "--no-data")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in ("weights", "activations", "does NOT fit", "fix (gradient checkpointing): gradient_checkpointing=True",
+                 "4xA100-40GB", "s per step"):
+        assert text in out
+    as_json = cli("plan", str(config), "--gpus", "4xA100-40GB", "--no-data", "--json", "gradient_checkpointing=true")
+    data = json.loads(as_json.stdout)
+    assert data["fits"] and data["world"] == 4 and set(data["parts"]) >= {"weights", "activations", "optimizer"}
+    bad = cli("plan", str(config), "--gpus", "4xB200")
+    assert bad.returncode == 2 and "unknown GPU kind" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_warns_before_launching_what_will_not_fit(cli, tmp_path):
+    """A warning, not a refusal: the dry run still prints its command. A model the planner cannot read
+    gets no warning and no traceback."""
+    result = cli("train", "presets/sft_full.yaml", "model_name_or_path=presets/models/qwen2.5-14b", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "warning: the planner estimates" in result.stderr and "# command" in result.stdout
+    unknown = tmp_path / "odd-model"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "something_else", "hidden_size": 8}))
+    quiet = cli("train", "presets/sft_lora.yaml", f"model_name_or_path={unknown}", "--dry-run")
+    assert quiet.returncode == 0 and "warning: the planner" not in quiet.stderr and "Traceback" not in quiet.stderr
 
 

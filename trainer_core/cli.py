@@ -5,6 +5,8 @@
                                                           (LLaMA-Factory YAMLs and flags: README)
           [--detach]                                      start it and return at once
           [--dry-run]                                     print the command and DeepSpeed JSON only
+    plan CONFIG.yaml [key=value ...] [--gpus 4xA100-40GB] [--price 2.5] [--no-data] [--json]
+                                                          memory per GPU, fits or not, time, cost, the fix
     runs [--root outputs]                                 list runs: state, progress, final loss
     runs --follow RUN_DIR                                 follow a run's log and progress
     runs --abort RUN_DIR                                  stop a run (it saves a checkpoint first)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": cmd_train, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat,
+    commands = {"train": cmd_train, "plan": cmd_plan, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat,
                 "eval": cmd_eval, "export": cmd_export, "models": cmd_models}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
@@ -87,6 +89,7 @@ def cmd_train(args: list[str]) -> int:
 
     from trainer_core import jobs
 
+    _warn_if_it_will_not_fit(cfg)
     if "--dry-run" in flags:
         return _dry_run(cfg)
     run_dir = jobs.start_job(cfg)
@@ -96,6 +99,130 @@ def cmd_train(args: list[str]) -> int:
               f"Stop it with:    python -m trainer_core runs --abort {run_dir}")
         return 0
     return _follow(run_dir, abort_on_interrupt=True)
+
+
+def _warn_if_it_will_not_fit(cfg) -> None:
+    """A warning before a launch that the planner says will not fit on this machine's hardware. Never a
+    refusal (the plan is an estimate) and never a traceback: a model the planner cannot read is
+    simply not judged. Reads config.json without transformers, and asks torch about GPUs only where
+    an NVIDIA driver is installed, so the launch stays fast."""
+    from trainer_core.planner import detect_hardware, format_bytes, load_model_shape, plan
+
+    try:
+        hardware = detect_hardware(cfg.num_gpus)
+        result = plan(cfg, hardware, shape=load_model_shape(cfg.model_name_or_path, light=True))
+    except Exception:  # noqa: BLE001 - the warning is a courtesy: anything it cannot judge, it leaves alone
+        return
+    if result.fits:
+        return
+    device = "GPU" if hardware.gpu else "the CPU's RAM"
+    fix = ""
+    if result.fixes:
+        changes = " ".join(f"{k}={v}" for k, v in result.fixes[0]["changes"].items())
+        fix = f"; the planner's fix ({result.fixes[0]['why']}): {changes}"
+    print(f"warning: the planner estimates {format_bytes(result.total)} per {device} against "
+          f"{format_bytes(result.capacity)} on {hardware.label()}: this run may run out of memory{fix} "
+          "(python -m trainer_core plan CONFIG shows the parts)", file=sys.stderr)
+
+
+def cmd_plan(args: list[str]) -> int:
+    """Memory per GPU, whether it fits, time and cost of a run, before it starts (trainer_core/planner.py)."""
+    import dataclasses
+
+    from trainer_core.config import read_config
+    from trainer_core.planner import detect_hardware, format_plan, parse_gpus, plan
+
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m trainer_core plan [CONFIG.yaml] [key=value ...] [--key value ...] "
+              "[--gpus [NODESx]COUNTxKIND] [--price PER_GPU_HOUR] [--no-data] [--json]\n"
+              "kinds: " + ", ".join(_gpu_kinds()) + "; without --gpus: this machine's GPUs (or its CPU)\n"
+              "model_name_or_path may name a shipped config: presets/models/qwen2.5-14b")
+        return 0
+    options, rest = _take_options(args, ("--gpus", "--price"), ("--no-data", "--json"))
+    config_path, overrides, flags = _split_config_and_overrides(rest)
+    if flags:
+        raise UserError(f"plan does not take {', '.join(sorted(flags))}")
+    cfg, notices = read_config(config_path, overrides)
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr)
+    price = None
+    if options.get("--price") is not None:
+        try:
+            price = float(options["--price"])
+        except ValueError:
+            raise UserError(f"--price '{options['--price']}' is not a number (a price per GPU-hour)") from None
+    if options.get("--gpus"):
+        hardware = parse_gpus(options["--gpus"])
+        if hardware.gpu and cfg.num_gpus != hardware.gpus:
+            cfg = dataclasses.replace(cfg, num_gpus=hardware.gpus)  # the plan is for the GPUs named
+    else:
+        hardware = detect_hardware(cfg.num_gpus)
+    data = None
+    if "--no-data" not in options:
+        data = _data_statistics(cfg)
+    result = plan(cfg, hardware, data=data, price_per_gpu_hour=price)
+    if "--json" in options:
+        print(json.dumps(dataclasses.asdict(result), indent=1))
+    else:
+        print(format_plan(result))
+    return 0
+
+
+def _gpu_kinds() -> list[str]:
+    from trainer_core.planner import CPU, GPU_KINDS
+
+    return [*GPU_KINDS, CPU]
+
+
+def _take_options(args: list[str], valued: tuple[str, ...], bare: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """Pull a command's own options (`--gpus X`, `--gpus=X`, `--json`) out of the config overrides."""
+    options: dict[str, str | None] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        name, _, value = args[i].partition("=")
+        spelled = name.replace("_", "-")
+        if spelled in valued:
+            if not value:
+                if i + 1 >= len(args):
+                    raise UserError(f"{spelled} needs a value")
+                value, i = args[i + 1], i + 1
+            options[spelled] = value
+        elif spelled in bare and not value:
+            options[spelled] = None
+        else:
+            rest.append(args[i])
+        i += 1
+    return options, rest
+
+
+def _data_statistics(cfg):
+    """The training data's token statistics for the plan (trainer_core/datacheck.py), with the model's
+    tokenizer, or the built-in model's where the model folder has none (a shipped config): then the
+    counts are approximate. None, with a note, when the data cannot be read."""
+    import dataclasses
+
+    from trainer_core.datacheck import check_datasets
+    from trainer_core.models import TOKENIZER_FILES
+    from trainer_core.planner import DataStats, find_model_config
+
+    tokenizer_cfg = cfg
+    try:
+        folder = find_model_config(cfg.model_name_or_path)
+    except UserError:
+        folder = None
+    if cfg.model_name_or_path not in ("", "default") and (
+            folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES)):
+        tokenizer_cfg = dataclasses.replace(cfg, model_name_or_path="default", template="auto")
+        print(f"note: {cfg.model_name_or_path} has no tokenizer here; tokens counted with the built-in model's "
+              "(an approximation)", file=sys.stderr)
+    try:
+        reports = check_datasets(tokenizer_cfg, with_tokens=True, log=lambda m: print(m, file=sys.stderr))
+    except UserError as exc:
+        print(f"note: no data statistics ({exc}); every sample taken as cutoff_len tokens", file=sys.stderr)
+        return None
+    summaries = [r["tokens"] for r in reports if r.get("tokens")]
+    return DataStats.from_reports(summaries) if summaries else None
 
 
 def _dry_run(cfg) -> int:

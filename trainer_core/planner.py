@@ -437,15 +437,20 @@ def lora_parameters(shape: ModelShape, rank: int, targets: list[str]) -> int:
 # ---- where the model's config.json comes from -----------------------------------------------------
 
 
-def find_model_config(name_or_path: str) -> Path:
+def find_model_config(name_or_path: str, convert: bool = True) -> Path:
     """The folder holding the model's config.json: a local folder (a model, or a shipped config such
     as presets/models/qwen2.5-14b), a shipped config's name (qwen2.5-14b), a hub id whose name has a
-    shipped config (Qwen/Qwen2.5-14B-Instruct), or the built-in model for 'default'."""
+    shipped config (Qwen/Qwen2.5-14B-Instruct), or the built-in model for 'default' (converted first
+    if it has not been yet, unless `convert` is false)."""
     if name_or_path in ("", "default"):
         from trainer_core.models import default_model_dir, ensure_default_model
 
         folder = default_model_dir()
-        return folder if (folder / "config.json").is_file() else ensure_default_model(lambda *a: None)
+        if (folder / "config.json").is_file():
+            return folder
+        if not convert:
+            raise UserError("the built-in model has not been prepared yet")
+        return ensure_default_model(lambda *a: None)
     path = Path(name_or_path).expanduser()
     for candidate in (path, Path(PRESETS_DIR).parent / path, SHIPPED_MODELS_DIR / path.name,
                       SHIPPED_MODELS_DIR / re.sub(r"-instruct$", "", path.name.lower())):
@@ -460,7 +465,7 @@ def load_model_shape(name_or_path: str, light: bool = False) -> ModelShape:
     """Read config.json through transformers' AutoConfig (no weights, no model code run). `light`:
     read the JSON itself with the config classes' defaults (FAMILIES), without importing
     transformers and torch (seconds): what `train` uses for its warning before a launch."""
-    folder = find_model_config(name_or_path)
+    folder = find_model_config(name_or_path, convert=not light)
     if light:
         try:
             raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
