@@ -15,6 +15,7 @@ import pytest
 from trainer_core.config import load_config
 from trainer_core.planner import (
     CPU,
+    FIX_ORDER,
     GIB,
     GPU_KINDS,
     SHIPPED_MODELS_DIR,
@@ -197,6 +198,94 @@ def test_lora_needs_two_thirds_of_full_tunings_flops():
     full = plan(tiny_config(finetuning_type="full", cutoff_len=512, stage="pt"), hw, shape=shape)
     lora = plan(tiny_config(finetuning_type="lora", cutoff_len=512, stage="pt", lora_rank=8), hw, shape=shape)
     assert 0.66 < lora.flops_per_step / full.flops_per_step < 0.70  # 4 of 6 FLOPs, plus the adapters
+
+
+# ---- sharding per ZeRO stage ---------------------------------------------------------------------------
+
+
+def test_zero_sharding_arithmetic():
+    shape = load_model_shape("qwen2.5-7b", light=True)
+    n = count_parameters(shape).total
+    hw = parse_gpus("4xH100-80GB")
+    base = tiny_config(finetuning_type="full", bf16=True, cutoff_len=1024, num_gpus=4)
+
+    def parts(deepspeed):
+        return plan(dataclasses.replace(base, deepspeed=deepspeed), hw, shape=shape, with_fixes=False)
+
+    ddp, z0, z2, z3, off = parts(""), parts("z0"), parts("z2"), parts("z3"), parts("z3_offload")
+    # no DeepSpeed: fp32 weights, gradients, AdamW; DDP's buckets are another copy of the gradients
+    assert ddp.parts["weights"] == 4 * n and ddp.parts["optimizer"] == 8 * n
+    assert ddp.details["ddp_buckets"] == 4 * n
+    # ZeRO-0 under bf16: half weights, fp32 master + AdamW (12 bytes), half + fp32 gradients, nothing sharded
+    assert z0.parts["weights"] == 2 * n and z0.parts["optimizer"] == 12 * n
+    # ZeRO-2: optimizer and gradients over 4 GPUs, weights whole
+    assert z2.parts["weights"] == 2 * n
+    assert z2.parts["optimizer"] == pytest.approx(12 * n / 4, abs=1)
+    assert z2.parts["buffers"] == 5e8 * 2  # the reduce bucket of presets/deepspeed/z2.json, in bf16
+    # ZeRO-3: the weights too
+    assert z3.parts["weights"] == pytest.approx(2 * n / 4, abs=1)
+    assert z3.parts["optimizer"] == z2.parts["optimizer"]
+    # ZeRO-3 offload: parameters and optimizer in host RAM, 2 + 16 bytes a parameter over the node
+    assert off.parts["weights"] == off.parts["optimizer"] == off.parts["gradients"] == 0
+    assert off.host_bytes_per_node == pytest.approx(18 * n, rel=1e-6)
+    assert ddp.total > z0.total > z2.total > z3.total > off.total
+
+
+def test_the_issues_case_qwen25_14b_on_four_a100_40gb():
+    """Qwen2.5-14B, LoRA r64 on every linear layer, cutoff 2048, batch 4, bf16, 4 x A100-40GB."""
+    hw = parse_gpus("4xA100-40GB")
+    cfg = load_config(None, {"model_name_or_path": "presets/models/qwen2.5-14b", "finetuning_type": "lora",
+                             "lora_rank": 64, "lora_alpha": 128, "cutoff_len": 2048, "per_device_train_batch_size": 4,
+                             "gradient_accumulation_steps": 4, "bf16": True, "num_gpus": 4, "max_steps": -1,
+                             "num_train_epochs": 3.0})
+    data = DataStats(samples=20_000, tokens=12_000_000, trainable_tokens=6_000_000, tokens_p95=1500, tokens_max=4000)
+    n = 14_770_033_664
+    for stage in ("z2", "z3"):
+        p = plan(dataclasses.replace(cfg, deepspeed=stage), hw, data=data, price_per_gpu_hour=2.5)
+        # the weights alone: bf16 under DeepSpeed, whole under ZeRO-2, a quarter under ZeRO-3
+        assert p.parts["weights"] == pytest.approx(2 * n / (1 if stage == "z2" else 4), abs=1)
+        assert p.parameters == n and p.trainable_parameters == 275_251_200
+        # four rows of 2048 tokens without checkpointing keep far more than 40 GB
+        assert not p.fits and p.parts["activations"] > 40 * GIB
+        fix = p.fixes[0]
+        assert fix["changes"] == {"gradient_checkpointing": True}  # the cheapest fix comes first
+        fixed = plan(dataclasses.replace(cfg, deepspeed=stage, **fix["changes"]), hw, data=data)
+        assert fixed.fits and fixed.total == fix["total"] <= 40 * GIB
+        assert fix["step_seconds"] > p.step_seconds  # checkpointing recomputes the forward pass
+        # 3 epochs of 20,000 samples at a global batch of 4 x 4 x 4 = 64: 313 steps per epoch
+        assert p.steps_per_epoch == 313 and p.total_steps == 939
+        assert p.cost == pytest.approx(p.run_seconds * 4 / 3600 * 2.5)
+    # ZeRO-3's rows path: the trained rows' logits are real tensors (no fused loss under ZeRO-3)
+    z3 = plan(dataclasses.replace(cfg, deepspeed="z3", gradient_checkpointing=True), hw)
+    assert z3.details["activations_loss"] == 12 * 4 * 2048 * 152064
+
+
+def test_fixes_come_in_the_stated_order_and_combine_when_one_is_not_enough():
+    shape = load_model_shape("qwen2.5-14b", light=True)
+    hw = gpu_hardware("RTX4090-24GB")
+    cfg = tiny_config(finetuning_type="lora", lora_rank=16, cutoff_len=4096, per_device_train_batch_size=8, bf16=True)
+    p = plan(cfg, hw, shape=shape)
+    assert not p.fits
+    assert len(p.fixes) == 1 and " + " in p.fixes[0]["why"]  # no single change is enough on one 24 GB card
+    steps = p.fixes[0]["why"].split(" + ")
+    assert steps == sorted(steps, key=FIX_ORDER.index) and steps[0] == "gradient checkpointing"
+    assert p.fixes[0]["changes"]["deepspeed"] == "z3_offload"  # offload comes before QLoRA in the order
+    assert plan(dataclasses.replace(cfg, **p.fixes[0]["changes"]), hw, shape=shape).fits
+    # a batch halved keeps the global batch through accumulation
+    small = plan(dataclasses.replace(cfg, finetuning_type="qlora", gradient_checkpointing=True, cutoff_len=2048),
+                 hw, shape=shape)
+    for fix in small.fixes:
+        changes = fix["changes"]
+        if "per_device_train_batch_size" in changes:
+            assert changes["per_device_train_batch_size"] * changes["gradient_accumulation_steps"] == 8
+
+
+def test_qlora_weights_are_four_bit_with_fp32_embeddings():
+    shape = load_model_shape("qwen2.5-7b", light=True)
+    counts = count_parameters(shape)
+    p = plan(tiny_config(finetuning_type="qlora", bf16=True), gpu_hardware("RTX4090-24GB"), shape=shape)
+    nf4 = counts.linear * (0.5 + 1 / 64 + 4 / (64 * 256))  # 4 bits + 8-bit absmax per 64 + fp32 per 256 blocks
+    assert p.parts["weights"] == round(nf4 + (counts.total - counts.linear) * 4)
 
 
 # ---- GPU kinds and the CLI -----------------------------------------------------------------------------
