@@ -260,8 +260,8 @@ def test_the_data_tab_checks_a_large_dataset_in_full_and_shows_a_sample(tmp_path
     seen: list[tuple] = []
     examples, problems, large = data_tab.inspect_dataset("qa", str(folder), "sft", [tmp_path],
                                                          progress=lambda *a: seen.append(a))
-    assert large == {"records": 3000, "valid": 2970, "sampled": len(examples),
-                     "totals": {"line N: invalid JSON at column N: Expecting property name enclosed in double quotes": 30}}
+    kind = "line N: invalid JSON at column N: Expecting property name enclosed in double quotes"
+    assert large == {"records": 3000, "valid": 2970, "sampled": len(examples), "totals": {kind: 30}}
     assert 600 <= len(examples) < 700 and max(e["index"] for e in examples) > 2500  # spread over the file
     assert len(problems) == arrow_data.PROBLEMS_PER_KIND and problems[0].record == 7
     assert len(seen) > 3 and seen[-1][0] == seen[-1][1]  # the page's progress bar reached its end

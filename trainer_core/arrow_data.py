@@ -51,7 +51,7 @@ from typing import Any
 
 from trainer_core.errors import DataError, Problem, UserError
 
-ARROW_FROM_BYTES = 256 << 20  # data_engine auto: files past this go through Arrow (bench/RESULTS.md)
+ARROW_FROM_BYTES = 32 << 20  # data_engine auto: files past this go through Arrow (bench/RESULTS.md)
 SHARD_BYTES = 64 << 20  # a shard's share of a file: the unit of work, progress and resuming
 PROBLEMS_PER_KIND = 20  # problems kept of each kind; all are counted
 SAMPLE_RECORDS = 20_000  # a check's statistics and preview come from about this many records, spread out
@@ -541,7 +541,10 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, w
     done_shards, total_shards)` after each shard. `wait_only`: another process prepares them
     (local rank 0); wait for its complete.json. With no tokenizer the records are only checked,
     and each result holds a share of SAMPLE_RECORDS valid examples (`check_large`)."""
-    shard_bytes = shard_bytes or SHARD_BYTES
+    workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1))  # never above the cores
+    if shard_bytes is None:  # at least two shards a worker, so that every core has work to the end
+        total = sum(path.stat().st_size for path, _ in source.files if path.is_file())
+        shard_bytes = min(SHARD_BYTES, max(4 << 20, total // (2 * workers)))
     folder = cache_folder(source, settings, tokenizer, shard_bytes) if tokenizer is not None else None
     if folder is not None and wait_only:
         _wait_for(folder)
@@ -562,7 +565,7 @@ def prepare_dataset(source: Any, settings: Settings, tokenizer: Any | None, *, w
     done_bytes = sum(s.size for s in shards if s.number in results)
     if progress and shards:
         progress(done_bytes, total_bytes, len(results), len(shards))
-    workers = max(1, min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(todo)))  # never above the cores
+    workers = max(1, min(workers, len(todo)))
     if todo and workers == 1:
         for shard in todo:
             results[shard.number] = prepare_shard(shard, settings, tokenizer, folder, sample_size)

@@ -468,7 +468,7 @@ def cmd_data(args: list[str]) -> int:
     parser.add_argument("--model_name_or_path", default=None)
     parser.add_argument("--template", default=None)
     parser.add_argument("--data_engine", default=None, choices=["auto", "memory", "arrow"],
-                        help="arrow: check in worker processes without holding the data (auto: from 256 MiB on)")
+                        help="arrow: check in worker processes without holding the data (auto: from 32 MiB on)")
     parser.add_argument("--config", default=None, help="take the settings above from a run config")
     parser.add_argument("--no-tokens", action="store_true", help="skip token statistics (no tokenizer load)")
     opts = parser.parse_args(args)

@@ -65,7 +65,7 @@ class TrainConfig:
                                        "spelling of dataset: a:0.5,b:0.3,c:0.2)")
     data_engine: str = config_key("auto", "how data is prepared: memory (Python lists, fastest for small data), arrow "
                                   "(checked and tokenized by several processes into memory-mapped Arrow files, cached "
-                                  "and resumable: data larger than memory), auto (arrow from 256 MiB of files on)",
+                                  "and resumable: data larger than memory), auto (arrow from 32 MiB of files on)",
                                   choices=("auto", "memory", "arrow"))
     preprocessing_num_workers: int | None = config_key(None, "processes that prepare Arrow data (default: one per "
                                                        "core)", min=1, optional=True)
