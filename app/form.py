@@ -42,7 +42,8 @@ MAIN_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train
 ADVANCED_KEYS = ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
                  "logging_steps", "save_steps", "save_total_limit", "eval_steps", "per_device_eval_batch_size",
                  "eval_dataset", "packing", "bf16", "fp16", "gradient_checkpointing", "seed",
-                 "resume_from_checkpoint", "trust_remote_code")
+                 "resume_from_checkpoint", "trust_remote_code", "data_engine", "preprocessing_num_workers",
+                 "streaming")
 HARDWARE_KEYS = ("deepspeed", "num_gpus", "hostfile")
 OUTPUT_KEYS = ("report_to", "output_dir")
 FORM_KEYS = ("stage", "finetuning_type", "template", *LORA_KEYS, *QLORA_KEYS, *MAIN_KEYS, *ADVANCED_KEYS,

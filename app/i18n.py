@@ -268,6 +268,20 @@ TEXT: dict[str, tuple[str, str]] = {
     "cfg.eval_dataset": ("验证数据集", "Eval datasets"),
     "help.eval_dataset": ("用于验证的数据集（代替按比例切分），逗号分隔", "datasets used for evaluation instead of a "
                           "val_size split, comma-separated"),
+    "cfg.data_engine": ("数据准备方式", "Data engine"),
+    "help.data_engine": ("memory：Python 列表，小数据最快；arrow：多进程检查与分词，写成内存映射的 Arrow 文件，可缓存、"
+                         "可断点续做，适合大于内存的数据；auto：数据文件达 32 MiB 起用 arrow",
+                         "memory: Python lists, fastest for small data; arrow: checked and tokenized by several "
+                         "processes into memory-mapped Arrow files, cached and resumable, for data larger than "
+                         "memory; auto: arrow from 32 MiB of files on"),
+    "cfg.preprocessing_num_workers": ("数据准备进程数", "Preprocessing workers"),
+    "help.preprocessing_num_workers": ("准备 Arrow 数据的进程数（默认每核一个）",
+                                       "processes that prepare Arrow data (default: one per core)"),
+    "cfg.streaming": ("流式读取", "Streaming"),
+    "help.streaming": ("边训练边读取、检查与分词，不预先准备：首步即刻开始，适合只读一遍的数据（需设置 max_steps，"
+                       "不能按比例切分验证集）",
+                       "read, check and tokenize the data while training instead of before: the first step "
+                       "comes at once, for data read once (needs max_steps; no val_size split)"),
     "cfg.packing": ("样本拼接", "Packing"),
     "help.packing": ("把样本拼接成 cutoff_len 长的块", "concatenate samples into cutoff_len blocks"),
     "cfg.bf16": ("bf16 混合精度", "bf16"),

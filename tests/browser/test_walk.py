@@ -83,6 +83,7 @@ CASES = {
     "cfg-template": "every template", "cfg-quantization_bit": "every bit width (under QLoRA)",
     "cfg-lr_scheduler_type": "every schedule", "cfg-packing": "every choice",
     "cfg-deepspeed": "every preset (ZeRO-3 with QLoRA is flagged)", "cfg-report_to": "every choice",
+    "cfg-data_engine": "every choice",
     "params-preview": "pressed: the command", "params-config-path": "a name that is no .yaml, then the default",
     "params-save": "pressed with a bad name (its message) and a good one", "params-load": "pressed",
     "params-upload": "the saved YAML uploaded",
@@ -532,7 +533,8 @@ def walk_params(w: Walk, model_dir: Path) -> None:
             w.wait_info("cfg-deepspeed", form.field_info("deepspeed", lang))
 
     w.radio_each("cfg-finetuning_type", [method["full"], method["qlora"], method["lora"]], after=on_method)
-    for eid in ("cfg-template", "cfg-lr_scheduler_type", "cfg-packing", "cfg-deepspeed", "cfg-report_to"):
+    for eid in ("cfg-template", "cfg-lr_scheduler_type", "cfg-packing", "cfg-deepspeed", "cfg-report_to",
+                "cfg-data_engine"):
         w.pick_each(eid)
     form_ok()
 
@@ -716,7 +718,7 @@ alpha dropout r hostfile offload bitsandbytes top_p top_k auto none all sft pt l
 linear cosine cosine_with_restarts polynomial constant constant_with_warmup inverse_sqrt cosine_with_min_lr
 wandb tensorboard float32 bfloat16 float16 f16 q8_0 alpaca sharegpt openai text mcq UTF GB18030 csv tsv
 parquet txt jsonl presets config q_proj v_proj true false null GB Tuner run eval train export Ampere
-instruction input output system conversations messages
+instruction input output system conversations messages memory arrow Arrow Python MiB
 """.split()) | {"qa", "dialog", "corpus", "done", "broken", "walk_upload"}  # the test's datasets and runs
 VISIBLE_TEXT = """(excluded) => {
     const out = [];
