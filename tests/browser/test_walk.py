@@ -78,7 +78,7 @@ CASES = {
     "params-model-path": "a folder outside the allowed ones (flagged), then the model again",
     **{f"cfg-{k}": "an invalid number (flagged under it), then the old value" for k in NUMBER_KEYS},
     **{f"cfg-{k}": "typed (flagged where refused), then the old value" for k in TEXT_KEYS},
-    **{f"cfg-{k}": "on and off (bf16 with fp16 flags both)" for k in CHECK_KEYS},
+    **{f"cfg-{k}": "on and off, all at once (bf16 with fp16 flags both)" for k in CHECK_KEYS},
     "cfg-stage": "every stage", "cfg-finetuning_type": "every method (rows show and hide)",
     "cfg-template": "every template", "cfg-quantization_bit": "every bit width (under QLoRA)",
     "cfg-lr_scheduler_type": "every schedule", "cfg-packing": "every choice",
@@ -247,19 +247,19 @@ class Walk:
 
     # -- dropdowns
     def show(self, eid: str, expect_options: bool = True) -> None:
-        """The option list open (a focused picker opens again only after a blur)."""
-        if self.page.locator(f"#{eid} [role=option]").count():
-            return
-        box = self.el(eid).locator("input[role=combobox]")
-        box.evaluate("e => e.blur()")
-        box.click()
-        if expect_options:
+        """The option list open: a picker opens on focus, a focused one again only after a blur (one
+        round trip; a click on an option waits for the list by itself)."""
+        opened = self.page.evaluate("""(id) => {
+            if (document.querySelector('#' + id + ' [role=option]')) return true;
+            const box = document.querySelector('#' + id + ' input[role=combobox]');
+            box.blur(); box.focus(); return false; }""", eid)
+        if expect_options and not opened:
             self.page.locator(f"#{eid} [role=option]").first.wait_for(timeout=10_000)
 
     def open(self, eid: str) -> list[str]:
         self.show(eid)
-        options = self.page.locator(f"#{eid} [role=option]")
-        labels = [options.nth(i).get_attribute("aria-label") for i in range(options.count())]
+        labels = self.page.evaluate("(id) => [...document.querySelectorAll('#' + id + ' [role=option]')]"
+                                    ".map(o => o.getAttribute('aria-label'))", eid)
         if self.lang == "en" and eid not in self.USER_DATA:
             assert not [x for x in labels if CJK.search(x or "")], f"{eid}: Chinese options on the English page"
         return labels
@@ -269,10 +269,13 @@ class Walk:
         self.page.locator(f"#{eid} [role=option]").first.wait_for(state="detached", timeout=10_000)
 
     def choose(self, eid: str, label: str, multi: bool = False) -> None:
-        self.show(eid)
+        """The option clicked; a single picker then shows it, its list closed (one wait for both)."""
+        if not self.page.locator(f"#{eid} [role=option]").count():
+            self.show(eid, expect_options=False)
         self.page.locator(f'#{eid} [role=option][aria-label="{label}"]').click()
-        if not multi:  # a single picker closes its list
-            self.page.locator(f"#{eid} [role=option]").first.wait_for(state="detached", timeout=10_000)
+        if not multi:
+            self.wait("([id, v]) => !document.querySelector('#' + id + ' [role=option]') && "
+                      "document.querySelector('#' + id + ' input').value === v", eid, label)
 
     def value(self, eid: str) -> str:
         return self.el(eid).locator("input, textarea").first.input_value()
@@ -280,15 +283,13 @@ class Walk:
     def pick_each(self, eid: str, after=None) -> list[str]:
         """Every option in turn (`after(label)` checks what each one shows), then the first value again."""
         before = self.value(eid)
-        labels = self.open(eid)
-        self.close(eid)
+        labels = self.open(eid)  # left open: the first pick clicks in it
         assert labels, f"{eid} has no options"
         picks = [*labels, before] if before in labels else labels
         if self.lang == "en" and eid in self.SAME_IN_BOTH:
             picks = [next((x for x in labels if x != before), labels[0]), *([before] if before in labels else [])]
         for label in picks:
             self.choose(eid, label)
-            self.wait_value(eid, label)
             if after:
                 after(label)
         self.done.add(eid)
@@ -371,6 +372,49 @@ class Walk:
         box = self.el(eid).locator("input").first
         box.fill(text)
         box.evaluate("e => e.blur()")
+
+    # -- many fields in one round trip
+    FIELD = "document.querySelector('#' + id + ' textarea, #' + id + ' input')"
+
+    def values(self, eids: list[str]) -> dict[str, str]:
+        return self.page.evaluate(f"(ids) => Object.fromEntries(ids.map(id => [id, {self.FIELD}.value]))", eids)
+
+    def fill_all(self, values: dict[str, str]) -> None:
+        """Each field typed and committed by a blur, as `fill` does one (the value set, then input
+        and change events), all in one round trip; the page's checks of the changes coalesce."""
+        self.page.evaluate("""(values) => { for (const [id, v] of Object.entries(values)) {
+            const e = """ + self.FIELD + """;
+            e.focus();
+            Object.getOwnPropertyDescriptor(Object.getPrototypeOf(e), 'value').set.call(e, v);
+            e.dispatchEvent(new Event('input', {bubbles: true}));
+            e.dispatchEvent(new Event('change', {bubbles: true}));
+            e.blur(); } }""", values)
+
+    def checked(self, eids: list[str]) -> dict[str, bool]:
+        return self.page.evaluate("(ids) => Object.fromEntries(ids.map(id => "
+                                  "[id, document.querySelector('#' + id + ' input[type=checkbox]').checked]))", eids)
+
+    def click_all(self, eids: list[str]) -> None:
+        """Each checkbox clicked (a click event: it toggles and tells the page), in one round trip."""
+        self.page.evaluate("(ids) => ids.forEach(id => document.querySelector('#' + id + ' input[type=checkbox]')"
+                           ".click())", eids)
+
+    def infos(self, eids: list[str]) -> dict[str, str]:
+        return self.page.evaluate("(ids) => Object.fromEntries(ids.map(id => [id, "
+                                  "document.querySelector('#' + id + ' .info-text')?.innerText ?? null]))", eids)
+
+    def wait_infos(self, wanted: dict[str, str], exact: bool = True) -> None:
+        """Until every field's line shows its text (wait_info for many at once; a timeout names the rest)."""
+        try:
+            self.wait("([wanted, exact]) => Object.entries(wanted).every(([id, want]) => { "
+                      "const e = document.querySelector('#' + id + ' .info-text'); "
+                      "return !!e && (exact ? e.innerText.trim() === want.trim() : e.innerText.includes(want)); })",
+                      wanted, exact)
+        except playwright_api.TimeoutError:
+            shown = self.infos(list(wanted))
+            rest = {eid: shown[eid] for eid, want in wanted.items()
+                    if shown[eid] is None or (shown[eid].strip() != want.strip() if exact else want not in shown[eid])}
+            raise AssertionError(f"lines never shown: {rest} (wanted {[wanted[e] for e in rest]})") from None
 
     def accordion(self, eid: str, *, toggle: bool) -> None:
         """Opened (a closed one), or closed and opened again (toggle=True)."""
@@ -456,12 +500,16 @@ def walk_mix(w: Walk) -> None:
     w.wait_visible("data-weights")
     strategy = {s: t("mix." + s, lang) for s in ("concat", "interleave_under", "interleave_over")}
     wait_text(page, "#data-mix", strategy["concat"])  # no weights: every record once
-    for bad, shown in (("x,1", "'x'"), ("0,1", "'0'"), ("1", "1 ")):
+    for bad, shown in (("x,1", "'x'"), ("1", "1 ")):  # not a number > 0; a count that does not match
         w.type("data-weights", bad)
-        message = form.mix_problem({"datasets": ["a", "b"], "weights": bad}) or "(none)"
-        w.wait_info("data-weights", f"⚠ {translate(message, lang)}")
-        assert shown in w.info("data-weights")
-        w.wait("() => document.querySelector('#data-mix').innerText.trim() === ''")  # no composition of bad weights
+        message = f"⚠ {translate(form.mix_problem({'datasets': ['a', 'b'], 'weights': bad}) or '(none)', lang)}"
+        assert shown in message
+        try:  # the core's message under the field, and no composition of bad weights
+            w.wait("([want]) => document.querySelector('#data-weights .info-text')?.innerText.trim() === want && "
+                   "document.querySelector('#data-mix').innerText.trim() === ''", message)
+        except playwright_api.TimeoutError:
+            raise AssertionError(f"weights {bad!r}: the line under them shows {w.info('data-weights')!r}, the "
+                                 f"composition {page.inner_text('#data-mix')!r}") from None
     w.type("data-weights", "3,1")
     w.wait_info("data-weights", form.field_info("weights", lang))
     wait_text(page, "#data-mix", strategy["interleave_under"])  # weights alone: drawn by weight
@@ -540,38 +588,37 @@ def walk_params(w: Walk, model_dir: Path) -> None:
 
     # One invalid value in every number at once (the checks of one change cover the whole form):
     # each field shows its own message, naming it and the value, and each message goes once the
-    # old values are back.
-    before = {key: w.value(f"cfg-{key}") for key in NUMBER_KEYS}
+    # old values are back. Typed in one round trip, checked in one wait (a field at a time took
+    # a minute a language).
+    numbers = [f"cfg-{key}" for key in NUMBER_KEYS]
+    before = w.values(numbers)
+    w.fill_all({f"cfg-{key}": str(number_invalid(key)) for key in NUMBER_KEYS})
+    w.wait_infos(dict.fromkeys(numbers, "⚠"), exact=False)
+    messages = w.infos(numbers)
     for key in NUMBER_KEYS:
-        w.fill(f"cfg-{key}", str(number_invalid(key)))
-    for key in NUMBER_KEYS:
-        eid, bad = f"cfg-{key}", number_invalid(key)
-        w.wait_info(eid, "⚠", exact=False)
-        message = w.info(eid)
+        message, bad = messages[f"cfg-{key}"], number_invalid(key)
         assert key in message and flagged in message and str(bad).split(".")[0] in message, message
-    for key in NUMBER_KEYS:
-        w.fill(f"cfg-{key}", before[key])
-    for key in NUMBER_KEYS:
-        w.wait_info(f"cfg-{key}", form.field_info(key, lang))
-        w.done.add(f"cfg-{key}")
-    for key in TEXT_KEYS:
-        eid = f"cfg-{key}"
-        before = w.value(eid)
-        w.type(eid, TEXT_INVALID[key] or "qa")
-        if TEXT_INVALID[key]:
-            w.wait_info(eid, "⚠", exact=False)
-        w.type(eid, before)
-        w.wait_info(eid, form.field_info(key, lang))
-        w.done.add(eid)
-    for key in CHECK_KEYS:
-        w.toggle(f"cfg-{key}")
-    w.el("cfg-bf16").locator("input").click()
-    w.el("cfg-fp16").locator("input").click()
-    w.wait_info("cfg-bf16", "fp16", exact=False)
-    w.wait_info("cfg-fp16", "bf16", exact=False)
-    w.el("cfg-fp16").locator("input").click()
-    w.el("cfg-bf16").locator("input").click()
-    w.wait_info("cfg-bf16", form.field_info("bf16", lang))
+    w.fill_all(before)
+    w.wait_infos({f"cfg-{key}": form.field_info(key, lang) for key in NUMBER_KEYS})
+    w.done.update(numbers)
+    # Every text field typed (a path outside the allowed folders is flagged under it), then as it was.
+    texts = [f"cfg-{key}" for key in TEXT_KEYS]
+    before = w.values(texts)
+    w.fill_all({f"cfg-{key}": TEXT_INVALID[key] or "qa" for key in TEXT_KEYS})
+    w.wait_infos({f"cfg-{key}": "⚠" for key in TEXT_KEYS if TEXT_INVALID[key]}, exact=False)
+    w.fill_all(before)
+    w.wait_infos({f"cfg-{key}": form.field_info(key, lang) for key in TEXT_KEYS})
+    w.done.update(texts)
+    # Every checkbox on (bf16 with fp16 flags both), then off again: clicked in one round trip each way.
+    checks = [f"cfg-{key}" for key in CHECK_KEYS]
+    assert not any(w.checked(checks).values())  # the preset's form: all off
+    w.click_all(checks)
+    w.wait("([ids]) => ids.every(id => document.querySelector('#' + id + ' input[type=checkbox]').checked)", checks)
+    w.wait_infos({"cfg-bf16": "fp16", "cfg-fp16": "bf16"}, exact=False)
+    w.click_all(checks)
+    w.wait("([ids]) => ids.every(id => !document.querySelector('#' + id + ' input[type=checkbox]').checked)", checks)
+    w.wait_infos({f"cfg-{key}": form.field_info(key, lang) for key in CHECK_KEYS})
+    w.done.update(checks)
     form_ok()
 
     w.click("params-preview")
