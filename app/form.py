@@ -53,7 +53,7 @@ DATA_FIELDS = ("datasets", "dataset_dir", "weights", "mix_strategy")  # owned by
 ORDER = (*MODEL_FIELDS, *DATA_FIELDS, *FORM_KEYS)  # the order of a handler's form inputs
 DATA_KEYS = ("dataset", "dataset_dir", "interleave_probs", "mix_strategy")  # the config keys the Data tab sets
 # The form keys besides the Data tab's choice that decide the training split's composition.
-MIX_INPUTS = ("stage", "max_samples", "val_size", "seed", "eval_dataset")
+MIX_INPUTS = ("stage", "max_samples", "val_size", "seed", "eval_dataset", "data_engine", "streaming")
 MODEL_SOURCES = ("builtin", "local", "known")
 # How a widget spells the config values it cannot hold (a dropdown's value is never "" or None):
 # config value -> widget value. values_from_config and raw_config are the only two users.
@@ -297,7 +297,8 @@ def composition(values: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
     records held out}. Raises UserError with the core's message when the run could not mix them.
     Kept by the files' sizes and times, so asking again reads nothing. Data that takes the
     Arrow path (trainer_core.arrow_data.use_arrow: too large to read here) is counted only by the
-    run, after tokenization: then "records" is None."""
+    run, after tokenization, and streamed data (`streaming`) has no per-epoch count: then
+    "records" is None (and "streaming" says which)."""
     from trainer_core.arrow_data import use_arrow
     from trainer_core.data import load_datasets, mix_composition
 
@@ -305,7 +306,7 @@ def composition(values: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
     if not raw["dataset"]:
         raise UserError("dataset: give at least one dataset name from dataset_info.json")
     data_dir = ctx.page_path(raw["dataset_dir"], "dataset_dir")
-    wanted = {key: raw[key] for key in (*DATA_KEYS, *MIX_INPUTS)}
+    wanted = {key: raw[key] for key in (*DATA_KEYS, *MIX_INPUTS) if key != "streaming"}
     cfg, problems = validate({**wanted, "dataset_dir": str(data_dir)}, TrainConfig)
     if cfg is None:
         raise UserError("\n".join(problem.message for problem in problems))
@@ -317,8 +318,8 @@ def composition(values: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
     # As load_datasets mixes (and data_mix.json records): weights alone mean interleave_under.
     strategy = cfg.mix_strategy if weights is None or cfg.mix_strategy != "concat" else "interleave_under"
     mix = {"strategy": strategy, "weights": dict(zip(names, weights)) if weights else None}
-    if use_arrow(cfg.data_engine, names, cfg.dataset_dir, cfg.stage):
-        return {**mix, "records": None, "total": None, "eval": None}
+    if raw.get("streaming") or use_arrow(cfg.data_engine, names, cfg.dataset_dir, cfg.stage):
+        return {**mix, "records": None, "total": None, "eval": None, "streaming": bool(raw.get("streaming"))}
     key = (tuple(sorted(wanted.items(), key=lambda item: item[0])), str(data_dir), _stamps(data_dir, read))
     with _COMPOSITIONS_LOCK:
         known = _COMPOSITIONS.get(key)
@@ -359,7 +360,8 @@ def _stamps(data_dir: Path, names: list[str]) -> tuple:
 def composition_table(comp: dict[str, Any], lang: str) -> str:
     """The composition for the Data tab: a line with the total and the strategy, then a table."""
     if comp["records"] is None:
-        return t("mix.arrow", lang, strategy=t("mix." + comp["strategy"], lang))
+        return t("mix.streaming" if comp.get("streaming") else "mix.arrow", lang,
+                 strategy=t("mix." + comp["strategy"], lang))
     held_out = t("mix.held_out", lang, n=f"{comp['eval']:,}") if comp["eval"] else ""
     lines = [t("mix.head", lang, total=f"{comp['total']:,}", strategy=t("mix." + comp["strategy"], lang),
                held_out=held_out), "",
@@ -375,7 +377,8 @@ def composition_table(comp: dict[str, Any], lang: str) -> str:
 def composition_line(comp: dict[str, Any], lang: str) -> str:
     """The composition in one line (the Parameters tab's preview)."""
     if comp["records"] is None:
-        return t("mix.arrow", lang, strategy=t("mix." + comp["strategy"], lang))
+        return t("mix.streaming" if comp.get("streaming") else "mix.arrow", lang,
+                 strategy=t("mix." + comp["strategy"], lang))
     parts = " · ".join(f"{name} {n:,} ({_share(n, comp['total'])})" for name, n in comp["records"].items())
     return t("mix.line", lang, total=f"{comp['total']:,}", parts=parts)
 

@@ -76,10 +76,13 @@ TEXT: dict[str, tuple[str, str]] = {
     "mix.weight": ("权重", "Weight"),
     "mix.records": ("每轮条数", "Records per epoch"),
     "mix.share": ("占比", "Share"),
-    "mix.arrow": ("{strategy}。数据较大，走 Arrow 路径：每个数据集的条数在训练开始、分词之后统计"
-                  "（训练日志的 train mix 行与 data_mix.json）。",
-                  "{strategy}. Large data takes the Arrow path: the records of each dataset are counted once the run "
-                  "has tokenized them (the train mix line of its log, data_mix.json)."),
+    "mix.arrow": ("{strategy}。走 Arrow 路径的数据：每个数据集的条数在训练开始、分词之后统计"
+                  "（见训练日志与 data_mix.json）。",
+                  "{strategy}. Data on the Arrow path: the records of each dataset are counted once the run has "
+                  "tokenized them (its log and data_mix.json)."),
+    "mix.streaming": ("{strategy}。streaming：训练时边读边混合，没有按轮计算的条数。",
+                      "{strategy}. Streaming: the run mixes the records as it reads them; there is no count per "
+                      "epoch."),
     "mix.line": ("训练集构成（每轮 {total} 条）：{parts}", "Training split ({total} records per epoch): {parts}"),
     "data.inspect": ("查看数据集", "Dataset to inspect"),
     "data.inspect_btn": ("查看", "Inspect"),

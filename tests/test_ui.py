@@ -294,6 +294,12 @@ def test_the_composition_is_the_cores_count_of_the_training_split(ctx, monkeypat
     assert large["records"] is None and large["strategy"] == "interleave_under"
     assert "Arrow" in form.composition_table(large, "en") and "Arrow" in form.composition_line(large, "zh")
     monkeypatch.undo()
+    monkeypatch.setattr(core_data, "read_dataset", lambda *a, **k: pytest.fail("read for the Arrow path"))
+    assert form.composition(form_values(ctx, data_engine="arrow"), ctx)["records"] is None  # the form's engine
+    streamed = form.composition(form_values(ctx, streaming=True, weights="1,1"), ctx)  # mixed as it is read
+    assert streamed["records"] is None and streamed["streaming"]
+    assert "no count per epoch" in form.composition_line(streamed, "en")
+    monkeypatch.undo()
 
     # What keeps the run from mixing them is the core's message (the page translates it).
     with pytest.raises(UserError, match="raw text"):
