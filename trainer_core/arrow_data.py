@@ -358,10 +358,8 @@ def examples_of(shard: Shard, settings: Settings, result: ShardResult) -> Iterat
             yield example
 
 
-def samples_of(shard: Shard, settings: Settings, tokenizer: Any, result: ShardResult, lengths: list[int]
-               ) -> Iterator[dict]:
-    """The shard's samples, tokenized by the in-memory path's functions, batch by batch; each
-    record's token count goes to `lengths`."""
+def samples_of(shard: Shard, settings: Settings, tokenizer: Any, result: ShardResult) -> Iterator[dict]:
+    """The shard's samples, tokenized by the in-memory path's functions, batch by batch."""
     from trainer_core.tokenization import (
         EncodeStats,
         cut_blocks,
@@ -385,7 +383,6 @@ def samples_of(shard: Shard, settings: Settings, tokenizer: Any, result: ShardRe
             samples, part = encode_sft(batch, tokenizer, settings.cutoff_len)
             for key in ("truncated", "dropped_no_trainable", "system_dropped"):
                 setattr(stats, key, getattr(stats, key) + getattr(part, key))
-            stats.lengths += part.lengths
             if settings.packing:  # first-fit within a batch: packing all of a large shard is quadratic
                 samples = pack_samples(samples, settings.cutoff_len)
             yield from samples
@@ -411,13 +408,12 @@ def samples_of(shard: Shard, settings: Settings, tokenizer: Any, result: ShardRe
     if carry:
         yield from cut_blocks(carry, settings.cutoff_len)
     result.stats = {k: v for k, v in stats.__dict__.items() if isinstance(v, int) and not isinstance(v, bool)}
-    lengths += stats.lengths
 
 
 def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path | None,
                   sample_size: int = 0) -> ShardResult:
-    """Prepare one shard into `folder`: shard-N.arrow (the samples), shard-N.json (the result) and
-    shard-N.lengths (each record's token count, int32), renamed into place when complete. With no
+    """Prepare one shard into `folder`: shard-N.arrow (the samples) and shard-N.json (the result),
+    the .arrow renamed into place last, when the shard is complete. With no
     tokenizer the records are only checked (data check), nothing is written, and the first
     `sample_size` valid examples come back in the result."""
     from datasets import Features, List, Value
@@ -430,8 +426,6 @@ def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path
             if len(result.sample) < sample_size:
                 result.sample.append(example)
         return result
-    import numpy as np
-
     columns = {"input_ids": List(Value("int32"))}
     if settings.stage == "sft":  # pre-training's labels are its input_ids (_with_labels)
         columns["labels"] = List(Value("int32"))
@@ -442,8 +436,7 @@ def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path
     writer = ArrowWriter(features=Features(columns), path=str(partial), writer_batch_size=BATCH_RECORDS)
     batch: list[dict] = []
     try:
-        lengths: list[int] = []
-        for sample in samples_of(shard, settings, tokenizer, result, lengths):
+        for sample in samples_of(shard, settings, tokenizer, result):
             batch.append(sample)
             if len(batch) == BATCH_RECORDS:
                 writer.write_batch({k: [s[k] for s in batch] for k in columns})
@@ -455,7 +448,6 @@ def prepare_shard(shard: Shard, settings: Settings, tokenizer: Any, folder: Path
         writer.finalize()
     finally:
         writer.close()
-    np.asarray(lengths, dtype=np.int32).tofile(stem.with_suffix(".lengths"))
     stem.with_suffix(".json").write_text(json.dumps(dataclasses.asdict(result)), encoding="utf-8")
     partial.replace(stem.with_suffix(".arrow"))  # last: a shard with its .arrow is complete
     return result
@@ -844,7 +836,7 @@ def _stream(shards: list[Shard], settings: Settings, tokenizer: Any) -> Iterator
     seen: dict[str, int] = {}
     for shard in shards:
         result = ShardResult(number=shard.number)
-        yield from samples_of(shard, settings, tokenizer, result, [])
+        yield from samples_of(shard, settings, tokenizer, result)
         for record, field_name, message, file in result.problems:
             kind = _kind(Problem(file, record, field_name, message))
             seen[kind] = seen.get(kind, 0) + 1
