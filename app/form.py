@@ -41,7 +41,7 @@ MAIN_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train
              "gradient_accumulation_steps", "cutoff_len", "val_size", "max_samples")
 ADVANCED_KEYS = ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
                  "logging_steps", "save_steps", "save_total_limit", "eval_steps", "per_device_eval_batch_size",
-                 "eval_dataset", "packing", "bf16", "fp16", "gradient_checkpointing", "seed",
+                 "train_batch_size", "eval_dataset", "packing", "bf16", "fp16", "gradient_checkpointing", "seed",
                  "resume_from_checkpoint", "trust_remote_code", "data_engine", "preprocessing_num_workers",
                  "streaming")
 HARDWARE_KEYS = ("deepspeed", "num_gpus", "hostfile")
@@ -61,6 +61,9 @@ WIDGET_SPELLING: dict[str, dict[Any, str]] = {
     "deepspeed": {"": "none"},
     "packing": {None: "auto", True: "true", False: "false"},
 }
+# Keys whose widget is a picker of text that also takes a number typed in: the batch (auto or a size).
+BATCH_CHOICES = ("auto", "1", "2", "4", "8", "16", "32")
+TEXT_PICKERS = ("per_device_train_batch_size",)
 CONFIG_SPELLING: dict[str, dict[Any, Any]] = {key: {widget: value for value, widget in spelling.items()}
                                               for key, spelling in WIDGET_SPELLING.items()}
 DEFAULT_PRESET = "sft_lora"
@@ -112,6 +115,8 @@ def values_from_config(config: dict, ctx: AppContext, current: dict[str, Any], a
         value = cfg.get(key)
         if key in WIDGET_SPELLING:
             value = WIDGET_SPELLING[key].get(value, value)
+        elif key in TEXT_PICKERS:
+            value = str(value)  # the picker's choices are text: 4 shows as its "4"; the config reads "4" back as 4
         elif value is None and str(KEYS[key].type).startswith("str"):
             value = ""  # a text box holds no None
         values[key] = value
@@ -390,15 +395,17 @@ def _share(n: int, total: int) -> str:
 def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:
     """The exact argv the Train tab would start and the run.yaml it would write."""
     from trainer_core.config import default_output_dir
-    from trainer_core.jobs import build_command
+    from trainer_core.jobs import auto_batch_note, build_command, resolve_batch
 
     cfg, fields, general = check(values, ctx)
     if cfg is None:
         raise UserError("\n".join([*fields.values(), *general]))
+    cfg, auto_line = resolve_batch(cfg)  # per_device_train_batch_size auto: the numbers the start will write
     output_dir = cfg.output_dir or default_output_dir(cfg, ctx.outputs_root)
     cfg.output_dir = output_dir
     argv = build_command(cfg, Path(output_dir) / "run.yaml")
-    return shlex.join(argv), config_to_yaml(cfg)
+    note = "".join(f"# {line}\n" for line in auto_batch_note(auto_line).splitlines()) if auto_line else ""
+    return shlex.join(argv), note + config_to_yaml(cfg)
 
 
 def save(values: dict[str, Any], path: str, ctx: AppContext) -> Path:

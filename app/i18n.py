@@ -234,7 +234,15 @@ TEXT: dict[str, tuple[str, str]] = {
     "cfg.max_steps": ("最大步数", "Max steps"),
     "help.max_steps": ("训练到此步数为止；-1 表示按轮数", "stop after this many optimizer steps; -1 = use epochs"),
     "cfg.per_device_train_batch_size": ("每卡批大小", "Batch size per device"),
-    "help.per_device_train_batch_size": ("每个设备每步的样本数", "samples per device per step"),
+    "help.per_device_train_batch_size": ("每个设备每步的样本数；auto：自动选能放下的最大值，"
+                                         "梯度累积随之调整以保持全局批大小",
+                                         "samples per device per step; auto: the largest that fits, with gradient "
+                                         "accumulation keeping the global batch"),
+    "cfg.train_batch_size": ("全局批大小", "Global batch size"),
+    "help.train_batch_size": ("每次优化器更新的样本总数（每卡批大小 × 梯度累积 × 设备数）；0 表示不设（auto 时为 "
+                              "4 × 梯度累积 × 设备数）", "samples per optimizer step over all devices (batch per "
+                              "device x accumulation x devices); 0 = not set (with auto: 4 x accumulation x "
+                              "devices)"),
     "cfg.gradient_accumulation_steps": ("梯度累积步数", "Gradient accumulation"),
     "help.gradient_accumulation_steps": ("每次优化器更新累积的小批次数", "micro-batches per optimizer step"),
     "cfg.cutoff_len": ("截断长度", "Cutoff length"),
@@ -471,6 +479,13 @@ MESSAGES: list[tuple[str, str]] = [
     ("{_kind} >= {min} and <= {max}", "{_kind}，≥ {min} 且 ≤ {max}"),
     ("{_kind} > {min} and <= {max}", "{_kind}，> {min} 且 ≤ {max}"),
     ("{_kind}, or null", "{_kind}，或留空"),
+    ("{_kind}, or auto", "{_kind}，或 auto"),
+    ("train_batch_size: {value} does not divide evenly among {n} devices (num_gpus x nodes)",
+     "train_batch_size：{value} 不能平均分给 {n} 个设备（num_gpus × 节点数）"),
+    ("train_batch_size: {value} is not per_device_train_batch_size {batch} x gradient_accumulation_steps {steps} x "
+     "{n} device(s) = {product}; make them agree, set train_batch_size 0, or per_device_train_batch_size auto",
+     "train_batch_size：{value} 不等于 per_device_train_batch_size {batch} × gradient_accumulation_steps {steps} × "
+     "{n} 个设备 = {product}；请让它们一致，或把 train_batch_size 设为 0，或把 per_device_train_batch_size 设为 auto"),
     # trainer_core: models, data registry, jobs
     ("model folder '{path}' does not exist. Set model_name_or_path to a local model folder, or to 'default' for "
      "the built-in model.", "模型文件夹 '{path}' 不存在。请把 model_name_or_path 设为本地模型文件夹，或设为 'default' "

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     model = load_model(cfg, model_path, tokenizer, quiet)
     model.train()
-    batch = SupervisedCollator(tokenizer.pad_token_id)(samples[: cfg.per_device_train_batch_size])
+    batch = SupervisedCollator(tokenizer.pad_token_id)(samples[: cfg.micro_batch()])
 
     # The trainer's loss path (trained rows only), without building TrainingArguments.
     from trainer_core.loss import TrainedRowsOnly

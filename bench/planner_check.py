@@ -133,7 +133,7 @@ def measure_here(name: str, workdir: Path) -> dict:
     args = build_training_arguments(cfg, run_dir, has_eval=False)
     args.save_strategy = "no"  # a checkpoint's serialisation is not a training step
     collator = SupervisedCollator(tokenizer.pad_token_id)
-    first = collator(samples[: cfg.per_device_train_batch_size])
+    first = collator(samples[: cfg.micro_batch()])
     restarts = int((first["position_ids"][:, 1:] == 0).sum()) if "position_ids" in first else 0
     trainer = make_trainer(model=model, args=args, train_dataset=samples, processing_class=tokenizer,
                            data_collator=collator)

@@ -89,16 +89,17 @@ def cmd_train(args: list[str]) -> int:
 
     from trainer_core import jobs
 
-    _warn_if_it_will_not_fit(cfg)
+    if not cfg.batch_is_auto():  # auto's own line says whether the plan fits
+        _warn_if_it_will_not_fit(cfg)
     if "--dry-run" in flags:
         return _dry_run(cfg)
-    run_dir = jobs.start_job(cfg)
+    run_dir = jobs.start_job(cfg, log=_log)
     print(f"Started {run_dir} (pid {jobs.runs.read_status(run_dir)['pid']})", flush=True)
     if "--detach" in flags:
         print(f"Follow it with:  python -m trainer_core runs --follow {run_dir}\n"
               f"Stop it with:    python -m trainer_core runs --abort {run_dir}")
         return 0
-    return _follow(run_dir, abort_on_interrupt=True)
+    return _follow(run_dir, abort_on_interrupt=True, printed=(jobs.LAUNCHER_PREFIX,))
 
 
 def _warn_if_it_will_not_fit(cfg) -> None:
@@ -130,7 +131,14 @@ def cmd_plan(args: list[str]) -> int:
     import dataclasses
 
     from trainer_core.config import read_config
-    from trainer_core.planner import detect_hardware, format_plan, parse_gpus, plan
+    from trainer_core.planner import (
+        auto_batch_here,
+        detect_hardware,
+        format_plan,
+        parse_gpus,
+        plan,
+        resolve_auto_batch,
+    )
 
     if args and args[0] in ("-h", "--help"):
         print("usage: python -m trainer_core plan [CONFIG.yaml] [key=value ...] [--key value ...] "
@@ -157,6 +165,11 @@ def cmd_plan(args: list[str]) -> int:
             cfg = dataclasses.replace(cfg, num_gpus=hardware.gpus)  # the plan is for the GPUs named
     else:
         hardware = detect_hardware(cfg.num_gpus)
+    if cfg.batch_is_auto():  # decided as the launch decides it (rows of cutoff_len), for these GPUs
+        chosen = auto_batch_here(cfg) if not options.get("--gpus") else resolve_auto_batch(cfg, hardware)
+        assert chosen is not None
+        cfg = chosen.config
+        print(chosen.line, file=sys.stderr if "--json" in options else sys.stdout)
     data = None
     if "--no-data" not in options:
         data = _data_statistics(cfg)
@@ -231,6 +244,7 @@ def _dry_run(cfg) -> int:
     from trainer_core import jobs
     from trainer_core.config import default_output_dir
 
+    cfg, _ = jobs.resolve_batch(cfg, log=_log)  # per_device_train_batch_size auto: as the launch decides
     output_dir = cfg.output_dir or default_output_dir(cfg)
     print("# command")
     print(" ".join(jobs.build_command(cfg, f"{output_dir}/run.yaml")))
@@ -242,8 +256,9 @@ def _dry_run(cfg) -> int:
     return 0
 
 
-def _follow(run_dir: Path, abort_on_interrupt: bool = False) -> int:
-    """Print the job's console as it grows (tracebacks stay in console.log), then its outcome."""
+def _follow(run_dir: Path, abort_on_interrupt: bool = False, printed: tuple[str, ...] = ()) -> int:
+    """Print the job's console as it grows (tracebacks stay in console.log), then its outcome.
+    `printed`: prefixes of console lines this command printed itself already (the launcher's)."""
     import signal
 
     from trainer_core import jobs
@@ -263,7 +278,7 @@ def _follow(run_dir: Path, abort_on_interrupt: bool = False) -> int:
                     in_traceback = False
                     continue
                 # The job's own "error:" line is printed once, from status.json, below.
-                if not in_traceback and not line.startswith(("[supervisor]", "error: ")):
+                if not in_traceback and not line.startswith(("[supervisor]", "error: ", *printed)):
                     print(line, flush=True)
     except KeyboardInterrupt:
         if not abort_on_interrupt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import yaml
 
 from trainer_core.errors import UserError
 
+AUTO = "auto"  # per_device_train_batch_size: auto, resolved by trainer_core.planner.resolve_auto_batch
+DEFAULT_BATCH = 4  # per_device_train_batch_size's default, and auto's batch per device when train_batch_size is 0
 DEEPSPEED_PRESETS = ("z0", "z2", "z3", "z3_offload")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -28,10 +31,12 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 
 
 def config_key(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-         max: float | None = None, min_exclusive: bool = False, optional: bool = False) -> Any:
-    """A config key: its default, a one-line help, and the values it allows."""
+         max: float | None = None, min_exclusive: bool = False, optional: bool = False,
+         words: tuple[str, ...] = ()) -> Any:
+    """A config key: its default, a one-line help, and the values it allows. `words`: text values a
+    number key takes besides its numbers (per_device_train_batch_size: auto)."""
     meta = {"help": help, "choices": choices, "min": min, "max": max,
-            "min_exclusive": min_exclusive, "optional": optional}
+            "min_exclusive": min_exclusive, "optional": optional, "words": words}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -82,9 +87,14 @@ class TrainConfig:
     # Output
     output_dir: str = config_key("", "run folder; default outputs/<stage>-<finetuning_type>-<time>")
     # Optimisation
-    per_device_train_batch_size: int = config_key(4, "samples per device per step", min=1)
+    per_device_train_batch_size: int | str = config_key(
+        DEFAULT_BATCH, "samples per device per step; auto: the largest that fits, with gradient_accumulation_steps "
+        "keeping the global batch (train_batch_size)", min=1, words=(AUTO,))
     per_device_eval_batch_size: int = config_key(4, "samples per device per eval step", min=1)
     gradient_accumulation_steps: int = config_key(1, "micro-batches per optimizer step", min=1)
+    train_batch_size: int = config_key(0, "the global batch: samples per optimizer step over all devices "
+                                       "(per_device_train_batch_size x gradient_accumulation_steps x devices); "
+                                       "0 = not set (with auto: 4 x gradient_accumulation_steps x devices)", min=0)
     learning_rate: float = config_key(1e-4, "peak learning rate", min=0, min_exclusive=True)
     num_train_epochs: float = config_key(3.0, "epochs (ignored when max_steps > 0)", min=0, min_exclusive=True)
     max_steps: int = config_key(-1, "stop after this many optimizer steps; -1 = use num_train_epochs", min=-1)
@@ -114,6 +124,25 @@ class TrainConfig:
     def resolved_packing(self) -> bool:
         return self.stage == "pt" if self.packing is None else self.packing
 
+    def batch_is_auto(self) -> bool:
+        return self.per_device_train_batch_size == AUTO
+
+    def micro_batch(self) -> int:
+        """per_device_train_batch_size as the number it is; `auto` is resolved before anything counts
+        with it (trainer_core.planner.resolve_auto_batch, in the launcher), so meeting it here is a bug."""
+        if isinstance(self.per_device_train_batch_size, str):
+            raise RuntimeError("per_device_train_batch_size: auto was not resolved (planner.resolve_auto_batch)")
+        return self.per_device_train_batch_size
+
+    def devices(self) -> int:
+        """The training processes of the job: num_gpus per node (0: this process alone) on NNODES nodes,
+        as the launcher starts them (trainer_core/jobs.py build_command)."""
+        try:
+            nodes = max(1, int(os.environ.get("NNODES", "1")))
+        except ValueError:
+            nodes = 1
+        return max(1, self.num_gpus) * nodes
+
     def rules(self) -> list[ConfigProblem]:
         """Problems that involve more than one key (each key alone is checked on conversion)."""
         problems = []
@@ -134,10 +163,32 @@ class TrainConfig:
         if self.streaming and self.val_size:
             problems.append(ConfigProblem(("streaming", "val_size"), "streaming keeps no held-out split: set "
                                           "val_size 0 and name an eval_dataset for the eval loss"))
+        problems += self._batch_problems()
         if not [d for d in self.dataset.split(",") if d.strip()]:
             problems.append(ConfigProblem(("dataset",), "dataset: give at least one dataset name from "
                                           "dataset_info.json"))
         return problems
+
+
+    def _batch_problems(self) -> list[ConfigProblem]:
+        """train_batch_size, when set, is the global batch: a number batch must multiply out to it, and
+        auto must be able to split it evenly among the devices."""
+        if not self.train_batch_size:
+            return []
+        devices = self.devices()
+        if self.batch_is_auto():
+            if self.train_batch_size % devices:
+                return [ConfigProblem(("train_batch_size", "num_gpus"), f"train_batch_size: {self.train_batch_size} "
+                                      f"does not divide evenly among {devices} devices (num_gpus x nodes)")]
+            return []
+        product = self.micro_batch() * self.gradient_accumulation_steps * devices
+        if product != self.train_batch_size:
+            return [ConfigProblem(("train_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps"),
+                                  f"train_batch_size: {self.train_batch_size} is not per_device_train_batch_size "
+                                  f"{self.per_device_train_batch_size} x gradient_accumulation_steps "
+                                  f"{self.gradient_accumulation_steps} x {devices} device(s) = {product}; make them "
+                                  "agree, set train_batch_size 0, or per_device_train_batch_size auto")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -524,13 +575,15 @@ def _scalar(value: Any) -> str:
     return str(value)
 
 
-def save_config(cfg: Any, path: str | Path) -> None:
+def save_config(cfg: Any, path: str | Path, note: str = "") -> None:
     """Write every key of a config (TrainConfig, or a job's: trainer_core/jobconfig.py), in schema
-    order, so the file reloads to exactly this run."""
+    order, so the file reloads to exactly this run. `note`: comment lines above the keys (how a
+    value was chosen: per_device_train_batch_size auto)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(config_to_yaml(cfg), encoding="utf-8")
+    comments = "".join(f"# {line}\n" for line in note.splitlines())
+    tmp.write_text(comments + config_to_yaml(cfg), encoding="utf-8")
     tmp.replace(path)  # atomic: a crash never leaves half a run.yaml
 
 
@@ -587,6 +640,8 @@ def _convert(f: dataclasses.Field, value: Any) -> Any:
         if kind is str:
             return ""
         raise ValueError(f"{name}: a value is required ({allowed_values(f)})")
+    if meta.get("words") and isinstance(value, str) and value.strip().lower() in meta["words"]:
+        return value.strip().lower()  # a word the number key also takes (auto)
     converted: bool | int | float | str
     try:
         if kind is bool:
@@ -621,6 +676,8 @@ def allowed_values(key: str | dataclasses.Field) -> str:
         text += (" > " if meta["min_exclusive"] else " >= ") + f"{meta['min']:g}"
     if meta["max"] is not None:
         text += f" and <= {meta['max']:g}"
+    if meta.get("words"):
+        text += ", or " + " or ".join(meta["words"])
     if meta["optional"]:
         text += ", or null"
     return text

@@ -258,10 +258,11 @@ def _match_kind(device_name: str, total_memory: int) -> str:
     return min(pool, key=lambda k: abs(k.memory_gib - gib)).name
 
 
-def _host_memory() -> int | None:
+def _host_memory(field: str = "MemTotal:") -> int | None:
+    """A /proc/meminfo figure in bytes: the RAM (MemTotal), or what can be had now (MemAvailable)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -643,7 +644,7 @@ def plan(config: TrainConfig, hardware: Hardware, data: DataStats | None = None,
         result.fits = False
         notes.append(f"offload needs {host / GIB:.1f} GiB of host RAM per node; the host has "
                      f"{hardware.host_memory_bytes / GIB:.1f} GiB")
-    assumptions.append(f"memory for the longest micro-batch: {config.per_device_train_batch_size} x {seq_len} "
+    assumptions.append(f"memory for the longest micro-batch: {config.micro_batch()} x {seq_len} "
                        "tokens, every position trained" + (" (the data's longest sample)" if seq_len < config.cutoff_len
                                                            else ""))
     _time(result, config, shape, counts, zero, prec, hardware, data, trainable, assumptions, notes)
@@ -777,7 +778,7 @@ def _activations(cfg: TrainConfig, shape: ModelShape, counts: ParameterCount, pr
     from trainer_core.lean_layers import LEAN_LAYER_ARCHITECTURES
 
     method = cfg.finetuning_type
-    batch = cfg.per_device_train_batch_size
+    batch = cfg.micro_batch()
     tokens = batch * seq_len
     rows = tokens  # trained rows at the peak: every position may be trained (pre-training, a long answer)
     h, q, kv, i, r = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate, cfg.lora_rank
@@ -789,7 +790,7 @@ def _activations(cfg: TrainConfig, shape: ModelShape, counts: ParameterCount, pr
     # A padded batch (several rows of different lengths) or packed rows (several samples in one row)
     # give SDPA a mask: transformers then repeats k and v to every head, and SDPA keeps a float mask
     # of (rows x T x T) per layer. One unpadded row needs no mask.
-    masked = cfg.resolved_packing() or cfg.per_device_train_batch_size > 1
+    masked = cfg.resolved_packing() or cfg.micro_batch() > 1
     linears = shape.linear_layers()
     consumers = {"input": [n for n in linears if n in ("q_proj", "k_proj", "v_proj", "qkv_proj")],
                  "post": [n for n in linears if n in ("gate_proj", "up_proj", "gate_up_proj")]}
@@ -887,7 +888,7 @@ def _time(result: Plan, cfg: TrainConfig, shape: ModelShape, counts: ParameterCo
     communication and offload transfers; cost from the price per GPU-hour."""
     gpu = hardware.gpu
     world = hardware.world
-    batch = cfg.per_device_train_batch_size
+    batch = cfg.micro_batch()
     packing = cfg.resolved_packing()
     # Tokens a micro-batch computes per GPU: packed rows are full; padded rows are as long as the
     # batch's longest sample (p95 of the data taken as that length; one sample: its mean).
@@ -1040,7 +1041,7 @@ def _fits_with(cfg: TrainConfig, changes: dict, hardware: Hardware, data: DataSt
 def _fix_steps(cfg: TrainConfig, hardware: Hardware) -> list[tuple[str, list[dict[str, Any]]]]:
     """FIX_ORDER as config changes for this config, mildest first (no options where a step does not
     apply: checkpointing already on, no ZeRO stage left, batch 1, ...)."""
-    batch, accumulation = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    batch, accumulation = cfg.micro_batch(), cfg.gradient_accumulation_steps
     checkpointing = [] if cfg.gradient_checkpointing else [{"gradient_checkpointing": True}]
     stages = {"": ["z2", "z3"] if hardware.world > 1 else [], "z0": ["z2", "z3"], "z2": ["z3"]}.get(cfg.deepspeed, [])
     if cfg.finetuning_type == "qlora":
@@ -1065,6 +1066,102 @@ def _fix_steps(cfg: TrainConfig, hardware: Hardware) -> list[tuple[str, list[dic
 
 
 MIN_FIX_CUTOFF = 256  # a fix never proposes a cutoff_len below this: shorter samples lose most answers
+
+
+# ---- per_device_train_batch_size: auto -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoBatch:
+    """What `resolve_auto_batch` chose: the config with the numbers, and the line that says why."""
+
+    config: TrainConfig
+    line: str
+    fits: bool
+
+
+def batch_candidates(per_device: int) -> list[int]:
+    """The micro-batches that keep a per-device batch exactly (its divisors), largest first: each one
+    with gradient_accumulation_steps = per_device // micro makes the same global batch."""
+    return [micro for micro in range(per_device, 0, -1) if per_device % micro == 0]
+
+
+def next_smaller_batch(micro: int, per_device: int) -> int:
+    """The candidate after `micro` when it did not fit: the largest at most half of it (halving, as
+    the probe backs off), 0 when `micro` was 1."""
+    return next((c for c in batch_candidates(per_device) if c <= micro // 2), 0)
+
+
+def auto_target(cfg: TrainConfig) -> int:
+    """The global batch that auto keeps: train_batch_size, or (not set) the default batch per device
+    x gradient_accumulation_steps x devices, the global batch of the same config with a number."""
+    from trainer_core.config import DEFAULT_BATCH
+
+    return cfg.train_batch_size or DEFAULT_BATCH * cfg.gradient_accumulation_steps * cfg.devices()
+
+
+def resolve_auto_batch(cfg: TrainConfig, hardware: Hardware, shape: ModelShape | None = None) -> AutoBatch:
+    """per_device_train_batch_size: auto as numbers: the largest micro-batch whose plan fits on
+    `hardware` among the divisors of the per-device share of the global batch (`auto_target`), with
+    gradient_accumulation_steps making up the rest, so the global batch is kept exactly. Planned
+    without the data's statistics: every row cutoff_len tokens long, the longest a micro-batch can be
+    (so `plan`, `train --dry-run` and the launch decide alike). When nothing fits, batch 1 with the
+    plan's fix in the line (`fits` false). The config returned has train_batch_size set to the target."""
+    shape = shape or load_model_shape(cfg.model_name_or_path)
+    target, devices = auto_target(cfg), cfg.devices()
+    if target % devices:
+        raise UserError(f"train_batch_size: {target} does not divide evenly among {devices} devices (num_gpus x nodes)")
+    per_device = target // devices
+    where = f"{hardware.label()}, rows of cutoff_len {cfg.cutoff_len} tokens"
+    memory = "GPU" if hardware.gpu else "process"
+    chosen = None
+    for micro in batch_candidates(per_device):
+        trial = dataclasses.replace(cfg, per_device_train_batch_size=micro,
+                                    gradient_accumulation_steps=per_device // micro, train_batch_size=target)
+        result = plan(trial, hardware, shape=shape, with_fixes=micro == 1)
+        chosen = (trial, result)
+        if result.fits:
+            break
+    assert chosen is not None  # per_device >= 1: 1 is always a candidate
+    trial, result = chosen
+    head = (f"per_device_train_batch_size auto -> {trial.micro_batch()}, gradient_accumulation_steps "
+            f"{trial.gradient_accumulation_steps} (global batch {target})")
+    if result.fits:
+        line = (f"{head}: the plan's largest that fits ({format_bytes(result.total)} of "
+                f"{format_bytes(result.capacity)} per {memory} on {where})")
+    else:
+        fix = ""
+        if result.fixes:
+            fix = "; the planner's fix (" + result.fixes[0]["why"] + "): " + " ".join(
+                f"{k}={v}" for k, v in result.fixes[0]["changes"].items())
+        line = (f"{head}: warning: not even batch 1 fits the plan ({format_bytes(result.total)} of "
+                f"{format_bytes(result.capacity)} per {memory} on {where}){fix}")
+    return AutoBatch(trial, line, result.fits)
+
+
+def auto_batch_here(cfg: TrainConfig) -> AutoBatch | None:
+    """`resolve_auto_batch` for this machine, as the launcher calls it (None when the batch is a
+    number): its GPUs (trainer_core/planner.py `detect_hardware`), or on the CPU the RAM available
+    now (MemAvailable) shared by the job's processes, since there the plan is the only judge (the
+    kernel ends a process that runs out; there is no out-of-memory error to back off from)."""
+    if not cfg.batch_is_auto():
+        return None
+    hardware = detect_hardware(cfg.num_gpus)
+    if hardware.kind == CPU:
+        processes = max(1, cfg.num_gpus)
+        available = _host_memory("MemAvailable:") or hardware.memory_bytes
+        hardware = dataclasses.replace(hardware, gpus=processes, memory_bytes=available // processes)
+    try:
+        shape = load_model_shape(cfg.model_name_or_path, light=True)
+    except UserError:
+        shape = None  # the built-in model not prepared yet, say: read through transformers (it prepares it)
+    try:
+        return resolve_auto_batch(cfg, hardware, shape)
+    except UserError as exc:
+        if str(exc).startswith("train_batch_size"):
+            raise
+        raise UserError(f"per_device_train_batch_size: auto needs the planner, which cannot plan this run ({exc}); "
+                        "give a number") from None
 
 
 # ---- showing a plan ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) ->
 
     kwargs: dict[str, Any] = dict(
         output_dir=str(run_dir),
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_train_batch_size=cfg.micro_batch(),
         per_device_eval_batch_size=cfg.per_device_eval_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
@@ -307,11 +308,17 @@ def show_example(sample: dict, tokenizer: Any, log=print) -> None:
 def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run_dir: Path | None = None) -> int:
     """Run one training job in this process; returns the exit code. Writes status.json. `run_dir`:
     the folder the caller prepared already (else prepared here, runs.prepare_run_dir)."""
+    from trainer_core.jobs import AUTO_BATCH_ENV, auto_batch_note, resolve_batch
+
+    # per_device_train_batch_size auto reaches here only when no launcher of ours decided it (torchrun
+    # or deepspeed started directly): decided the same way, then agreed on by the ranks (settle_auto_batch).
+    auto = cfg.batch_is_auto() or os.environ.get(AUTO_BATCH_ENV) == "1"
+    cfg, auto_line = resolve_batch(cfg, log)
     run_dir = run_dir or runs.prepare_run_dir(cfg)
     is_main = os.environ.get("RANK", "0") == "0"
     launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
     if is_main and not launched:  # a launcher already wrote these for its job
-        save_config(cfg, run_dir / runs.CONFIG_FILE)
+        save_config(cfg, run_dir / runs.CONFIG_FILE, auto_batch_note(auto_line) if auto_line else "")
         runs.write_command(run_dir, argv or [sys.executable, "-m", "trainer_core", "train"],
                            {k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ})
         runs.update_status(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0),
@@ -321,7 +328,7 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run
     previous_handler = signal.signal(signal.SIGTERM, stop.handle)
     saving_final: Path | None = None  # the adapter/ or model/ folder while it is being written
     try:
-        trainer, resume = _build_trainer(cfg, run_dir, stop, log)
+        trainer, resume = _build_trainer(cfg, run_dir, stop, log, auto)
         stop.training = True
         if stop.requested:
             raise AbortRequested()
@@ -457,8 +464,10 @@ def _lean_norm_step_callback() -> Any:
     return LeanNormStep()
 
 
-def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tuple[Any, str | None]:
-    """Everything before the first step: model files, tokenizer, data, model, Trainer."""
+def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, auto: bool = False
+                   ) -> tuple[Any, str | None]:
+    """Everything before the first step: model files, tokenizer, data, model, Trainer; with `auto`
+    (the batch came from per_device_train_batch_size auto) the batch confirmed (settle_auto_batch)."""
     from trainer_core.models import check_precision, load_model, load_tokenizer, resolve_model_path
     from trainer_core.tokenization import SupervisedCollator, setup_chat_template
 
@@ -494,14 +503,6 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
 
     set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
     model = load_model(cfg, model_path, tokenizer, log)
-    if cfg.streaming:
-        log(f"Training on streamed data, {cfg.max_steps} steps")
-    else:
-        steps_per_epoch = math.ceil(len(train_samples) / (cfg.per_device_train_batch_size
-                                                          * cfg.gradient_accumulation_steps * args.world_size))
-        total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
-        log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
-
     trainer = make_trainer(
         model=model,
         args=args,
@@ -516,4 +517,164 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log) -> tup
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    if auto:
+        cfg = settle_auto_batch(trainer, cfg, train_samples, run_dir, log)
+        set_seed(cfg.seed)  # the probe drew on the random state (dropout): the run starts as without it
+    if cfg.streaming:
+        log(f"Training on streamed data, {cfg.max_steps} steps")
+    else:
+        steps_per_epoch = math.ceil(len(train_samples) / (cfg.micro_batch() * cfg.gradient_accumulation_steps
+                                                          * args.world_size))
+        total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.num_train_epochs)
+        log(f"Training {len(train_samples)} samples, {steps_per_epoch} steps per epoch, {total} steps in all")
     return trainer, resume
+
+
+# ---- per_device_train_batch_size auto, confirmed on the device --------------------------------------
+
+
+def back_off(step: Callable[[int], None], micro: int, per_device: int, release: Callable[[], None],
+             log=print) -> int:
+    """The largest micro-batch from `micro` down that `step(micro)` runs without
+    torch.cuda.OutOfMemoryError: after each out-of-memory the next smaller candidate (about half:
+    planner.next_smaller_batch, a divisor of `per_device` so that accumulation keeps the global batch),
+    with `release()` giving the memory back after every try. 0 when not even 1 runs. Like accelerate's
+    find_executable_batch_size (which retries at 0.9 x the batch, and does not adjust accumulation)."""
+    import torch
+
+    from trainer_core.planner import next_smaller_batch
+
+    while micro > 0:
+        failed = False
+        try:
+            step(micro)
+        except torch.cuda.OutOfMemoryError:
+            failed = True
+        release()  # outside the except block: its traceback holds the failed step's tensors until then
+        if not failed:
+            return micro
+        smaller = next_smaller_batch(micro, per_device)
+        log(f"batch probe: {micro} ran out of GPU memory" + (f"; trying {smaller}" if smaller else ""))
+        micro = smaller
+    return 0
+
+
+def settle_auto_batch(trainer: Any, cfg: TrainConfig, samples: Any, run_dir: Path, log=print) -> TrainConfig:
+    """The batch auto chose, confirmed before the first step. On CUDA (without DeepSpeed) one forward
+    and backward of the micro-batch at the longest length the data gives, with the optimizer's states
+    (and DDP's gradient buckets) held aside as they will be, backing off on out-of-memory (`back_off`).
+    On the CPU there is no out-of-memory error to catch (the kernel ends the process), so the plan
+    against the RAM available at launch stands; under DeepSpeed the engine is not built yet, so the
+    plan stands too. Several ranks take the smallest of their results (all_reduce MIN), so none trains
+    with another batch. A change is written to run.yaml and said on the console."""
+    import torch
+
+    from trainer_core.jobs import auto_batch_note
+    from trainer_core.planner import auto_target
+
+    micro = cfg.micro_batch()
+    per_device = auto_target(cfg) // cfg.devices()
+    if not torch.cuda.is_available():
+        why = ("no probe on the CPU: running out of RAM ends the process, with no error to back off from, so the "
+               "plan against the RAM available at launch decides")
+        found = micro
+    elif cfg.deepspeed:
+        why = "no probe under DeepSpeed (its engine is built when training starts): the plan decides"
+        found = micro
+    else:
+        found = back_off(_probe_step(trainer, cfg, samples), micro, per_device, _release_memory(trainer), log)
+        why = f"one forward and backward at {_probe_length(cfg, samples)} tokens a row fit on the GPU"
+    agreed = _smallest_over_ranks(found)
+    if agreed == 0:
+        raise UserError("per_device_train_batch_size auto: not even a micro-batch of 1 fits in GPU memory; lower "
+                        "cutoff_len, turn on gradient_checkpointing, or use deepspeed z3_offload")
+    if cfg.deepspeed and agreed != micro:  # its config took the numbers when the arguments were made
+        raise UserError("per_device_train_batch_size auto: the ranks planned different batches; start the run "
+                        "through python -m trainer_core train, which decides once for every rank")
+    if agreed != found:
+        why = f"the smallest of the ranks' ({found} here)"
+    settled = dataclasses.replace(cfg, per_device_train_batch_size=agreed,
+                                  gradient_accumulation_steps=per_device // agreed)
+    line = (f"per_device_train_batch_size {agreed}, gradient_accumulation_steps {settled.gradient_accumulation_steps} "
+            f"(global batch {auto_target(cfg)}, from auto): {why}")
+    log(line)
+    if agreed != micro:
+        trainer.args.per_device_train_batch_size = agreed
+        trainer.args.gradient_accumulation_steps = settled.gradient_accumulation_steps
+        trainer._train_batch_size = trainer.args.train_batch_size  # what the Trainer read at its start
+        if os.environ.get("RANK", "0") == "0":
+            save_config(settled, run_dir / runs.CONFIG_FILE, auto_batch_note(line))
+    return settled
+
+
+def _probe_length(cfg: TrainConfig, samples: Any) -> int:
+    """The longest row a micro-batch of this data can have: cutoff_len for packed or streamed data,
+    else the longest sample."""
+    if cfg.resolved_packing() or not isinstance(samples, list) or not samples:
+        return cfg.cutoff_len
+    return max(len(sample["input_ids"]) for sample in samples)
+
+
+def _probe_step(trainer: Any, cfg: TrainConfig, samples: Any) -> Callable[[int], None]:
+    """One training step's memory for `micro` rows, as the Trainer's will be: the model in training
+    mode, the trainer's own loss, autocast as accelerate sets it for bf16/fp16, every position trained
+    (the plan's assumption), one row a token shorter so the batch is padded (a real batch's mask), and
+    AdamW's two fp32 states per trainable parameter held aside (made only at the first step)."""
+    import torch
+
+    from trainer_core.tokenization import SupervisedCollator
+
+    model = trainer.model
+    collate = SupervisedCollator(trainer.processing_class.pad_token_id)  # not the recording one: no real batch
+    length = _probe_length(cfg, samples)
+    first = next(iter(samples))
+    ids = list(first["input_ids"]) * (length // max(1, len(first["input_ids"])) + 1)
+    row: dict[str, list[int]] = {"input_ids": ids[:length], "labels": ids[:length]}
+    if "position_ids" in first:  # packed: two samples in the block, so the block-diagonal mask is made
+        half = length // 2
+        row["position_ids"] = [*range(half), *range(length - half)]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    held = 8 * trainable + (4 * trainable if trainer.args.world_size > 1 else 0)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else None
+
+    def step(micro: int) -> None:
+        rows = [row] * micro
+        if micro > 1:
+            rows[-1] = {key: value[:-1] for key, value in row.items()}
+        batch = {k: v.to(trainer.args.device) for k, v in collate(rows).items()}
+        optimizer_states = torch.empty(held, dtype=torch.uint8, device=trainer.args.device)
+        model.train()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        del optimizer_states, loss, batch
+
+    return step
+
+
+def _release_memory(trainer: Any) -> Callable[[], None]:
+    def release() -> None:
+        import gc
+
+        import torch
+
+        trainer.model.zero_grad(set_to_none=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    return release
+
+
+def _smallest_over_ranks(value: int) -> int:
+    """The smallest `value` of all ranks (this one's alone without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    import torch
+
+    found = torch.tensor([value], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        found = found.cuda()
+    dist.all_reduce(found, op=dist.ReduceOp.MIN)
+    return int(found.item())

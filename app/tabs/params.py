@@ -15,6 +15,7 @@ from app.choices import dataset_names, page_dataset_choices
 from app.context import AppContext
 from app.form import (
     ADVANCED_KEYS,
+    BATCH_CHOICES,
     FORM_KEYS,
     HARDWARE_KEYS,
     LORA_KEYS,
@@ -22,6 +23,7 @@ from app.form import (
     MODEL_SOURCES,
     ORDER,
     OUTPUT_KEYS,
+    TEXT_PICKERS,
     as_values,
     check,
     composition,
@@ -57,6 +59,9 @@ def _component(L: Labels, key: str, value: Any) -> Any:
     if key == "packing":
         return L.make(gr.Dropdown, choice_keys=[("packing.auto", "auto"), ("packing.true", "true"),
                                             ("packing.false", "false")], value=value, **common, **info)
+    if key in TEXT_PICKERS:  # auto or a batch size, picked or typed
+        return L.make(gr.Dropdown, choices=list(BATCH_CHOICES), value=value, allow_custom_value=True, **common,
+                      **info)
     if key in ("stage", "finetuning_type"):
         return L.make(gr.Radio, choice_keys=[(f"{key}.{c}", c) for c in meta["choices"]], value=value, **common,
                       **info)
