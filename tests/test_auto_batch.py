@@ -171,6 +171,7 @@ class _Args:
 
     def __init__(self) -> None:
         self.per_device_train_batch_size, self.gradient_accumulation_steps, self.world_size = 8, 2, 1
+        self.device = types.SimpleNamespace(type="cpu")
 
     @property
     def train_batch_size(self) -> int:
@@ -207,6 +208,52 @@ def test_on_the_cpu_the_plan_decides_and_the_ranks_take_the_smallest(tmp_path, m
     monkeypatch.setattr(train, "_smallest_over_ranks", lambda value: 0)
     with pytest.raises(train.UserError, match="not even a micro-batch of 1"):
         train.settle_auto_batch(_fake_trainer(), cfg, [], tmp_path, lines.append)
+
+
+@pytest.mark.train
+def test_the_probe_runs_the_trainers_step_and_the_trainer_trains_with_what_it_settled(
+        tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """The probe's path on this CPU (a CUDA device is what it is for): the real step function on the
+    tiny model's Trainer, made to run out of memory above 2, then one real training step with the
+    numbers it settled."""
+    import torch
+
+    import trainer_core.train as train
+
+    run = tmp_path / "probe"
+    cfg = load_config(None, {"model_name_or_path": str(tiny_model_dir), "dataset_dir": str(tiny_data_dir),
+                             "dataset": "qa", "output_dir": str(run), "cutoff_len": 96, "max_steps": 1,
+                             "save_steps": 100, "per_device_train_batch_size": 8, "train_batch_size": 8,
+                             "logging_steps": 1, "lora_dropout": 0.1})
+    run.mkdir()
+    trainer, _ = train._build_trainer(cfg, run, train._StopFlag(), lambda m: None)
+    real_step = train._probe_step
+    rows = []
+
+    def step_that_runs_out_above_2(trainer, cfg, samples):
+        step = real_step(trainer, cfg, samples)
+
+        def probe(micro: int) -> None:
+            if micro > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            step(micro)
+            rows.append(micro)
+            assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+
+        return probe
+
+    monkeypatch.setattr(train, "_no_probe_reason", lambda trainer, cfg: None)
+    monkeypatch.setattr(train, "_probe_step", step_that_runs_out_above_2)
+    lines: list[str] = []
+    settled = train.settle_auto_batch(trainer, cfg, trainer.train_dataset, run, lines.append)
+    assert rows == [2] and (settled.per_device_train_batch_size, settled.gradient_accumulation_steps) == (2, 4)
+    assert all(p.grad is None for p in trainer.model.parameters())  # the probe's gradients given back
+    assert "8 ran out of GPU memory; trying 4" in lines[0] and "4 ran out of GPU memory; trying 2" in lines[1]
+    longest = max(len(s["input_ids"]) for s in trainer.train_dataset)
+    assert f"one forward and backward at {longest} tokens a row fit on the GPU" in lines[-1]
+    assert read_yaml(run / "run.yaml")["per_device_train_batch_size"] == 2
+    trainer.train()
+    assert trainer.state.global_step == 1 and trainer.state.train_batch_size == 2
 
 
 # ---- a real run --------------------------------------------------------------------------------

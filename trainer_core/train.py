@@ -567,19 +567,13 @@ def settle_auto_batch(trainer: Any, cfg: TrainConfig, samples: Any, run_dir: Pat
     against the RAM available at launch stands; under DeepSpeed the engine is not built yet, so the
     plan stands too. Several ranks take the smallest of their results (all_reduce MIN), so none trains
     with another batch. A change is written to run.yaml and said on the console."""
-    import torch
-
     from trainer_core.jobs import auto_batch_note
     from trainer_core.planner import auto_target
 
     micro = cfg.micro_batch()
     per_device = auto_target(cfg) // cfg.devices()
-    if not torch.cuda.is_available():
-        why = ("no probe on the CPU: running out of RAM ends the process, with no error to back off from, so the "
-               "plan against the RAM available at launch decides")
-        found = micro
-    elif cfg.deepspeed:
-        why = "no probe under DeepSpeed (its engine is built when training starts): the plan decides"
+    why = _no_probe_reason(trainer, cfg)
+    if why:
         found = micro
     else:
         found = back_off(_probe_step(trainer, cfg, samples), micro, per_device, _release_memory(trainer), log)
@@ -605,6 +599,16 @@ def settle_auto_batch(trainer: Any, cfg: TrainConfig, samples: Any, run_dir: Pat
         if os.environ.get("RANK", "0") == "0":
             save_config(settled, run_dir / runs.CONFIG_FILE, auto_batch_note(line))
     return settled
+
+
+def _no_probe_reason(trainer: Any, cfg: TrainConfig) -> str | None:
+    """Why the batch is not probed on this device (None: it is)."""
+    if trainer.args.device.type != "cuda":
+        return ("no probe on the CPU: running out of RAM ends the process, with no error to back off from, so "
+                "the plan against the RAM available at launch decides")
+    if cfg.deepspeed:
+        return "no probe under DeepSpeed (its engine is built when training starts): the plan decides"
+    return None
 
 
 def _probe_length(cfg: TrainConfig, samples: Any) -> int:
