@@ -133,6 +133,31 @@ def test_plan_and_dry_run_show_the_resolution(capsys, tiny_model_dir, monkeypatc
     assert "# command" in out
 
 
+# ---- the run form ----------------------------------------------------------------------------------
+
+
+def test_the_forms_batch_picker_holds_auto_or_a_number_and_its_preview_resolves(tmp_path, tiny_data_dir,
+                                                                                tiny_model_dir):
+    from app import choices, form
+    from app.context import make_context
+
+    ctx = make_context(tmp_path / "work", tiny_data_dir, str(tiny_model_dir))
+    available = choices.dataset_names(ctx.data_dir)
+    values = form.initial_values(ctx, available)
+    assert values["per_device_train_batch_size"] in form.BATCH_CHOICES  # the preset's 4, as the picker spells it
+    auto = form.values_from_config({"per_device_train_batch_size": "auto", "train_batch_size": 8}, ctx, values,
+                                   available)
+    assert auto["per_device_train_batch_size"] == "auto" and auto["train_batch_size"] == 8
+    assert form.raw_config(auto)["per_device_train_batch_size"] == "auto"
+    cfg, fields, _ = form.check({**auto, "per_device_train_batch_size": " 12 ", "train_batch_size": 0}, ctx)
+    assert cfg is not None and cfg.per_device_train_batch_size == 12 and not fields  # a size typed in
+    _, fields, _ = form.check({**auto, "per_device_train_batch_size": "auto2"}, ctx)
+    assert "'auto2' is not a valid int" in fields["per_device_train_batch_size"]
+    _, text = form.preview(auto, ctx)  # the run.yaml the start will write: the numbers, and where they came from
+    assert text.startswith("# per_device_train_batch_size auto -> 8, gradient_accumulation_steps 1 (global batch 8)")
+    assert "\nper_device_train_batch_size: 8\n" in text and "\ntrain_batch_size: 8\n" in text
+
+
 # ---- the probe: backing off on out-of-memory, the ranks agreeing ----------------------------------
 
 

@@ -41,7 +41,7 @@ from app.i18n import t, translate
 # ---- what the walk covers ------------------------------------------------------------------
 
 NUMBER_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith(("int", "float"))
-               and not form.KEYS[k].metadata["choices"]]
+               and not form.KEYS[k].metadata["choices"] and k not in form.TEXT_PICKERS]
 TEXT_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("str")
              and not form.KEYS[k].metadata["choices"] and k != "deepspeed"]
 CHECK_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("bool") and k != "packing"]
@@ -84,6 +84,8 @@ CASES = {
     "cfg-lr_scheduler_type": "every schedule", "cfg-packing": "every choice",
     "cfg-deepspeed": "every preset (ZeRO-3 with QLoRA is flagged)", "cfg-report_to": "every choice",
     "cfg-data_engine": "every choice",
+    "cfg-per_device_train_batch_size": "every choice (auto and the sizes), then auto2 typed in (its message under "
+                                       "it), then the old value",
     "params-preview": "pressed: the command", "params-config-path": "a name that is no .yaml, then the default",
     "params-save": "pressed with a bad name (its message) and a good one", "params-load": "pressed",
     "params-upload": "the saved YAML uploaded",
@@ -218,6 +220,7 @@ class Walk:
     # Pickers whose options are plain values, the same in both languages: every one is picked in
     # the Chinese walk; the English one checks the list and picks one (the walk stays ~4 minutes).
     SAME_IN_BOTH = {"params-preset", "params-known-model", "cfg-template", "cfg-lr_scheduler_type", "cfg-report_to",
+                    "cfg-per_device_train_batch_size",
                     "cfg-quantization_bit", "data-upload-format", "data-inspect", "export-dtype", "eval-run",
                     "chat-run", "export-run"}
 
@@ -582,8 +585,17 @@ def walk_params(w: Walk, model_dir: Path) -> None:
 
     w.radio_each("cfg-finetuning_type", [method["full"], method["qlora"], method["lora"]], after=on_method)
     for eid in ("cfg-template", "cfg-lr_scheduler_type", "cfg-packing", "cfg-deepspeed", "cfg-report_to",
-                "cfg-data_engine"):
+                "cfg-data_engine", "cfg-per_device_train_batch_size"):
         w.pick_each(eid)
+    form_ok()
+    # The batch picker takes a value typed in too: one it refuses is flagged under it, naming it.
+    batch = "cfg-per_device_train_batch_size"
+    before = w.values([batch])
+    w.fill_all({batch: "auto2"})
+    w.wait_info(batch, "'auto2'", exact=False)
+    assert "per_device_train_batch_size" in w.info(batch) and "auto" in w.info(batch).split("'auto2'")[-1]
+    w.fill_all(before)
+    w.wait_info(batch, form.field_info("per_device_train_batch_size", lang))
     form_ok()
 
     # One invalid value in every number at once (the checks of one change cover the whole form):
