@@ -98,6 +98,17 @@ def test_auto_keeps_the_global_batch_and_takes_the_largest_micro_batch_that_fits
             assert not plan(bigger, gpu_hardware(kind), shape=shape).fits, kind
 
 
+def test_a_plan_of_auto_plans_the_batch_auto_picks_there():
+    cfg = auto_config(train_batch_size=64)
+    shape = load_model_shape(QWEN7, light=True)
+    chosen = resolve_auto_batch(cfg, gpu_hardware("H200-141GB"), shape)
+    planned = plan(cfg, gpu_hardware("H200-141GB"), shape=shape)
+    assert planned.notes[0] == chosen.line
+    # The rest is the plan of the numbers chosen.
+    assert dataclasses.replace(planned, notes=planned.notes[1:]) == plan(chosen.config, gpu_hardware("H200-141GB"),
+                                                                         shape=shape)
+
+
 def test_the_target_without_train_batch_size_is_the_default_batch_times_accumulation_and_devices(monkeypatch):
     monkeypatch.delenv("NNODES", raising=False)
     assert auto_target(auto_config(gradient_accumulation_steps=2)) == 8

@@ -618,13 +618,18 @@ def plan(config: TrainConfig, hardware: Hardware, data: DataStats | None = None,
     """The memory and time plan of `config` on `hardware` (see the module docstring). `data`: the
     training data's token statistics (else every sample is taken as cutoff_len long and the
     number of steps is known only from max_steps). `shape`: the model's numbers, when the caller
-    has them (else read from config.model_name_or_path's config.json)."""
+    has them (else read from config.model_name_or_path's config.json). per_device_train_batch_size
+    auto is planned as `resolve_auto_batch` decides it for `hardware` (its line is the first note)."""
     shape = shape or load_model_shape(config.model_name_or_path)
+    notes: list[str] = []
+    if config.batch_is_auto():
+        chosen = resolve_auto_batch(config, hardware, shape)
+        config = chosen.config
+        notes.append(chosen.line)
     counts = count_parameters(shape)
     zero = zero_setup(config, shape)
     prec = precision_of(config, zero.stage)
     world = hardware.world
-    notes: list[str] = []
     assumptions: list[str] = []
 
     # Memory is planned for the longest batch the data can make: every row cutoff_len long, or as long
