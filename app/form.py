@@ -395,7 +395,8 @@ def _share(n: int, total: int) -> str:
 def preview(values: dict[str, Any], ctx: AppContext) -> tuple[str, str]:
     """The exact argv the Train tab would start and the run.yaml it would write."""
     from trainer_core.config import default_output_dir
-    from trainer_core.jobs import auto_batch_note, build_command, resolve_batch
+    from trainer_core.jobs import build_command, resolve_batch
+    from trainer_core.runs import auto_batch_note
 
     cfg, fields, general = check(values, ctx)
     if cfg is None:

@@ -12,17 +12,15 @@ import pytest
 import yaml
 
 from trainer_core import cli
-from trainer_core.config import ConfigError, load_config, read_yaml
-from trainer_core.planner import (
-    SHIPPED_MODELS_DIR,
+from trainer_core.config import (
+    ConfigError,
     auto_target,
     batch_candidates,
-    gpu_hardware,
-    load_model_shape,
+    load_config,
     next_smaller_batch,
-    plan,
-    resolve_auto_batch,
+    read_yaml,
 )
+from trainer_core.planner import SHIPPED_MODELS_DIR, gpu_hardware, load_model_shape, plan, resolve_auto_batch
 
 QWEN7 = str(SHIPPED_MODELS_DIR / "qwen2.5-7b")
 

@@ -330,13 +330,16 @@ def _existing_run(path: str) -> Path:
 
 
 def _train_in_this_process(cfg, args: list[str]) -> int:
-    from trainer_core import runs
+    from trainer_core import jobs, runs
     from trainer_core.train import run_training
 
     if cfg.finetuning_type != "qlora":
         _skip_unused_imports()
     _quiet_libraries()
     launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
+    # per_device_train_batch_size auto is still there only when no launcher of ours decided it
+    # (torchrun or deepspeed started directly): decided the same way here, and the ranks then agree.
+    cfg, auto_line = jobs.resolve_batch(cfg, _log)
     # A launched job's folder was prepared by its launcher (jobs.start_job); run.yaml names it.
     run_dir = Path(cfg.output_dir) if launched and cfg.output_dir else runs.prepare_run_dir(cfg)
     console = None
@@ -345,7 +348,7 @@ def _train_in_this_process(cfg, args: list[str]) -> int:
     print(f"Run folder: {run_dir}", flush=True)
     try:
         return run_training(cfg, argv=[sys.executable, "-m", "trainer_core", "train", *args], log=_log,
-                            run_dir=run_dir)
+                            run_dir=run_dir, auto_line=auto_line)
     except UserError:
         raise
     except BaseException as exc:  # noqa: BLE001 - reported, not swallowed: status.json and exit code

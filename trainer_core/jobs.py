@@ -108,24 +108,24 @@ def start_job(cfg: TrainConfig, outputs_root: str | Path = "outputs", extra_env:
     refuse_if_busy(root, key, Path(cfg.output_dir or ""))
     cfg, auto_line = resolve_batch(cfg, log)
     run_dir = runs.prepare_run_dir(cfg, outputs_root)
-    save_config(cfg, run_dir / runs.CONFIG_FILE, auto_batch_note(auto_line) if auto_line else "")
+    save_config(cfg, run_dir / runs.CONFIG_FILE, runs.auto_batch_note(auto_line) if auto_line else "")
     if auto_line:
         # Every rank of the job reads these numbers from run.yaml; the variable tells the job they came
         # from auto, so that it confirms them on the GPU (trainer_core/train.py probe_auto_batch).
-        extra_env = {**(extra_env or {}), AUTO_BATCH_ENV: "1"}
+        extra_env = {**(extra_env or {}), runs.AUTO_BATCH_ENV: "1"}
         with open(run_dir / runs.CONSOLE_FILE, "a", encoding="utf-8") as console:
             console.write(f"{LAUNCHER_PREFIX} {auto_line}\n")
     return launch(run_dir, build_command(cfg, run_dir / runs.CONFIG_FILE), key, launcher_kind(cfg), extra_env)
 
 
-AUTO_BATCH_ENV = "QIHUANG_AUTO_BATCH"
 LAUNCHER_PREFIX = "[launcher]"  # console.log lines the launcher writes (the CLI printed them itself)
 
 
 def resolve_batch(cfg: TrainConfig, log=None) -> tuple[TrainConfig, str | None]:
     """The config the job runs: per_device_train_batch_size auto decided here, once, for every rank
     (trainer_core.planner.auto_batch_here), and the line that says what was chosen (None for a
-    number). `log` gets the line too. Used by start_job, `train --dry-run` and the workbench's preview."""
+    number). `log` gets the line too. Used by start_job, `train --dry-run`, a job torchrun or deepspeed
+started directly (cli `_train_in_this_process`) and the workbench's preview."""
     from trainer_core.planner import auto_batch_here
 
     chosen = auto_batch_here(cfg)
@@ -135,11 +135,6 @@ def resolve_batch(cfg: TrainConfig, log=None) -> tuple[TrainConfig, str | None]:
         log(chosen.line)
     return chosen.config, chosen.line
 
-
-def auto_batch_note(line: str) -> str:
-    """run.yaml's comment on numbers that came from auto: what was chosen, and what a rerun does."""
-    return (f"{line}\nper_device_train_batch_size was auto: `train run.yaml` (and a resume) keeps these numbers; "
-            "the config with auto decides again")
 
 
 def registered_jobs() -> list[Path]:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_core.config import TrainConfig
+from trainer_core.config import TrainConfig, auto_target, batch_candidates
 from trainer_core.errors import UserError
 from trainer_core.paths import PRESETS_DIR
 
@@ -1083,26 +1083,6 @@ class AutoBatch:
     config: TrainConfig
     line: str
     fits: bool
-
-
-def batch_candidates(per_device: int) -> list[int]:
-    """The micro-batches that keep a per-device batch exactly (its divisors), largest first: each one
-    with gradient_accumulation_steps = per_device // micro makes the same global batch."""
-    return [micro for micro in range(per_device, 0, -1) if per_device % micro == 0]
-
-
-def next_smaller_batch(micro: int, per_device: int) -> int:
-    """The candidate after `micro` when it did not fit: the largest at most half of it (halving, as
-    the probe backs off), 0 when `micro` was 1."""
-    return next((c for c in batch_candidates(per_device) if c <= micro // 2), 0)
-
-
-def auto_target(cfg: TrainConfig) -> int:
-    """The global batch that auto keeps: train_batch_size, or (not set) the default batch per device
-    x gradient_accumulation_steps x devices, the global batch of the same config with a number."""
-    from trainer_core.config import DEFAULT_BATCH
-
-    return cfg.train_batch_size or DEFAULT_BATCH * cfg.gradient_accumulation_steps * cfg.devices()
 
 
 def resolve_auto_batch(cfg: TrainConfig, hardware: Hardware, shape: ModelShape | None = None) -> AutoBatch:

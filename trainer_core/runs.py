@@ -49,6 +49,17 @@ RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "WANDB_MODE", "WANDB_PROJECT", "QIHUANG_
 SECRET_PATTERN = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD)", re.IGNORECASE)
 
 
+# Set for a job whose per_device_train_batch_size came from auto (trainer_core/jobs.py start_job):
+# the job then confirms it before its first step (trainer_core/train.py settle_auto_batch).
+AUTO_BATCH_ENV = "QIHUANG_AUTO_BATCH"
+
+
+def auto_batch_note(line: str) -> str:
+    """run.yaml's comment on numbers that came from auto: what was chosen, and what a rerun does."""
+    return (f"{line}\nper_device_train_batch_size was auto: `train run.yaml` (and a resume) keeps these numbers; "
+            "the config with auto decides again")
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

@@ -305,20 +305,19 @@ def show_example(sample: dict, tokenizer: Any, log=print) -> None:
     log("Trained on (label != -100):\n" + trained[:400])
 
 
-def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run_dir: Path | None = None) -> int:
+def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run_dir: Path | None = None,
+                 auto_line: str | None = None) -> int:
     """Run one training job in this process; returns the exit code. Writes status.json. `run_dir`:
-    the folder the caller prepared already (else prepared here, runs.prepare_run_dir)."""
-    from trainer_core.jobs import AUTO_BATCH_ENV, auto_batch_note, resolve_batch
-
-    # per_device_train_batch_size auto reaches here only when no launcher of ours decided it (torchrun
-    # or deepspeed started directly): decided the same way, then agreed on by the ranks (settle_auto_batch).
-    auto = cfg.batch_is_auto() or os.environ.get(AUTO_BATCH_ENV) == "1"
-    cfg, auto_line = resolve_batch(cfg, log)
+    the folder the caller prepared already (else prepared here, runs.prepare_run_dir). `auto_line`:
+    the caller turned per_device_train_batch_size auto into these numbers (jobs.resolve_batch)
+    without a launcher of ours; a launched job learns it from runs.AUTO_BATCH_ENV. Either way the
+    batch is settled before the first step (settle_auto_batch)."""
+    auto = auto_line is not None or os.environ.get(runs.AUTO_BATCH_ENV) == "1"
     run_dir = run_dir or runs.prepare_run_dir(cfg)
     is_main = os.environ.get("RANK", "0") == "0"
     launched = os.environ.get("QIHUANG_LAUNCHED") == "1"
     if is_main and not launched:  # a launcher already wrote these for its job
-        save_config(cfg, run_dir / runs.CONFIG_FILE, auto_batch_note(auto_line) if auto_line else "")
+        save_config(cfg, run_dir / runs.CONFIG_FILE, runs.auto_batch_note(auto_line) if auto_line else "")
         runs.write_command(run_dir, argv or [sys.executable, "-m", "trainer_core", "train"],
                            {k: os.environ[k] for k in runs.RECORDED_ENV if k in os.environ})
         runs.update_status(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0),
@@ -537,12 +536,12 @@ def back_off(step: Callable[[int], None], micro: int, per_device: int, release: 
              log=print) -> int:
     """The largest micro-batch from `micro` down that `step(micro)` runs without
     torch.cuda.OutOfMemoryError: after each out-of-memory the next smaller candidate (about half:
-    planner.next_smaller_batch, a divisor of `per_device` so that accumulation keeps the global batch),
+    config.next_smaller_batch, a divisor of `per_device` so that accumulation keeps the global batch),
     with `release()` giving the memory back after every try. 0 when not even 1 runs. Like accelerate's
     find_executable_batch_size (which retries at 0.9 x the batch, and does not adjust accumulation)."""
     import torch
 
-    from trainer_core.planner import next_smaller_batch
+    from trainer_core.config import next_smaller_batch
 
     while micro > 0:
         failed = False
@@ -567,8 +566,7 @@ def settle_auto_batch(trainer: Any, cfg: TrainConfig, samples: Any, run_dir: Pat
     against the RAM available at launch stands; under DeepSpeed the engine is not built yet, so the
     plan stands too. Several ranks take the smallest of their results (all_reduce MIN), so none trains
     with another batch. A change is written to run.yaml and said on the console."""
-    from trainer_core.jobs import auto_batch_note
-    from trainer_core.planner import auto_target
+    from trainer_core.config import auto_target
 
     micro = cfg.micro_batch()
     per_device = auto_target(cfg) // cfg.devices()
@@ -597,7 +595,7 @@ def settle_auto_batch(trainer: Any, cfg: TrainConfig, samples: Any, run_dir: Pat
         trainer.args.gradient_accumulation_steps = settled.gradient_accumulation_steps
         trainer._train_batch_size = trainer.args.train_batch_size  # what the Trainer read at its start
         if os.environ.get("RANK", "0") == "0":
-            save_config(settled, run_dir / runs.CONFIG_FILE, auto_batch_note(line))
+            save_config(settled, run_dir / runs.CONFIG_FILE, runs.auto_batch_note(line))
     return settled
 
 
