@@ -410,3 +410,32 @@ def test_cpu_plan_against_real_training_steps():
         assert predicted["weights"] == measured["weights"]  # the planner's fp32 weights are the model's tensors
     by_case = {row["case"]: row["measured"]["growth"] for row in rows}
     assert by_case["lora-b2-t128-gc"] < 0.6 * by_case["lora-b2-t128"]  # checkpointing keeps far less
+
+
+# ---- published figures beside ours --------------------------------------------------------------------
+
+
+def test_published_figures_script_plans_each_cell_and_its_tables_are_current():
+    """bench/planner_published.py: one cell is the planner's own figure for the stated settings, and the
+    tables in bench/RESULTS.md are what the script prints now (rerun it with --write when the planner
+    changes)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import planner_published as published
+
+    cell = published.ours("7B", {"finetuning_type": "lora"})
+    cfg = load_config(None, {**published.BASE, "finetuning_type": "lora", "cutoff_len": 1024,
+                             "model_name_or_path": "qwen2.5-7b"})
+    direct = plan(cfg, gpu_hardware("H100-80GB"), shape=load_model_shape("qwen2.5-7b", light=True))
+    assert cell["total"] == direct.total and cell["parameters"] == direct.parameters
+    assert cfg.per_device_train_batch_size == 1 and cfg.gradient_checkpointing and cfg.bf16
+    section = published.section()
+    for method, bits, _, _, _, figures in published.LLAMA_FACTORY:  # every published row, with its figures
+        row = next(line for line in section.splitlines() if line.startswith(f"| {method} | {bits} |"))
+        assert all(f"| {figures[size]:g} / " in row for size in ("7B", "14B", "30B", "70B"))
+    unsloth_7b = next(line for line in section.splitlines() if line.startswith("| 7B | qwen2.5-7b (7.62B) |"))
+    assert f"| 19 | **{published.gb(cell['total'])}** (" in unsloth_7b  # Unsloth's LoRA 16-bit, beside ours
+    results = (REPO / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    written = results[results.index(published.SECTION):]
+    written = written[:written.find("\n## ", 1)] if "\n## " in written[1:] else written
+    tables = [line for line in section.splitlines() if line.startswith("|")]
+    assert tables == [line for line in written.splitlines() if line.startswith("|")]
