@@ -141,8 +141,11 @@ def measure_case(name: str, model: str, work: Path, steps: int, cpu: bool) -> di
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         out["loss_first"], out["loss_last"] = (losses[0], losses[-1]) if losses else (None, None)
         out["state"] = "finished"
-    except torch.cuda.OutOfMemoryError as exc:
+    except torch.cuda.OutOfMemoryError as exc:  # a figure too: the plan said it fits
         out["state"], out["error"] = "out of memory", str(exc).splitlines()[0][:200]
+    except Exception as exc:  # noqa: BLE001 - one failing case is reported; the others still run
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        out["state"], out["error"] = "failed", f"{type(exc).__name__}: {first_line}"
     if gpu:
         out["max_allocated"] = torch.cuda.max_memory_allocated() - before
         out["max_reserved"] = torch.cuda.max_memory_reserved()
@@ -245,6 +248,14 @@ def markdown(result: dict) -> str:
                  gib(reserved_total), "n/a" if step is None else f"{step:.3f}", f"{p['step_seconds']:.3f}",
                  "n/a" if row.get("mfu") is None else f"{row['mfu']:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
+    leftover = [f"{row['case']} {row['measured']['allocated_before'] / MIB:,.0f} MiB" for row in result["cases"]
+                if row["measured"].get("allocated_before", 0) > MIB]
+    if leftover:
+        lines.append(f"\nAllocated before the case (left by earlier cases; max allocated is counted above it, "
+                     f"max reserved is not): {', '.join(leftover)}")
+    errors = [f"{row['case']}: {row['measured']['error']}" for row in result["cases"] if row["measured"].get("error")]
+    if errors:
+        lines.append("\nErrors: " + "; ".join(errors))
     if result["skipped"]:
         lines.append(f"\nSkipped (time budget spent): {', '.join(result['skipped'])}")
     if result["mfu"]:

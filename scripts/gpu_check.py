@@ -1,7 +1,7 @@
 """One prepared GPU check: the model-zoo parity tests on the GPU, the planner against measured memory and
 speed, then a random ~0.5B Qwen2 trained through our CLI in five modes, with speed and memory.
 
-    bash scripts/gpu_check.sh                      # on a machine with one NVIDIA GPU, about 5-8 minutes
+    bash scripts/gpu_check.sh                      # on a machine with one NVIDIA GPU, about 6-8 minutes
     bash scripts/gpu_check.sh --cpu-smoke          # the same flow on CPU with a tiny model (tests this script)
     bash scripts/gpu_check.sh --download-wheels    # on a machine with network: fill WHEELS_DIR for the GPU machine
 
