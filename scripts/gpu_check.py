@@ -1,7 +1,7 @@
-"""One prepared GPU check: the model-zoo parity tests on the GPU, then a random ~0.5B Qwen2 trained through our CLI
-in five modes, with speed and memory.
+"""One prepared GPU check: the model-zoo parity tests on the GPU, the planner against measured memory and
+speed, then a random ~0.5B Qwen2 trained through our CLI in five modes, with speed and memory.
 
-    bash scripts/gpu_check.sh                      # on a machine with one NVIDIA GPU, about 5-8 minutes
+    bash scripts/gpu_check.sh                      # on a machine with one NVIDIA GPU, about 6-8 minutes
     bash scripts/gpu_check.sh --cpu-smoke          # the same flow on CPU with a tiny model (tests this script)
     bash scripts/gpu_check.sh --download-wheels    # on a machine with network: fill WHEELS_DIR for the GPU machine
 
@@ -12,6 +12,10 @@ in the repository root). Each mode runs as a real job (`python -m trainer_core t
 a failing mode is recorded with the one-line error from its status.json, and the next one runs.
 First, the model-zoo parity tests (every test marked `zoo`, tests/test_zoo_parity.py) run on the GPU:
 `python -m pytest -m zoo -q -rA --junitxml ...` with QIHUANG_TEST_DEVICE=cuda, one PASS/FAIL line per case.
+Then the planner comparison (bench/planner_gpu.py): eight LoRA/full cases with and without gradient
+checkpointing on the same random model, each trained a few steps through the trainer's own path in one
+process; peak CUDA memory and step time beside the plan, and the measured MFU (planner_gpu.json, which
+`python -m trainer_core plan --mfu` reads).
 The Markdown report goes to $OUT/gpu_check.md when OUT is set, else to bench/GPU-<card>.md.
 """
 
@@ -45,7 +49,6 @@ NEEDED_PACKAGES = ("deepspeed", "bitsandbytes")
 # What deepspeed and bitsandbytes need beyond the GPU image's own packages (see the device notes).
 WHEEL_EXTRAS = ("hjson", "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions")
 DATASET_NAME = "gpu_check_tcm"
-QWEN2_VOCAB = 151936  # Qwen2-0.5B's embedding rows; our small tokenizer's ids are a subset of them
 
 # mode -> (CLI overrides, packages it needs, timeout in seconds on a GPU)
 MODES: dict[str, tuple[list[str], tuple[str, ...], int]] = {
@@ -60,6 +63,10 @@ CPU_SMOKE_TIMEOUT = 240  # per mode; DeepSpeed compiles an op on its first CPU r
 ZOO_TIMEOUT = 150  # seconds for the zoo parity tests on a GPU (--zoo-timeout); the modes get the rest of the budget
 ZOO_SMOKE_CASES = 2  # --cpu-smoke runs only the first cases of the zoo tests: it checks this script, not the zoo
 ZOO_MARK = "zoo"
+PLANNER_TIMEOUT = 120  # seconds for the planner comparison (--planner-timeout); about 80 expected on an H100
+PLANNER_SCRIPT = ROOT / "bench" / "planner_gpu.py"
+# The 0.5B model's shape: the public numbers of Qwen2.5-0.5B, shipped as data (no download).
+MODEL_CONFIG = ROOT / "presets" / "models" / "qwen2.5-0.5b" / "config.json"
 
 CHATML = (
     "{% for message in messages %}"
@@ -323,12 +330,14 @@ def build_model(folder: Path, tokenizer, tiny: bool) -> int:
 
     if tiny:
         shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2)
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                     rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
     else:
-        shape = dict(vocab_size=max(QWEN2_VOCAB, len(tokenizer)), hidden_size=896, intermediate_size=4864,
-                     num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2)
-    config = Qwen2Config(**shape, max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        shape = json.loads(MODEL_CONFIG.read_text(encoding="utf-8"))
+        for key in ("architectures", "model_type", "torch_dtype", "bos_token_id", "eos_token_id"):
+            shape.pop(key, None)
+        shape["vocab_size"] = max(int(shape["vocab_size"]), len(tokenizer))
+    config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     from transformers.utils import logging as hf_logging
 
@@ -588,6 +597,56 @@ def zoo_report(zoo: ZooResult, device: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- the planner against measurement ----------------------------------------------------------------
+
+@dataclass
+class PlannerResult:
+    state: str = "not run"  # finished, failed (a case did not finish, or none ran), timeout, skipped
+    error: str = ""
+    table: str = ""  # planner_gpu.md
+    wall_seconds: float = 0.0
+    console_tail: list[str] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return self.state in ("finished", "skipped")
+
+
+def run_planner_check(model_dir: Path, env: dict[str, str], timeout: float, out_dir: Path,
+                      smoke: bool) -> PlannerResult:
+    """bench/planner_gpu.py on the check's model (its one tiny CPU case with --cpu-smoke): the plan beside the
+    measured peak memory and step time; planner_gpu.json and planner_gpu.md go to `out_dir`. The script stops
+    starting cases 20 s before the timeout and writes after every case, so a cut-short run still reports."""
+    result = PlannerResult()
+    started = time.time()
+    argv = [sys.executable, str(PLANNER_SCRIPT), "--model", str(model_dir), "--out", str(out_dir),
+            "--budget", str(max(timeout - 20, 10))] + (["--cpu"] if smoke else [])
+    print(f"\n== planner against measurement: {PLANNER_SCRIPT.relative_to(ROOT)} (timeout {timeout:.0f} s)", flush=True)
+    try:
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        output = (done.stdout or "") + (done.stderr or "")
+        result.state = "finished" if done.returncode == 0 else "failed"
+        if done.returncode != 0:
+            result.error = f"exit code {done.returncode}: {_last_lines(done.stderr or done.stdout, 1)}"
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        result.state, result.error = "timeout", f"no end within {timeout:.0f} s"
+    result.wall_seconds = time.time() - started
+    result.console_tail = output.splitlines()[-40:]
+    table = out_dir / "planner_gpu.md"
+    result.table = table.read_text(encoding="utf-8") if table.is_file() else ""
+    print(f"   planner: {result.state} after {result.wall_seconds:.0f} s"
+          + (f"; {result.error}" if result.error else ""), flush=True)
+    return result
+
+
+def planner_report(planner: PlannerResult) -> str:
+    lines = [f"Planner against measurement (`bench/planner_gpu.py`): {planner.state}, {planner.wall_seconds:.0f} s"
+             + (f"; {_table_safe(planner.error)}" if planner.error else ""), ""]
+    if planner.table:
+        lines.append(planner.table)
+    return "\n".join(lines) + "\n"
+
+
 # ---- the report -----------------------------------------------------------------------------------
 
 def markdown_report(results: list[ModeResult], card: str, versions: dict[str, str], settings: str) -> str:
@@ -632,6 +691,17 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def planner_dir(card: str, cpu_smoke: bool) -> Path:
+    """Where planner_gpu.json and planner_gpu.md go: $OUT when set; else bench/results/planner_gpu-<card>/
+    (a CPU smoke run's to the temp folder)."""
+    if os.environ.get("OUT"):
+        return Path(os.environ["OUT"])
+    if cpu_smoke:
+        return Path(tempfile.gettempdir()) / "gpu_check-cpu-smoke-planner"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", card).strip("-") or "unknown"
+    return ROOT / "bench" / "results" / f"planner_gpu-{name}"
+
+
 def report_paths(card: str, cpu_smoke: bool) -> tuple[Path, Path]:
     """Report and console tails: into $OUT when set (the device tool brings it back); else the report goes to
     bench/GPU-<card>.md (a CPU smoke run's to the temp folder) and the tails to the temp folder."""
@@ -659,9 +729,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{CPU_SMOKE_TIMEOUT} with --cpu-smoke)")
     parser.add_argument("--zoo-cases", type=int, default=None,
                         help=f"run only the first N zoo cases (default: all; {ZOO_SMOKE_CASES} with --cpu-smoke)")
+    parser.add_argument("--no-planner", action="store_true", help="leave out the planner comparison")
+    parser.add_argument("--planner-timeout", type=float, default=PLANNER_TIMEOUT,
+                        help=f"seconds for the planner comparison (default {PLANNER_TIMEOUT})")
     parser.add_argument("--max-steps", type=int, default=None, help="steps per mode (default 20; 3 with --cpu-smoke)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="seconds for the whole check (default 470; 1500 with --cpu-smoke)")
+                        help="seconds for the whole check (default 480; 1500 with --cpu-smoke)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (model, data, run folders)")
     parser.add_argument("--download-wheels", action="store_true",
                         help="download/build the deepspeed and bitsandbytes wheels into WHEELS_DIR, then exit")
@@ -675,11 +748,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
-def run_modes(modes: list[str], work: Path, env: dict[str, str], deadline: float,
+def run_modes(modes: list[str], work: Path, model_dir: Path, dataset_dir: Path, env: dict[str, str], deadline: float,
               still_missing: list[str], smoke: bool, gpu: bool, max_steps: int) -> list[ModeResult]:
-    """Build the model and the data, then run each mode through our CLI until the budget is spent."""
+    """Run each mode through our CLI on the prepared model and data until the budget is spent."""
     results: list[ModeResult] = []
-    model_dir, dataset_dir = prepare_inputs(work, tiny=smoke)
     common = [f"model_name_or_path={model_dir}", f"dataset_dir={dataset_dir}", f"dataset={DATASET_NAME}",
               "stage=sft", "template=auto", "cutoff_len=512", "per_device_train_batch_size=4",
               "gradient_accumulation_steps=1", f"max_steps={max_steps}", "logging_steps=1",
@@ -709,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         return download_wheels(wheels_dir, opts.wheel_python)
 
     smoke = opts.cpu_smoke
-    deadline = start + (opts.budget or (1500 if smoke else 470))
+    deadline = start + (opts.budget or (1500 if smoke else 480))
     max_steps = opts.max_steps or (3 if smoke else 20)
     modes = [m for m in opts.modes.split(",") if m]
     still_missing = install_from_wheels(wheels_dir)
@@ -730,6 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[ModeResult] = []
     zoo_device = "cuda" if gpu else "cpu"
     zoo = ZooResult(state="skipped", error="--no-zoo")
+    planner = PlannerResult(state="skipped", error="--no-planner")
     try:
         if not opts.no_zoo:
             # First, while the GPU is empty: its figures below are not disturbed, and a slow zoo run
@@ -738,8 +811,16 @@ def main(argv: list[str] | None = None) -> int:
             zoo_cases = opts.zoo_cases if opts.zoo_cases is not None else (ZOO_SMOKE_CASES if smoke else 0)
             zoo = run_zoo_tests(zoo_device, env, min(zoo_timeout, max(deadline - time.time() - 60, 30)), work,
                                 zoo_cases)
-        if modes:
-            results = run_modes(modes, work, env, deadline, still_missing, smoke, gpu, max_steps)
+        if modes or not opts.no_planner:
+            model_dir, dataset_dir = prepare_inputs(work, tiny=smoke)
+            if not opts.no_planner:
+                # Before the modes, on an empty GPU: the planner's cases are the check's new figures.
+                planner = run_planner_check(model_dir, env, min(opts.planner_timeout,
+                                                                max(deadline - time.time() - 60, 30)),
+                                            planner_dir(card, smoke), smoke)
+            if modes:
+                results = run_modes(modes, work, model_dir, dataset_dir, env, deadline, still_missing, smoke, gpu,
+                                    max_steps)
     finally:
         if opts.keep:
             print(f"Kept {work}")
@@ -753,18 +834,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"check took {time.time() - start:.0f} s")
     if still_missing:
         settings += f"; MISSING packages: {', '.join(still_missing)} (no wheels for them in {wheels_dir})"
-    report = markdown_report(results, card, versions, settings) + "\n" + zoo_report(zoo, zoo_device)
+    report = (markdown_report(results, card, versions, settings) + "\n" + zoo_report(zoo, zoo_device) + "\n"
+              + planner_report(planner))
     print("\n" + report, flush=True)
     report_path, logs_path = report_paths(card, smoke)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     title = "# GPU check (CPU smoke run)" if smoke else "# GPU check"
     report_path.write_text(f"{title}, {time.strftime('%Y-%m-%d %H:%M')}\n\n{report}", encoding="utf-8")
     zoo_tail = f"===== zoo parity tests ({zoo.state}), pytest output, last lines =====\n" + "\n".join(zoo.console_tail)
-    logs_path.write_text(console_tails(results) + ("\n" + zoo_tail + "\n" if zoo.console_tail else ""),
-                         encoding="utf-8")
+    planner_tail = f"===== planner ({planner.state}), last lines =====\n" + "\n".join(planner.console_tail)
+    logs_path.write_text(console_tails(results) + ("\n" + zoo_tail + "\n" if zoo.console_tail else "")
+                         + ("\n" + planner_tail + "\n" if planner.console_tail else ""), encoding="utf-8")
     print(f"Wrote {report_path} and {logs_path}")
     modes_ok = all(r.state == "finished" for r in results) and (bool(results) or not modes)
-    return 0 if modes_ok and zoo.ok() and (results or zoo.cases) else 1
+    ran = results or zoo.cases or planner.state != "skipped"
+    return 0 if modes_ok and zoo.ok() and planner.ok() and ran else 1
 
 
 if __name__ == "__main__":

@@ -99,8 +99,11 @@ def test_lora_parameters_equal_peft_on_every_linear_layer(class_name):
 
 
 # Published sizes (the models' cards): Qwen2.5-14B 14.7B (13.1B without embeddings), Qwen2.5-7B
-# 7.61B (6.53B), Qwen3-8B 8.2B (6.95B).
-PUBLISHED = {"qwen2.5-14b": (14.7e9, 13.1e9), "qwen2.5-7b": (7.61e9, 6.53e9), "qwen3-8b": (8.2e9, 6.95e9)}
+# 7.61B (6.53B), Qwen3-8B 8.2B (6.95B), Qwen2.5-0.5B 0.49B (0.36B), Qwen2.5-3B 3.09B (2.77B),
+# Qwen2.5-32B 32.5B (31.0B), Llama-3.1-70B 70B (its card gives no size without embeddings).
+PUBLISHED = {"qwen2.5-14b": (14.7e9, 13.1e9), "qwen2.5-7b": (7.61e9, 6.53e9), "qwen3-8b": (8.2e9, 6.95e9),
+             "qwen2.5-0.5b": (0.49e9, 0.36e9), "qwen2.5-3b": (3.09e9, 2.77e9), "qwen2.5-32b": (32.5e9, 31.0e9),
+             "llama-3.1-70b": (70e9, None)}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -109,7 +112,8 @@ def test_shipped_configs_match_the_published_sizes(name):
     counts = count_parameters(shape)
     total, non_embedding = PUBLISHED[name]
     assert abs(counts.total / total - 1) < 0.01
-    assert abs((counts.total - counts.embedding - counts.head) / non_embedding - 1) < 0.01
+    if non_embedding is not None:
+        assert abs((counts.total - counts.embedding - counts.head) / non_embedding - 1) < 0.01
     assert load_model_shape(name, light=True) == shape  # JSON alone reads the same numbers
     from transformers import AutoConfig
 
@@ -333,6 +337,41 @@ def test_plan_cli_prints_the_table_and_the_fix(cli, tmp_path):
     assert bad.returncode == 2 and "unknown GPU kind" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_measured_mfu_replaces_the_assumed_one(tmp_path):
+    """`plan --mfu`: a number, a percentage, or the GPU check's planner_gpu.json (its figure for the
+    config's finetuning_type, QLoRA taking LoRA's, measured on the same kind); the step time follows it."""
+    from trainer_core.errors import UserError
+    from trainer_core.planner import measured_mfu
+
+    shape = load_model_shape("qwen2.5-7b", light=True)
+    hw = gpu_hardware("H100-80GB")
+    cfg = tiny_config(finetuning_type="full", bf16=True, cutoff_len=1024)
+    assumed = plan(cfg, hw, shape=shape)
+    mfu, source = measured_mfu("0.7", "full", hw.kind)
+    given = plan(cfg, dataclasses.replace(hw, mfu=mfu, mfu_source=source), shape=shape)
+    assert given.step_seconds == pytest.approx(assumed.step_seconds * GPU_KINDS["H100-80GB"].mfu / 0.7)
+    assert any("utilisation 70% given (--mfu 0.7)" in a for a in given.assumptions)
+    assert measured_mfu("42%", "lora", hw.kind)[0] == pytest.approx(0.42)
+
+    checked = tmp_path / "planner_gpu.json"
+    checked.write_text(json.dumps({"kind": "H100-80GB", "mfu": {"lora": 0.31, "full": 0.44}}))
+    assert measured_mfu(str(checked), "full", "H100-80GB")[0] == 0.44
+    assert measured_mfu(str(checked), "qlora", "H100-80GB") == (
+        0.31, "measured by the GPU check (planner_gpu.json, H100-80GB, lora)")
+    for text, method, kind, message in [
+            ("0", "full", "H100-80GB", "above 0 and at most 1"), ("1.5", "full", "H100-80GB", "above 0"),
+            ("fast", "full", "H100-80GB", "neither a number"),
+            (str(checked), "full", "A100-40GB", "measured on H100-80GB, the plan is for A100-40GB")]:
+        with pytest.raises(UserError, match=message):
+            measured_mfu(text, method, kind)
+    checked.write_text(json.dumps({"kind": "H100-80GB", "mfu": {"lora": 0.31}}))
+    with pytest.raises(UserError, match="no measured utilisation for finetuning_type full"):
+        measured_mfu(str(checked), "full", "H100-80GB")
+    checked.write_text("[1, 2]")
+    with pytest.raises(UserError, match="not the GPU check's planner_gpu.json"):
+        measured_mfu(str(checked), "full", "H100-80GB")
+
+
 def test_train_warns_before_launching_what_will_not_fit(cli, tmp_path):
     """A warning, not a refusal: the dry run still prints its command. A model the planner cannot read
     gets no warning and no traceback."""
@@ -371,3 +410,32 @@ def test_cpu_plan_against_real_training_steps():
         assert predicted["weights"] == measured["weights"]  # the planner's fp32 weights are the model's tensors
     by_case = {row["case"]: row["measured"]["growth"] for row in rows}
     assert by_case["lora-b2-t128-gc"] < 0.6 * by_case["lora-b2-t128"]  # checkpointing keeps far less
+
+
+# ---- published figures beside ours --------------------------------------------------------------------
+
+
+def test_published_figures_script_plans_each_cell_and_its_tables_are_current():
+    """bench/planner_published.py: one cell is the planner's own figure for the stated settings, and the
+    tables in bench/RESULTS.md are what the script prints now (rerun it with --write when the planner
+    changes)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import planner_published as published
+
+    cell = published.ours("7B", {"finetuning_type": "lora"})
+    cfg = load_config(None, {**published.BASE, "finetuning_type": "lora", "cutoff_len": 1024,
+                             "model_name_or_path": "qwen2.5-7b"})
+    direct = plan(cfg, gpu_hardware("H100-80GB"), shape=load_model_shape("qwen2.5-7b", light=True))
+    assert cell["total"] == direct.total and cell["parameters"] == direct.parameters
+    assert cfg.per_device_train_batch_size == 1 and cfg.gradient_checkpointing and cfg.bf16
+    section = published.section()
+    for method, bits, _, _, _, figures in published.LLAMA_FACTORY:  # every published row, with its figures
+        row = next(line for line in section.splitlines() if line.startswith(f"| {method} | {bits} |"))
+        assert all(f"| {figures[size]:g} / " in row for size in ("7B", "14B", "30B", "70B"))
+    unsloth_7b = next(line for line in section.splitlines() if line.startswith("| 7B | qwen2.5-7b (7.62B) |"))
+    assert f"| 19 | **{published.gb(cell['total'])}** (" in unsloth_7b  # Unsloth's LoRA 16-bit, beside ours
+    results = (REPO / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    written = results[results.index(published.SECTION):]
+    written = written[:written.find("\n## ", 1)] if "\n## " in written[1:] else written
+    tables = [line for line in section.splitlines() if line.startswith("|")]
+    assert tables == [line for line in written.splitlines() if line.startswith("|")]

@@ -53,12 +53,49 @@ def test_default_launch_is_four_gpus_with_deepspeed_zero3(tmp_path):
 
 
 @pytest.mark.train
-def test_gpu_check_cpu_smoke_runs_a_mode_and_the_zoo_parity(tmp_path):
+def test_gpu_check_cpu_smoke_runs_a_mode_the_zoo_parity_and_the_planner(tmp_path, capsys):
     """scripts/gpu_check.sh in its CPU smoke mode: what runs on a GPU whenever one is lent, here on
-    a tiny model, so the script cannot rot between GPU sessions."""
+    a tiny model, so the script cannot rot between GPU sessions. The planner comparison runs its one
+    CPU case: its table holds the plan's own figures, and its measured MFU is what `plan --mfu` uses."""
+    import json
+
+    from trainer_core.cli import main
+    from trainer_core.planner import GIB, cpu_hardware, model_shape, plan
+
     env = {**os.environ, "OUT": str(tmp_path)}
     result = subprocess.run(["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--modes", "lora_bf16", "--zoo-cases", "1"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = (tmp_path / "gpu_check.md").read_text()
     assert "| lora_bf16 | finished |" in report and "1 PASS" in report
+    assert "Planner against measurement (`bench/planner_gpu.py`): finished" in report
+
+    measured = json.loads((tmp_path / "planner_gpu.json").read_text())
+    assert measured["kind"] == "CPU" and [row["case"] for row in measured["cases"]] == ["lora-b2-t64"]
+    row = measured["cases"][0]
+    assert row["measured"]["state"] == "finished" and row["measured"]["seconds_per_step"] > 0
+    # the planned figures are the planner's for the same config and model
+    config = row["config"]
+    cfg = load_config(None, {**config, "model_name_or_path": "default", "num_gpus": 0})
+    p = plan(cfg, cpu_hardware(), shape=model_shape(measured["model"]))
+    assert row["planned"]["total"] == p.total and row["planned"]["flops_per_step"] == p.flops_per_step
+    assert row["mfu"] == measured["mfu"]["lora"] == (
+        p.flops_per_step / row["measured"]["seconds_per_step"] / row["planned"]["peak_flops"])
+    # the table: a header of 12 columns, one row per case, with the plan's total in it
+    table = [line for line in (tmp_path / "planner_gpu.md").read_text().splitlines() if line.startswith("|")]
+    assert len(table) == 3 and all(line.count("|") == 13 for line in table)
+    assert table[2].split(" | ")[:2] == ["| lora-b2-t64", f"{p.total / GIB:.2f}"]
+    assert table[2] in report
+
+    # `plan --mfu planner_gpu.json` plans with the measured utilisation: its step time is the measured one
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(measured["model"]))
+    capsys.readouterr()
+    code = main(["plan", *[f"{k}={v}" for k, v in config.items()], f"model_name_or_path={model}", "num_gpus=0",
+                 "--gpus", "CPU", "--no-data", "--json", "--mfu", str(tmp_path / "planner_gpu.json")])
+    planned = json.loads(capsys.readouterr().out)
+    assert code == 0 and planned["flops_per_step"] == p.flops_per_step
+    same_peak = row["planned"]["peak_flops"] / cpu_hardware().peak_flops  # 1 unless the clock reading moved
+    assert planned["step_seconds"] == pytest.approx(row["measured"]["seconds_per_step"] * same_peak, rel=1e-9)
+    assert any("measured by the GPU check (planner_gpu.json, CPU, lora)" in a for a in planned["assumptions"])

@@ -5,8 +5,8 @@
                                                           (LLaMA-Factory YAMLs and flags: README)
           [--detach]                                      start it and return at once
           [--dry-run]                                     print the command and DeepSpeed JSON only
-    plan CONFIG.yaml [key=value ...] [--gpus 4xA100-40GB] [--price 2.5] [--no-data] [--json]
-                                                          memory per GPU, fits or not, time, cost, the fix
+    plan CONFIG.yaml [key=value ...] [--gpus 4xA100-40GB]  memory per GPU, fits or not, time, cost, the fix
+         [--price 2.5] [--mfu 0.4|planner_gpu.json] [--no-data] [--json]
     runs [--root outputs]                                 list runs: state, progress, final loss
     runs --follow RUN_DIR                                 follow a run's log and progress
     runs --abort RUN_DIR                                  stop a run (it saves a checkpoint first)
@@ -135,6 +135,7 @@ def cmd_plan(args: list[str]) -> int:
         auto_batch_here,
         detect_hardware,
         format_plan,
+        measured_mfu,
         parse_gpus,
         plan,
         resolve_auto_batch,
@@ -142,11 +143,12 @@ def cmd_plan(args: list[str]) -> int:
 
     if args and args[0] in ("-h", "--help"):
         print("usage: python -m trainer_core plan [CONFIG.yaml] [key=value ...] [--key value ...] "
-              "[--gpus [NODESx]COUNTxKIND] [--price PER_GPU_HOUR] [--no-data] [--json]\n"
+              "[--gpus [NODESx]COUNTxKIND] [--price PER_GPU_HOUR] [--mfu SHARE|planner_gpu.json] [--no-data] [--json]\n"
               "kinds: " + ", ".join(_gpu_kinds()) + "; without --gpus: this machine's GPUs (or its CPU)\n"
+              "--mfu: the time estimate's utilisation, measured: 0.42, 42% or the GPU check's planner_gpu.json\n"
               "model_name_or_path may name a shipped config: presets/models/qwen2.5-14b")
         return 0
-    options, rest = _take_options(args, ("--gpus", "--price"), ("--no-data", "--json"))
+    options, rest = _take_options(args, ("--gpus", "--price", "--mfu"), ("--no-data", "--json"))
     config_path, overrides, flags = _split_config_and_overrides(rest)
     if flags:
         raise UserError(f"plan does not take {', '.join(sorted(flags))}")
@@ -165,6 +167,9 @@ def cmd_plan(args: list[str]) -> int:
             cfg = dataclasses.replace(cfg, num_gpus=hardware.gpus)  # the plan is for the GPUs named
     else:
         hardware = detect_hardware(cfg.num_gpus)
+    if options.get("--mfu") is not None:
+        mfu, source = measured_mfu(str(options["--mfu"]), cfg.finetuning_type, hardware.kind)
+        hardware = dataclasses.replace(hardware, mfu=mfu, mfu_source=source)
     if cfg.batch_is_auto():  # decided as the launch decides it (rows of cutoff_len), for these GPUs
         chosen = auto_batch_here(cfg) if not options.get("--gpus") else resolve_auto_batch(cfg, hardware)
         assert chosen is not None

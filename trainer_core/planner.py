@@ -68,7 +68,8 @@ class GpuKind:
     peak_half_flops: dense bf16 (V100: fp16) tensor-core FLOP/s with fp32 accumulation, the
     datasheet's figure without structured sparsity. peak_fp32_flops: what fp32 training runs at
     (TF32 tensor cores from Ampere on, which the trainer turns on; FP32 cores on V100).
-    mfu: the assumed share of that peak a step achieves (an assumption, not a measurement).
+    mfu: the assumed share of that peak a step achieves (an assumption, not a measurement; a measured
+    figure replaces it through Hardware.mfu, `plan --mfu`).
     link_bytes_per_s: GPU-to-GPU bandwidth inside a node, one direction (NVLink, or PCIe for
     cards without it). pcie_bytes_per_s: host-to-GPU, for ZeRO-3 offload."""
 
@@ -166,6 +167,8 @@ class Hardware:
     peak_flops: float = 0.0
     host_memory_bytes: int | None = None
     detected: bool = False
+    mfu: float | None = None  # a measured utilisation (`plan --mfu`), used instead of the kind's assumed one
+    mfu_source: str = ""  # where that figure comes from, for the plan's assumptions
 
     @property
     def world(self) -> int:
@@ -256,6 +259,50 @@ def _match_kind(device_name: str, total_memory: int) -> str:
     candidates = [k for k in GPU_KINDS.values() if re.sub(r"-.*", "", k.name).lower() in name]
     pool = candidates or list(GPU_KINDS.values())
     return min(pool, key=lambda k: abs(k.memory_gib - gib)).name
+
+
+def measured_mfu(text: str, finetuning_type: str, kind: str) -> tuple[float, str]:
+    """`plan --mfu`: a utilisation as a number (0.42, or 42%), or the JSON file the GPU check writes
+    (bench/planner_gpu.py, planner_gpu.json), whose measured utilisation for this finetuning_type
+    (QLoRA: LoRA's; its 4-bit slowdown is applied on top) is taken when it was measured on `kind`.
+    Returns (mfu, where it comes from)."""
+    value = text.strip()
+    number = _share(value)
+    if number is not None:
+        mfu, source = number, f"given (--mfu {value})"
+    else:
+        mfu, source = _mfu_from_check(Path(value).expanduser(), text, finetuning_type, kind)
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu '{text}': a utilisation is a share of the peak, above 0 and at most 1 (or 100%)")
+    return mfu, source
+
+
+def _share(value: str) -> float | None:
+    """0.42 or 42% as a share; None when the text is not a number."""
+    try:
+        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        return None
+
+
+def _mfu_from_check(path: Path, text: str, finetuning_type: str, kind: str) -> tuple[float, str]:
+    if not path.is_file():
+        raise UserError(f"--mfu '{text}': neither a number (0.42 or 42%) nor a file (the GPU check's "
+                        "planner_gpu.json)")
+    try:
+        measured = json.loads(path.read_text(encoding="utf-8"))
+        by_method, measured_kind = measured["mfu"], str(measured["kind"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--mfu {path}: not the GPU check's planner_gpu.json (it needs 'kind' and 'mfu'): "
+                        f"{exc}") from None
+    method = "lora" if finetuning_type == "qlora" else finetuning_type
+    if measured_kind != kind:
+        raise UserError(f"--mfu {path}: measured on {measured_kind}, the plan is for {kind}; give the number "
+                        "itself (--mfu 0.4) to use it anyway")
+    if not isinstance(by_method, dict) or by_method.get(method) is None:
+        known = ", ".join(sorted(by_method)) if isinstance(by_method, dict) else "none"
+        raise UserError(f"--mfu {path}: no measured utilisation for finetuning_type {method} (it has {known})")
+    return float(by_method[method]), f"measured by the GPU check ({path.name}, {measured_kind}, {method})"
 
 
 def _host_memory(field: str = "MemTotal:") -> int | None:
@@ -889,7 +936,8 @@ def _activations(cfg: TrainConfig, shape: ModelShape, counts: ParameterCount, pr
 def _time(result: Plan, cfg: TrainConfig, shape: ModelShape, counts: ParameterCount, zero: ZeroSetup,
           prec: Precision, hardware: Hardware, data: DataStats | None, trainable: int,
           assumptions: list[str], notes: list[str]) -> None:
-    """Step, epoch and run time from FLOPs at the kind's peak x assumed utilisation, plus ZeRO
+    """Step, epoch and run time from FLOPs at the kind's peak x utilisation (assumed, or measured and
+    given with `plan --mfu`), plus ZeRO
     communication and offload transfers; cost from the price per GPU-hour."""
     gpu = hardware.gpu
     world = hardware.world
@@ -928,14 +976,18 @@ def _time(result: Plan, cfg: TrainConfig, shape: ModelShape, counts: ParameterCo
     flops *= cfg.gradient_accumulation_steps
 
     if gpu is None:  # the CPU
-        peak, mfu = hardware.peak_flops, CPU_MFU
+        peak, mfu = hardware.peak_flops, hardware.mfu or CPU_MFU
+        utilisation = (f"utilisation {mfu:.0%} {hardware.mfu_source or 'given'}" if hardware.mfu
+                       else f"utilisation {mfu:.0%}")
         assumptions.append(f"CPU peak {peak / 1e9:.0f} GFLOP/s ({os.cpu_count()} cores x clock x "
-                           f"{CPU_FLOPS_PER_CYCLE} fp32 FLOPs/cycle), utilisation {CPU_MFU:.0%}")
+                           f"{CPU_FLOPS_PER_CYCLE} fp32 FLOPs/cycle), {utilisation}")
     else:
         peak = gpu.peak_half_flops if prec.half else gpu.peak_fp32_flops
-        mfu = gpu.mfu
+        mfu = hardware.mfu or gpu.mfu
+        utilisation = (f"utilisation {mfu:.0%} {hardware.mfu_source or 'given'}" if hardware.mfu
+                       else f"assumed utilisation {mfu:.0%}")
         assumptions.append(f"{gpu.name}: {peak / TFLOPS:.0f} TFLOP/s {'bf16/fp16' if prec.half else 'fp32 (TF32)'} "
-                           f"({gpu.source}), assumed utilisation {mfu:.0%}")
+                           f"({gpu.source}), {utilisation}")
         if cfg.bf16 and not gpu.bf16:
             notes.append(f"{gpu.name} has no bf16: train with fp16: true")
     compute = flops / (peak * mfu)
