@@ -109,8 +109,9 @@ def suggest(lrs: list[float], losses: list[float], beta: float) -> dict[str, Any
         return {**none, "reason": f"no suggestion: the smoothed loss never fell {100 * MIN_RELATIVE_DROP:g}% below "
                                   f"its start ({smoothed[first]:.4g}) between {kept_lrs[first]:.1e} and "
                                   f"{kept_lrs[-1]:.1e}: a flat curve; try a wider range (end_lr) or more steps"}
-    slopes = [(smoothed[i + 1] - smoothed[i]) / (math.log10(kept_lrs[i + 1]) - math.log10(kept_lrs[i]))
-              for i in range(first, lowest)]
+    widths = [math.log10(kept_lrs[i + 1]) - math.log10(kept_lrs[i]) for i in range(first, lowest)]
+    slopes = [(smoothed[i + 1] - smoothed[i]) / width if width > 0 else 0.0  # a rate that did not grow: no slope
+              for i, width in zip(range(first, lowest), widths)]
     steepest = first + min(range(len(slopes)), key=slopes.__getitem__)
     return {"learning_rate": kept_lrs[steepest], "index": steepest, "loss": smoothed[steepest], "smoothed": smoothed,
             "reason": None}
@@ -271,6 +272,13 @@ def draw(ax: Any, result: dict[str, Any], labels: dict[str, str] | None = None) 
         ax.axvline(result["suggestion"], color="#d62728", linestyle="--", linewidth=1.2, gid="lr-suggestion",
                    label=f"{words['suggestion']} {result['suggestion']:.1e}")
         ax.plot([result["suggestion"]], [result["smoothed_losses"][index]], "o", color="#d62728", markersize=6)
+    finite = [s for s in result["smoothed_losses"] if s is not None]
+    if pairs and finite:  # the divergence leaves through the top: the descent is what is read here
+        lowest = result["smoothed_losses"].index(min(finite))
+        before = [loss for _, loss in pairs[:lowest + 1]]
+        top, bottom = max(before) * 1.25, min(loss for _, loss in pairs)
+        if max(loss for _, loss in pairs) > top > bottom:
+            ax.set_ylim(bottom - 0.05 * (top - bottom), top)
     ax.set_xscale("log")
     ax.set_xlabel(words["lr"])
     ax.set_ylabel("loss")
