@@ -119,6 +119,9 @@ def test_the_config_reports_every_problem_at_once():
     (["presets/sft_lora.yaml", "--start_lr", "1e-2", "--end_lr", "1e-3"], "must be larger than start_lr (0.01)"),
     (["presets/no_such.yaml"], "config file 'presets/no_such.yaml' does not exist"),
     ([], "lr-find needs a run config"),
+    (["presets/sft_lora.yaml", "--num_steps", "3", "num_train_epoch=2"],  # the test's and the run's problems at once
+     "num_steps: 3 is out of range (an integer >= 5)\n"
+     "  - unknown key 'num_train_epoch'; did you mean 'num_train_epochs'?"),
     (["presets/sft_lora.yaml", "--num-steps"], "--num-steps needs a value"),
 ])
 def test_bad_command_lines_exit_2_with_a_message_and_start_nothing(args, message, capsys, monkeypatch):

@@ -457,7 +457,8 @@ def cmd_lr_find(args: list[str]) -> int:
               "key=value (or --key value) overrides the run config's keys; the job folder is "
               "outputs/jobs/lr-find-<time>/")
         for f in dataclasses.fields(LrFindConfig):
-            print(f"  --{f.name:12} {f.metadata['help']}")
+            if f.name != "run_config":  # CONFIG.yaml, the first argument
+                print(f"  --{f.name:12} {f.metadata['help']}")
         return 0
     options, rest = _take_options(args, LR_FIND_FLAGS, ("--detach",))
     own = {name[2:].replace("-", "_"): value for name, value in options.items() if name != "--detach"}
@@ -473,11 +474,11 @@ def cmd_lr_find(args: list[str]) -> int:
 
         if not is_job:
             raise UserError(f"an lr-find job runs from its JOB_DIR/lr_find.yaml, not '{config_path}'")
-        cfg = config_from_dict({**job_raw, **own}, LrFindConfig)
-        if _run_finetuning_type(cfg.run_config) != "qlora":
+        job_cfg = config_from_dict({**job_raw, **own}, LrFindConfig)
+        if _run_finetuning_type(job_cfg.run_config) != "qlora":
             _skip_unused_imports()
         _quiet_libraries()
-        result = run_lr_find(cfg, log=_log)
+        result = run_lr_find(job_cfg, log=_log)
         return 143 if result.get("stop_reason") and "SIGTERM" in result["stop_reason"] else 0
 
     from trainer_core import jobs
@@ -486,11 +487,19 @@ def cmd_lr_find(args: list[str]) -> int:
     if not config_path:
         raise UserError("lr-find needs a run config: python -m trainer_core lr-find CONFIG.yaml [key=value ...] "
                         "(e.g. presets/sft_lora.yaml)")
+    problems: list[ConfigProblem] = []  # the test's and the run config's, every one at once
+    cfg: LrFindConfig | None = None
+    run = None
     try:
         cfg = config_from_dict({**(job_raw if is_job else {"run_config": config_path}), **own}, LrFindConfig)
-        run, notices = read_config(cfg.run_config, overrides)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        run, notices = read_config(job_raw["run_config"] if is_job else config_path, overrides)
     except ConfigError as exc:  # an unknown key may be a misspelt flag of the test's own
-        raise ConfigError([ConfigProblem(p.keys, _unknown_lr_key(p.message, lr_keys)) for p in exc.problems]) from None
+        problems += [ConfigProblem(p.keys, _unknown_lr_key(p.message, lr_keys)) for p in exc.problems]
+    if problems or cfg is None or run is None:
+        raise ConfigError(problems)
     for notice in notices:
         print(f"note: {notice}", file=sys.stderr)
     if run.num_gpus > 1 or run.deepspeed:
