@@ -183,3 +183,24 @@ def test_the_job_on_the_tiny_model(cli, tiny_model_dir, tiny_data_dir, tmp_path)
     assert f"suggested learning_rate {found['suggestion']:.1e}" in result.stdout
     assert (job_dir / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert yaml.safe_load((job_dir / "run_config.yaml").read_text())["finetuning_type"] == "full"
+
+
+def test_the_page_shows_the_suggestion_and_the_cores_reasons_in_its_language(tmp_path):
+    from app.tabs.params import lr_find_plot, lr_find_result, lr_find_text
+
+    losses = sigmoid_curve(LRS, centre=-4.0, rise_from=-1.5)[:34]
+    found = suggest(LRS[:34], losses, beta=0.6)
+    result = {"suggestion": found["learning_rate"], "suggestion_index": found["index"], "no_suggestion": None,
+              "lrs": LRS[:34], "losses": losses, "smoothed_losses": found["smoothed"],
+              "stop_reason": "stopped early at step 34: the smoothed loss 9.1 is over 4x its lowest value 1.2"}
+    (tmp_path / "lr_find.json").write_text(json.dumps(result))
+    assert lr_find_result(str(tmp_path)) == result and lr_find_result(str(tmp_path / "none")) is None
+    zh = lr_find_text(result, "zh")
+    assert f"**建议**学习率：`{found['learning_rate']:.1e}`" in zh and "在第 34 步提前停止" in zh and "4 倍" in zh
+    assert "**Suggested** learning rate" in lr_find_text(result, "en") and "a suggestion, not a guarantee" in \
+        lr_find_text(result, "en")
+    flat = {**result, "suggestion": None, "stop_reason": None, "no_suggestion": suggest(LRS, [2.0] * 40, 0.6)["reason"]}
+    assert lr_find_text(flat, "zh").startswith("⚠ 没有建议：") and "曲线是平的" in lr_find_text(flat, "zh")
+    svg = lr_find_plot(result, "zh")
+    assert 'id="lr-smoothed"' in svg and 'id="lr-suggestion"' in svg and "学习率（对数坐标）" in svg
+    assert "qh-plot-empty" in lr_find_plot(None, "en")
