@@ -282,6 +282,13 @@ def start_lr_find(values: dict[str, Any], ctx: AppContext) -> Path:
     return start_job(cfg, LrFindConfig(), ctx.outputs_root)
 
 
+def newest_lr_find_job(ctx: AppContext) -> str | None:
+    """The newest range test under the work folder's outputs/jobs/: what a reloaded page shows again
+    (a running one is followed; its folder, not this process, holds its state)."""
+    found = sorted((ctx.outputs_root / "jobs").glob("lr-find-*/status.json"))  # the names sort by time
+    return str(found[-1].parent) if found else None
+
+
 def lr_find_result(job_dir: str | None) -> dict[str, Any] | None:
     """The finished test's lr_find.json, or None (no job, still running, or it wrote none)."""
     import json
@@ -369,6 +376,12 @@ def wire_lr_find(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
                c["lrfind_timer"]]
     c["lrfind_timer"].tick(tick, [c["lrfind_job"], lang], outputs, show_progress="hidden")
     lang.change(tick, [c["lrfind_job"], lang], outputs, show_progress="hidden")  # the text in the new language
+
+    def on_open() -> dict[Any, Any]:
+        job_dir = newest_lr_find_job(ctx)
+        return {c["lrfind_job"]: job_dir, c["lrfind_timer"]: gr.Timer(active=job_dir is not None)}
+
+    page.load_events.append((on_open, [], [c["lrfind_job"], c["lrfind_timer"]]))
 
     def on_use(value: float | None, language: str) -> dict[Any, Any]:
         if value is None:
