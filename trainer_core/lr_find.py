@@ -16,10 +16,11 @@ The rule, `suggest` (what this module implements; it is not a copy of fastai's c
 - smoothed loss: a bias-corrected exponential moving average of the per-step losses,
   s_i = m_i / (1 - beta^(i+1)), m_i = beta m_(i-1) + (1 - beta) loss_i (fastai's Recorder smooths
   the same way, with beta 0.98 over 100 steps; 40 steps want less lag: beta 0.6 by default);
-- the test stops early once the smoothed loss is more than 4 times its lowest value so far, or a
-  loss is not a number (fastai's LRFinder stops on the same 4x rule);
+- the test stops early once the smoothed loss is more than 4 times its lowest value so far (the
+  rule of fastai's LRFinder), or a loss is not a number;
 - suggestion: among the segments between consecutive kept points, from the (n // 10)-th point
-  (the first tenth is left out, as fastai's `lr_find` leaves it out) up to the point of the lowest
+  (the first tenth is left out, as fastai's `lr_find` leaves it out; fastai also drops the last 5
+  points, where this rule stops at the lowest smoothed loss instead) up to the point of the lowest
   smoothed loss, the one whose slope d(smoothed loss) / d(log10 lr) is the most negative; the
   suggestion is the learning rate at its start. This is the idea of fastai's `steep` suggestion,
   not of its default `valley` one;
