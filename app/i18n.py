@@ -191,6 +191,30 @@ TEXT: dict[str, tuple[str, str]] = {
                          "The command and run.yaml below are what Start on the Train tab runs."),
     "params.saved": ("已保存到 {path}", "Saved to {path}"),
     "params.loaded": ("已载入 {path}", "Loaded {path}"),
+    # ---- Parameters tab: the learning-rate range test (app/tabs/params.py, its own block) -----
+    "lrfind.acc": ("学习率范围测试", "Learning-rate range test"),
+    "lrfind.intro": ("用上面表单的模型、方法、模板与数据训练 40 步，学习率从 10⁻⁷ 按指数增长到 1"
+                     "（损失发散时提前停止），画出损失随学习率的变化，并在平滑后损失下降最陡处给出**建议**学习率。这只是建议，不是保证；"
+                     "测试不保存任何权重，结果在 outputs/jobs/lr-find-时间/ 中。",
+                     "Trains the form's model, method, template and data above for 40 steps while the learning rate "
+                     "grows exponentially from 10⁻⁷ to 1 (stopping early when the loss diverges), plots the loss "
+                     "against the learning rate and **suggests** the learning rate where the smoothed loss falls "
+                     "fastest. A suggestion, not a guarantee; no weights are kept; the files are in "
+                     "outputs/jobs/lr-find-TIME/."),
+    "lrfind.start": ("开始学习率范围测试", "Run the LR range test"),
+    "lrfind.started": ("已开始学习率范围测试：`{job}`", "LR range test started: `{job}`"),
+    "lrfind.use": ("使用这个学习率", "Use this learning rate"),
+    "lrfind.used": ("已把 learning_rate 设为建议值 {lr}。", "learning_rate set to the suggested {lr}."),
+    "lrfind.suggestion": ("**建议**学习率：`{lr}`（平滑后损失下降最陡处；只是建议，不是保证）",
+                          "**Suggested** learning rate: `{lr}` (steepest descent of the smoothed loss; a suggestion, "
+                          "not a guarantee)"),
+    "lrfind.plot": ("损失与学习率", "Loss against learning rate"),
+    "lrfind.plot_loss": ("每步损失", "loss per step"),
+    "lrfind.plot_smoothed": ("平滑后损失", "smoothed loss"),
+    "lrfind.plot_lr": ("学习率（对数坐标）", "learning rate (log scale)"),
+    "lrfind.plot_suggestion": ("建议", "suggestion"),
+    "lrfind.plot_empty": ("测试结束后，这里显示损失随学习率变化的曲线。",
+                          "The loss against the learning rate shows here once the test has run."),
     "stage.sft": ("SFT 监督微调", "SFT (supervised)"),
     "stage.pt": ("PT 继续预训练", "PT (continued pre-training)"),
     "finetuning_type.lora": ("LoRA", "LoRA"),
@@ -518,6 +542,20 @@ MESSAGES: list[tuple[str, str]] = [
     ("no model is loaded; load one first", "还没有加载模型；请先加载"),
     ("the message is empty", "消息是空的"),
     ("base vs tuned needs a model loaded with a LoRA adapter", "对比基座与微调需要加载带 LoRA 适配器的模型"),
+    # trainer_core.lr_find: why there is no suggestion, why the test stopped early
+    ("no suggestion: the smoothed loss never fell {pct}% below its start ({start}) between {low} and {high}: a flat "
+     "curve; try a wider range (end_lr) or more steps",
+     "没有建议：在 {low} 到 {high} 之间，平滑后损失从未比起点（{start}）低 {pct}%：曲线是平的；"
+     "可以加大范围（end_lr）或增加步数"),
+    ("no suggestion: the first step's loss was not a number; too few points to read a slope",
+     "没有建议：第一步的损失就不是数值；点太少，读不出斜率"),
+    ("no suggestion: only {n} finite loss(es) logged; too few points to read a slope",
+     "没有建议：只记录到 {n} 个有效损失；点太少，读不出斜率"),
+    ("stopped early at step {step}: the loss is not a number", "在第 {step} 步提前停止：损失不是数值"),
+    ("stopped early at step {step}: the smoothed loss {last} is over {factor}x its lowest value {lowest}",
+     "在第 {step} 步提前停止：平滑后损失 {last} 已超过其最低值 {lowest} 的 {factor} 倍"),
+    ("Stopped by request (SIGTERM); lr_find.json holds the steps done.",
+     "已按请求停止（SIGTERM）；lr_find.json 记录了已完成的步数。"),
     # the tabs' own checks (app/)
     ("{field}: empty path", "{field}：路径为空"),
     ("{field}: '{path}' is outside the folders this workbench may read ({roots}); start it with --allow_path DIR "

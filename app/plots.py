@@ -100,3 +100,25 @@ def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -
         figure.savefig(buffer, format="svg")
     svg = buffer.getvalue()
     return f"<div class='qh-plot'>{svg[svg.index('<svg'):]}</div>"
+
+
+def lr_find_svg(result: dict | None, labels: dict[str, str], empty_text: str = "") -> str:
+    """An LR range test's loss against the learning rate (log x axis) as an inline SVG, drawn by
+    the core's `trainer_core.lr_find.draw` (the same picture as the job's lr_find.png); `empty_text`
+    while there is no result."""
+    if not result or not result.get("lrs"):
+        return f"<div class='qh-plot qh-plot-empty'>{html.escape(empty_text)}</div>"
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from trainer_core.lr_find import draw
+
+    with _DRAWING:
+        use_cjk_font()
+        matplotlib.rcParams["svg.fonttype"] = "none"
+        figure = Figure(figsize=(7.2, 3.4), dpi=100, layout="constrained")
+        draw(figure.add_subplot(), result, labels)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg")
+    svg = buffer.getvalue()
+    return f"<div class='qh-plot' id='lrfind-svg'>{svg[svg.index('<svg'):]}</div>"

@@ -5,7 +5,7 @@
 
 scripts/gpu_check.py runs it on its random Qwen2 of the Qwen2.5-0.5B shape (presets/models/qwen2.5-0.5b)
 and puts the table into its report. Each case trains a few real steps through the trainer's own path
-(`trainer_core.train._build_trainer`: the config, the model's tokenizer, the data with packing,
+(`trainer_core.train.build_trainer`: the config, the model's tokenizer, the data with packing,
 `models.load_model`, `train.make_trainer` with its trained-rows loss), on the bundled pre-training
 corpus, so every micro-batch is per_device_train_batch_size x cutoff_len tokens, as the planner plans
 it. The cases run one after another in this process; before each, the CUDA caching allocator is
@@ -118,7 +118,7 @@ def measure_case(name: str, model: str, work: Path, steps: int, cpu: bool) -> di
     """Train case `name` for `steps` steps through the trainer's own path; its peak memory and step time."""
     import torch
 
-    from trainer_core.train import _build_trainer, _StopFlag
+    from trainer_core.train import _StopFlag, build_trainer
 
     run_dir = work / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def measure_case(name: str, model: str, work: Path, steps: int, cpu: bool) -> di
     out: dict[str, Any] = {"case": name, "steps": steps}
     trainer = None
     try:
-        trainer, _ = _build_trainer(cfg, run_dir, _StopFlag(), lambda *a: None)
+        trainer, _ = build_trainer(cfg, run_dir, _StopFlag(), lambda *a: None)
         trainer.args.save_strategy = "no"  # a checkpoint's serialisation is not a training step
         timer = step_timer()
         trainer.add_callback(timer)

@@ -260,7 +260,7 @@ def test_the_probe_runs_the_trainers_step_and_the_trainer_trains_with_what_it_se
                              "save_steps": 100, "per_device_train_batch_size": 8, "train_batch_size": 8,
                              "logging_steps": 1, "lora_dropout": 0.1})
     run.mkdir()
-    trainer, _ = train._build_trainer(cfg, run, train._StopFlag(), lambda m: None)
+    trainer, _ = train.build_trainer(cfg, run, train._StopFlag(), lambda m: None)
     real_step = train._probe_step
     rows = []
 

@@ -90,7 +90,8 @@ def test_every_job_key_has_help_a_flag_and_round_trips_through_yaml(kind, tmp_pa
     flags = {a.dest: a.help for a in jobconfig.job_parser(kind)._actions if a.option_strings}
     assert {f.name: f.metadata["help"] for f in fields}.items() <= flags.items()  # one flag per key, same help
 
-    base = {"eval": {"model": "default", "dataset": "qa"}, "export": {"run": "outputs/r"}}[kind]
+    base = {"eval": {"model": "default", "dataset": "qa"}, "export": {"run": "outputs/r"},
+            "lr_find": {"run_config": "presets/sft_lora.yaml"}}[kind]
     for raw in ({}, _changed_values(schema)):
         cfg = config_from_dict({**base, **raw}, schema)
         path = tmp_path / CONFIG_FILES[kind]

@@ -17,6 +17,9 @@
     eval --compare RESULT [RESULT ...]                    base vs tuned, side by side
     export --run RUN_DIR [--gguf f16,q8_0] ...            merge + model card + GGUF (a job)
     export JOB_DIR/export.yaml [--key value ...]          run an export job again from its config
+    lr-find CONFIG.yaml [key=value ...] [--num_steps 40] [--start_lr 1e-7] [--end_lr 1] [--max_samples N]
+                                                          learning-rate range test (a job): a suggested learning_rate
+    lr-find JOB_DIR/lr_find.yaml [--num_steps N ...]      run an LR range test again from its config
     models                                                the known base models: name, hub id, template
 
 A mistake in a config or a dataset ends the command with exit code 2 and one clear message;
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     commands = {"train": cmd_train, "plan": cmd_plan, "runs": cmd_runs, "data": cmd_data, "chat": cmd_chat,
-                "eval": cmd_eval, "export": cmd_export, "models": cmd_models}
+                "eval": cmd_eval, "export": cmd_export, "models": cmd_models, "lr-find": cmd_lr_find,
+                "lr_find": cmd_lr_find}
     if command not in commands:
         print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
         return 2
@@ -440,7 +444,9 @@ def _task_command(kind: str, args: list[str]) -> int:
             result = run_eval(cfg, log=_log)
         else:
             from trainer_core.export import run_export
+            from trainer_core.jobconfig import ExportConfig
 
+            assert isinstance(cfg, ExportConfig)  # lr_find has a command of its own (cmd_lr_find)
             result = run_export(cfg, log=_log)
         print(json.dumps(result, ensure_ascii=False, indent=1, default=str), flush=True)
         return 0
@@ -454,6 +460,114 @@ def _task_command(kind: str, args: list[str]) -> int:
         print(f"Follow it with:  python -m trainer_core runs --follow {run_dir}")
         return 0
     return _follow(run_dir, abort_on_interrupt=True)
+
+
+LR_FIND_FLAGS = ("--num-steps", "--start-lr", "--end-lr", "--max-samples", "--smooth-beta", "--job-dir")
+
+
+def cmd_lr_find(args: list[str]) -> int:
+    """The learning-rate range test (trainer_core/lr_find.py) of a run config, as a job: started,
+    followed, and its suggestion printed. A job's own lr_find.yaml runs it again (flags on top)."""
+    import dataclasses
+
+    from trainer_core.config import ConfigError, ConfigProblem, read_config, read_yaml, schema_keys
+    from trainer_core.jobconfig import LrFindConfig
+
+    if args and args[0] in ("-h", "--help"):
+        print("usage: python -m trainer_core lr-find [CONFIG.yaml | JOB_DIR/lr_find.yaml] [key=value ...] "
+              "[--num_steps 40] [--start_lr 1e-7] [--end_lr 1] [--max_samples N] [--smooth_beta 0.6] [--job_dir DIR] "
+              "[--detach]\n"
+              "key=value (or --key value) overrides the run config's keys; the job folder is "
+              "outputs/jobs/lr-find-<time>/")
+        for f in dataclasses.fields(LrFindConfig):
+            if f.name != "run_config":  # CONFIG.yaml, the first argument
+                print(f"  --{f.name:12} {f.metadata['help']}")
+        return 0
+    options, rest = _take_options(args, LR_FIND_FLAGS, ("--detach",))
+    own = {name[2:].replace("-", "_"): value for name, value in options.items() if name != "--detach"}
+    config_path, overrides, flags = _split_config_and_overrides(rest)
+    if "--dry-run" in flags:
+        raise UserError("lr-find does not take --dry-run")
+    job_raw = read_yaml(Path(config_path)) if config_path else {}  # a missing file: its own clear message
+    lr_keys = schema_keys(LrFindConfig)
+    is_job = bool(job_raw) and "run_config" in job_raw and set(job_raw) <= set(lr_keys)
+    if os.environ.get("QIHUANG_LAUNCHED") == "1":  # inside the job: do the work here
+        from trainer_core.config import config_from_dict
+        from trainer_core.lr_find import run_lr_find
+
+        if not is_job:
+            raise UserError(f"an lr-find job runs from its JOB_DIR/lr_find.yaml, not '{config_path}'")
+        job_cfg = config_from_dict({**job_raw, **own}, LrFindConfig)
+        if _run_finetuning_type(job_cfg.run_config) != "qlora":
+            _skip_unused_imports()
+        _quiet_libraries()
+        result = run_lr_find(job_cfg, log=_log)
+        return 143 if result.get("stop_reason") and "SIGTERM" in result["stop_reason"] else 0
+
+    from trainer_core import jobs
+    from trainer_core.config import config_from_dict
+
+    if not config_path:
+        raise UserError("lr-find needs a run config: python -m trainer_core lr-find CONFIG.yaml [key=value ...] "
+                        "(e.g. presets/sft_lora.yaml)")
+    problems: list[ConfigProblem] = []  # the test's and the run config's, every one at once
+    cfg: LrFindConfig | None = None
+    run = None
+    try:
+        cfg = config_from_dict({**(job_raw if is_job else {"run_config": config_path}), **own}, LrFindConfig)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        run, notices = read_config(job_raw["run_config"] if is_job else config_path, overrides)
+    except ConfigError as exc:  # an unknown key may be a misspelt flag of the test's own
+        problems += [ConfigProblem(p.keys, _unknown_lr_key(p.message, lr_keys)) for p in exc.problems]
+    if problems or cfg is None or run is None:
+        raise ConfigError(problems)
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if run.num_gpus > 1 or run.deepspeed:
+        print(f"note: the range test runs in one process; a run on {run.num_gpus} processes has a global batch "
+              f"{run.num_gpus} times larger, which usually takes a larger learning rate", file=sys.stderr)
+    job_dir = jobs.start_lr_find(run, dataclasses.replace(cfg, run_config=""), None)
+    print(f"Started lr-find job {job_dir}", flush=True)
+    if "--detach" in options:
+        print(f"Follow it with:  python -m trainer_core runs --follow {job_dir}")
+        return 0
+    code = _follow(job_dir, abort_on_interrupt=True)
+    _print_lr_find_result(job_dir)
+    return code
+
+
+def _run_finetuning_type(path: str) -> str:
+    from trainer_core.config import read_yaml
+
+    return str(read_yaml(Path(path)).get("finetuning_type", ""))
+
+
+def _unknown_lr_key(message: str, lr_keys: dict) -> str:
+    """'unknown key X; did you mean Y?' with the test's own keys among the candidates."""
+    import difflib
+
+    from trainer_core.config import KEYS
+
+    if not message.startswith("unknown key '"):
+        return message
+    name = message.split("'")[1]
+    candidates = {**KEYS, **{k: v for k, v in lr_keys.items() if k not in ("run_config", "job_dir")}}
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close:
+        return message
+    spelled = f"--{close[0]}" if close[0] in lr_keys else close[0]
+    return f"unknown key '{name}'; did you mean '{spelled}'?"
+
+
+def _print_lr_find_result(job_dir: Path) -> None:
+    from trainer_core.lr_find import PLOT_FILE, RESULT_FILE
+
+    path = job_dir / RESULT_FILE
+    if not path.is_file():
+        return
+    print(f"files: {path}  {job_dir / PLOT_FILE}")  # the suggestion itself was the job's last console line
 
 
 def cmd_chat(args: list[str]) -> int:

@@ -163,20 +163,52 @@ class ExportConfig:
         return problems
 
 
-JobConfig = EvalConfig | ExportConfig
-SCHEMAS: dict[str, type[EvalConfig] | type[ExportConfig]] = {"eval": EvalConfig, "export": ExportConfig}
-CONFIG_FILES = {"eval": "eval.yaml", "export": "export.yaml"}  # in the job folder, beside status.json
+@dataclass
+class LrFindConfig:
+    """The learning-rate range test (trainer_core/lr_find.py): a run config trained for a few steps with
+    a learning rate that grows exponentially from start_lr to end_lr."""
+
+    run_config: str = config_key("", "the run config (YAML) whose model, method, template and data the test trains "
+                                 "on, as a run would (the launcher writes it, overrides applied, to "
+                                 "JOB_DIR/run_config.yaml)")
+    num_steps: int = config_key(40, "optimizer steps of the test (fewer when the loss diverges first)", min=5)
+    start_lr: float = config_key(1e-7, "learning rate of the first step", min=0, min_exclusive=True)
+    end_lr: float = config_key(1.0, "learning rate of the last step; the steps between grow by one factor",
+                               min=0, min_exclusive=True)
+    max_samples: int | None = config_key(None, "records of each dataset to use (default: num_steps x batch size x "
+                                         "gradient accumulation, a new batch every step)", min=1, optional=True)
+    smooth_beta: float = config_key(0.6, "smoothing of the loss: exponential moving average weight of the past "
+                                    "(0 = none)", min=0, max=0.99)
+    job_dir: str = config_key("", "the job's folder (default: outputs/jobs/lr-find-<time>/)")
+
+    def rules(self) -> list[ConfigProblem]:
+        problems = []
+        if not self.run_config.strip():
+            problems.append(ConfigProblem(("run_config",), "run_config: give the run config to test (a .yaml file)"))
+        if self.end_lr <= self.start_lr:
+            problems.append(ConfigProblem(("start_lr", "end_lr"), f"end_lr ({self.end_lr:g}) must be larger than "
+                                          f"start_lr ({self.start_lr:g}): the learning rate grows from one to "
+                                          "the other"))
+        return problems
+
+
+JobConfig = EvalConfig | ExportConfig | LrFindConfig
+SCHEMAS: dict[str, type[EvalConfig] | type[ExportConfig] | type[LrFindConfig]] = {
+    "eval": EvalConfig, "export": ExportConfig, "lr_find": LrFindConfig}
+# In the job folder, beside status.json.
+CONFIG_FILES = {"eval": "eval.yaml", "export": "export.yaml", "lr_find": "lr_find.yaml"}
+LR_FIND_RUN_CONFIG = "run_config.yaml"  # the run config an LR test trains on, in its job folder
 METAVARS = {"run": "RUN_DIR", "model": "PATH", "adapter": "DIR", "task": "TASK", "dataset": "NAME[,NAME]",
             "subject": "NAME[,NAME]", "output_dir": "DIR"}
 
 
-def schema_for(kind: str) -> type[EvalConfig] | type[ExportConfig]:
+def schema_for(kind: str) -> type[EvalConfig] | type[ExportConfig] | type[LrFindConfig]:
     if kind not in SCHEMAS:
         raise UserError(f"unknown job kind '{kind}': choose {', '.join(SCHEMAS)}")
     return SCHEMAS[kind]
 
 
-C = TypeVar("C", bound=EvalConfig | ExportConfig)
+C = TypeVar("C", bound=EvalConfig | ExportConfig | LrFindConfig)
 
 
 def checked(cfg: C) -> C:

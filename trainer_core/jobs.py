@@ -24,7 +24,16 @@ from pathlib import Path
 from trainer_core import runs
 from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
-from trainer_core.jobconfig import CONFIG_FILES, EvalConfig, JobConfig, checked, save_job_config, schema_for
+from trainer_core.jobconfig import (
+    CONFIG_FILES,
+    LR_FIND_RUN_CONFIG,
+    EvalConfig,
+    JobConfig,
+    LrFindConfig,
+    checked,
+    save_job_config,
+    schema_for,
+)
 from trainer_core.procs import RANKS_DIR, explain_console, free_port, registered_rank_pids
 
 ABORT_GRACE_SECONDS = 120
@@ -211,26 +220,34 @@ def launch(run_dir: Path, argv: list[str], devices: str, launcher: str, extra_en
     return run_dir
 
 
-def task_job_dir(kind: str, cfg: JobConfig) -> Path:
-    """Where an eval or export job keeps its config, status, console and (for eval) results:
-    RUN_DIR/eval/<time>/ and RUN_DIR/jobs/export-<time>/, or under outputs/ without a run; an
-    eval's output_dir (an export's job_dir) when set, e.g. by the job's own eval.yaml."""
+def task_job_dir(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None) -> Path:
+    """Where an eval, export or LR range test job keeps its config, status, console and results:
+    RUN_DIR/eval/<time>/ and RUN_DIR/jobs/export-<time>/, or under outputs/ without a run (an LR
+    test has none: outputs/jobs/lr-find-<time>/); an eval's output_dir (an export's or LR test's
+    job_dir) when set, e.g. by the job's own eval.yaml."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     own = cfg.output_dir if isinstance(cfg, EvalConfig) else cfg.job_dir
     if own:
         return Path(own)
-    base = Path(cfg.run) if cfg.run else Path("outputs")
+    if isinstance(cfg, LrFindConfig):
+        return Path(outputs_root or "outputs") / "jobs" / f"lr-find-{stamp}"
+    base = Path(cfg.run) if cfg.run else Path(outputs_root or "outputs")
     return base / "eval" / stamp if kind == "eval" else base / "jobs" / f"export-{stamp}"
 
 
+TASK_COMMANDS = {"eval": "eval", "export": "export", "lr_find": "lr-find"}  # job kind -> CLI command
+
+
 def task_command(kind: str, config_file: str | Path) -> list[str]:
-    """The argv of an eval or export job: `python -m trainer_core eval|export JOB_DIR/eval.yaml`."""
-    return [sys.executable, "-m", "trainer_core", kind, str(config_file)]
+    """The argv of an eval, export or LR test job: `python -m trainer_core eval|export|lr-find
+    JOB_DIR/eval.yaml` (export.yaml, lr_find.yaml)."""
+    return [sys.executable, "-m", "trainer_core", TASK_COMMANDS[kind], str(config_file)]
 
 
 def start_task(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None) -> Path:
-    """Start an eval or export job detached; returns its folder at once. The one start of these
-    jobs, for the CLI and the workbench alike: the config checked (keys and rules), the job's
+    """Start an eval, export or LR range test job detached; returns its folder at once. The one
+    start of these jobs, for the CLI and the workbench alike (an LR test: `start_lr_find` with the
+    run config its run_config names): the config checked (keys and rules), the job's
     folder picked (task_job_dir), the job refused while another holds the same devices under
     outputs_root (default: the folder holding the job's run, else outputs/) or anywhere on this
     machine, the mistakes that need no model reported (the run, the adapter, an export's output
@@ -240,6 +257,10 @@ def start_task(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None
     if not isinstance(cfg, schema):
         raise UserError(f"{kind} jobs take an {schema.__name__}, not an {type(cfg).__name__}")
     cfg = checked(cfg)
+    if isinstance(cfg, LrFindConfig):
+        from trainer_core.config import load_config
+
+        return start_lr_find(load_config(cfg.run_config), cfg, outputs_root)
     job_dir = task_job_dir(kind, cfg)
     key = current_devices()
     refuse_if_busy(Path(outputs_root) if outputs_root else _outputs_root_of(job_dir), key, job_dir)
@@ -260,6 +281,27 @@ def start_task(kind: str, cfg: JobConfig, outputs_root: str | Path | None = None
     config_file = job_dir / CONFIG_FILES[kind]
     save_job_config(cfg, config_file)
     return launch(job_dir, task_command(kind, config_file), key, "python")
+
+
+def start_lr_find(run: TrainConfig, cfg: LrFindConfig, outputs_root: str | Path | None = None) -> Path:
+    """Start an LR range test of the run config `run` detached; returns its folder at once
+    (outputs/jobs/lr-find-<time>/, or cfg.job_dir). Like start_task: checked and refused while
+    another job holds the devices before any folder is made; then the run config is written to
+    JOB_DIR/run_config.yaml, the test's config (naming it) to JOB_DIR/lr_find.yaml, and
+    `python -m trainer_core lr-find JOB_DIR/lr_find.yaml` launched (one process)."""
+    job_dir = task_job_dir("lr_find", cfg, outputs_root)
+    cfg = checked(dataclasses.replace(cfg, run_config=str(job_dir / LR_FIND_RUN_CONFIG), job_dir=str(job_dir)))
+    key = current_devices()
+    # The jobs beside it (as start_job looks beside a run's output_dir), and every job on this machine.
+    refuse_if_busy(Path(outputs_root) if outputs_root else job_dir.parent.parent, key, job_dir)
+    if refresh_status(job_dir).get("state") == "running":
+        raise UserError(f"{job_dir} is already running")
+    run, auto_line = resolve_batch(run)  # per_device_train_batch_size auto: decided as a run's launch does
+    save_config(dataclasses.replace(run, output_dir=str(job_dir)), job_dir / LR_FIND_RUN_CONFIG,
+                runs.auto_batch_note(auto_line) if auto_line else "")
+    config_file = job_dir / CONFIG_FILES["lr_find"]
+    save_job_config(cfg, config_file)
+    return launch(job_dir, task_command("lr_find", config_file), key, "python")
 
 
 def _outputs_root_of(job_dir: Path) -> Path:

@@ -89,7 +89,8 @@ def setup_reporting(cfg: TrainConfig, run_dir: Path) -> None:
         os.environ.setdefault("WANDB_PROJECT", "qihuang")
 
 
-def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) -> Any:
+def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **overrides: Any) -> Any:
+    """The TrainingArguments of a run; `overrides` replace any of them (the LR range test saves nothing)."""
     from transformers import TrainingArguments
 
     from trainer_core.models import has_cuda, tf32_supported
@@ -128,6 +129,7 @@ def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool) ->
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps or cfg.logging_steps * 10)
     if cfg.deepspeed:
         kwargs["deepspeed"] = deepspeed_config(cfg.deepspeed)
+    kwargs.update(overrides)
     return one_device_per_process(TrainingArguments(**kwargs))
 
 
@@ -143,9 +145,10 @@ def one_device_per_process(args: Any, log=print) -> Any:
     return args
 
 
-def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
+def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print, save_on_stop: bool = True) -> Any:
     """A TrainerCallback that writes trainer_log.jsonl (its schema: README, "The run folder"), prints one line per
-    logging event, and turns a SIGTERM into save-and-stop at the next step boundary."""
+    logging event, and turns a SIGTERM into save-and-stop at the next step boundary (stop only, without
+    `save_on_stop`)."""
     from transformers import TrainerCallback
 
     class ProgressCallback(TrainerCallback):
@@ -158,7 +161,7 @@ def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print) -> Any:
             if state.global_step == state.max_steps:
                 control.should_log = True  # the final loss is always in the log, whatever logging_steps
             if _any_rank_requested(stop.requested):
-                control.should_save = True
+                control.should_save = save_on_stop
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -327,7 +330,7 @@ def run_training(cfg: TrainConfig, argv: list[str] | None = None, log=print, run
     previous_handler = signal.signal(signal.SIGTERM, stop.handle)
     saving_final: Path | None = None  # the adapter/ or model/ folder while it is being written
     try:
-        trainer, resume = _build_trainer(cfg, run_dir, stop, log, auto)
+        trainer, resume = build_trainer(cfg, run_dir, stop, log, auto=auto)
         stop.training = True
         if stop.requested:
             raise AbortRequested()
@@ -463,10 +466,13 @@ def _lean_norm_step_callback() -> Any:
     return LeanNormStep()
 
 
-def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, auto: bool = False
-                   ) -> tuple[Any, str | None]:
-    """Everything before the first step: model files, tokenizer, data, model, Trainer; with `auto`
-    (the batch came from per_device_train_batch_size auto) the batch confirmed (settle_auto_batch)."""
+def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fresh: bool = False,
+                  arguments: dict[str, Any] | None = None, auto: bool = False) -> tuple[Any, str | None]:
+    """Everything before the first step: model files, tokenizer, data, model, Trainer. The one
+    recipe for a run and for the LR range test (trainer_core/lr_find.py), which asks for a `fresh`
+    start (no checkpoint looked for or resumed, none saved on a stop) and its own TrainingArguments
+    (`arguments`, on top of the run's). With `auto` (the batch came from per_device_train_batch_size
+    auto) the batch is confirmed on the device (settle_auto_batch)."""
     from trainer_core.models import check_precision, load_model, load_tokenizer, resolve_model_path
     from trainer_core.tokenization import SupervisedCollator, setup_chat_template
 
@@ -481,8 +487,10 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, auto: 
     train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
     show_example(next(iter(train_samples)), tokenizer, log)
 
-    runs.remove_incomplete_checkpoints(run_dir, log)
-    resume = resolve_resume(cfg, run_dir)
+    resume = None
+    if not fresh:
+        runs.remove_incomplete_checkpoints(run_dir, log)
+        resume = resolve_resume(cfg, run_dir)
     if resume:
         step = int(Path(resume).name.split("-")[-1])
         runs.truncate_log_after(run_dir, step)
@@ -490,7 +498,7 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, auto: 
     elif (run_dir / runs.LOG_FILE).exists():
         (run_dir / runs.LOG_FILE).unlink()  # a fresh start has a fresh log
 
-    args = build_training_arguments(cfg, run_dir, has_eval=bool(eval_samples))
+    args = build_training_arguments(cfg, run_dir, has_eval=bool(eval_samples), **(arguments or {}))
     if cfg.deepspeed:
         # ZeRO-3 partitions the model while it is built, before the Trainer starts DeepSpeed: its
         # communication layer must know the ranks by then (on CPU nothing else initialises it,
@@ -509,7 +517,7 @@ def _build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, auto: 
         eval_dataset=eval_samples or None,
         processing_class=tokenizer,
         data_collator=_maybe_recording(SupervisedCollator(tokenizer.pad_token_id), run_dir),
-        callbacks=[make_progress_callback(run_dir, stop, log)],
+        callbacks=[make_progress_callback(run_dir, stop, log, save_on_stop=not fresh)],
     )
     if args.disable_tqdm:
         # Our callback prints one readable line per logging event; the raw dicts would repeat it.

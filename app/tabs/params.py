@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import jobview
 from app.choices import dataset_names, page_dataset_choices
 from app.context import AppContext
 from app.form import (
@@ -149,6 +150,7 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
                               max_lines=12, wrap_lines=True, elem_id="params-command")
         c["config_yaml"] = L.make(gr.Code, label="params.yaml", language="yaml", interactive=False, lines=3,
                                   max_lines=24, elem_id="params-yaml")
+    c.update(build_lr_find(L))
     c["fields"] = page.form_fields = fields
     page.status_lines.append(c["params_msg"])
     return c
@@ -265,3 +267,131 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         return {**load_into_form(Path(file), Path(file).name, *args), c["config_path"]: f"configs/{Path(file).name}"}
 
     c["upload_cfg"].upload(on_upload, [c["upload_cfg"], *form, lang], [*form, c["params_msg"], c["config_path"]])
+    wire_lr_find(ctx, page, c)
+
+
+# ---- the learning-rate range test (trainer_core/lr_find.py): its own block -------------------
+
+LR_FIND_POLL_SECONDS = 2.0
+
+
+def start_lr_find(values: dict[str, Any], ctx: AppContext) -> Path:
+    """The range test of the config the Train tab would start (app.form.check), as a job in
+    outputs/jobs/lr-find-<time>/ under the work folder; a problem of the form is one UserError."""
+    from trainer_core.jobconfig import LrFindConfig
+    from trainer_core.jobs import start_lr_find as start_job
+
+    cfg, fields, general = check(values, ctx)
+    if cfg is None:
+        raise UserError("\n".join(f"- {text}" for text in [*fields.values(), *general]))
+    return start_job(cfg, LrFindConfig(), ctx.outputs_root)
+
+
+def newest_lr_find_job(ctx: AppContext) -> str | None:
+    """The newest range test under the work folder's outputs/jobs/: what a reloaded page shows again
+    (a running one is followed; its folder, not this process, holds its state)."""
+    found = sorted((ctx.outputs_root / "jobs").glob("lr-find-*/status.json"))  # the names sort by time
+    return str(found[-1].parent) if found else None
+
+
+def lr_find_result(job_dir: str | None) -> dict[str, Any] | None:
+    """The finished test's lr_find.json, or None (no job, still running, or it wrote none)."""
+    import json
+
+    from trainer_core.lr_find import RESULT_FILE
+
+    path = Path(job_dir) / RESULT_FILE if job_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def lr_find_text(result: dict[str, Any] | None, lang: str) -> str:
+    """The suggestion (or why there is none) and why the test stopped early, in the page's language."""
+    if not result:
+        return ""
+    lines = []
+    if result.get("suggestion") is not None:
+        lines.append(t("lrfind.suggestion", lang, lr=f"{result['suggestion']:.1e}"))
+    else:
+        lines.append("⚠ " + translate(result.get("no_suggestion") or "", lang))
+    if result.get("stop_reason"):
+        lines.append(translate(result["stop_reason"], lang))
+    return "\n\n".join(lines)
+
+
+def lr_find_plot(result: dict[str, Any] | None, lang: str) -> str:
+    from app.plots import lr_find_svg
+
+    labels = {name: t(f"lrfind.plot_{name}", lang) for name in ("loss", "smoothed", "lr", "suggestion")}
+    return lr_find_svg(result, labels, t("lrfind.plot_empty", lang))
+
+
+def build_lr_find(L: Labels) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with L.accordion("lrfind.acc", open=False, elem_id="params-acc-lrfind"):
+        L.markdown("lrfind.intro")
+        with gr.Row():
+            c["lrfind_start"] = L.make(gr.Button, text="lrfind.start", elem_id="lrfind-start")
+            c["lrfind_use"] = L.make(gr.Button, text="lrfind.use", interactive=False, elem_id="lrfind-use")
+        c["lrfind_msg"] = gr.Markdown(elem_id="lrfind-msg")
+        c["lrfind_progress"] = gr.HTML("", elem_id="lrfind-progress")
+        c["lrfind_plot"] = L.make(gr.HTML, label="lrfind.plot", show_label=True, container=True,
+                                  value=lr_find_plot(None, L.lang), elem_id="lrfind-plot")
+        c["lrfind_suggestion"] = gr.Markdown(elem_id="lrfind-suggestion")
+    c["lrfind_job"] = gr.State(None)  # the job folder this page follows
+    c["lrfind_value"] = gr.State(None)  # the suggested learning rate, for the "use" button
+    c["lrfind_timer"] = gr.Timer(LR_FIND_POLL_SECONDS, active=False)
+    return c
+
+
+def wire_lr_find(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    lang, form = page.lang, page.form_inputs()
+
+    def on_start(*args: Any) -> dict[Any, Any]:
+        *rest, language = args
+        try:
+            job_dir = start_lr_find(as_values(rest), ctx)
+        except UserError as exc:
+            return {c["lrfind_msg"]: f"⚠ {t('params.fix_first', language)}\n\n{translate(str(exc), language)}"}
+        return {c["lrfind_msg"]: t("lrfind.started", language, job=job_dir), c["lrfind_job"]: str(job_dir),
+                c["lrfind_value"]: None, c["lrfind_use"]: gr.update(interactive=False),
+                c["lrfind_suggestion"]: "", c["lrfind_plot"]: lr_find_plot(None, language),
+                c["lrfind_timer"]: gr.Timer(active=True)}
+
+    c["lrfind_start"].click(on_start, [*form, lang],
+                            [c["lrfind_msg"], c["lrfind_job"], c["lrfind_value"], c["lrfind_use"],
+                             c["lrfind_suggestion"], c["lrfind_plot"], c["lrfind_timer"]])
+
+    def tick(job_dir: str | None, language: str) -> dict[Any, Any]:
+        p = jobview.job_progress(job_dir)
+        running = p is not None and p.get("state") == "running"
+        result = None if running else lr_find_result(job_dir)
+        value = result.get("suggestion") if result else None
+        return {c["lrfind_progress"]: jobview.progress_html(p, language) if p else "",
+                c["lrfind_plot"]: lr_find_plot(result, language),
+                c["lrfind_suggestion"]: lr_find_text(result, language),
+                c["lrfind_value"]: value, c["lrfind_use"]: gr.update(interactive=value is not None),
+                c["lrfind_timer"]: gr.Timer(active=running)}
+
+    outputs = [c["lrfind_progress"], c["lrfind_plot"], c["lrfind_suggestion"], c["lrfind_value"], c["lrfind_use"],
+               c["lrfind_timer"]]
+    c["lrfind_timer"].tick(tick, [c["lrfind_job"], lang], outputs, show_progress="hidden")
+    lang.change(tick, [c["lrfind_job"], lang], outputs, show_progress="hidden")  # the text in the new language
+
+    def on_open() -> dict[Any, Any]:
+        job_dir = newest_lr_find_job(ctx)
+        return {c["lrfind_job"]: job_dir, c["lrfind_timer"]: gr.Timer(active=job_dir is not None)}
+
+    page.load_events.append((on_open, [], [c["lrfind_job"], c["lrfind_timer"]]))
+
+    def on_use(value: float | None, language: str) -> dict[Any, Any]:
+        if value is None:
+            return {c["lrfind_msg"]: gr.update()}
+        return {page.form_fields["learning_rate"]: float(f"{value:.1e}"),
+                c["lrfind_msg"]: t("lrfind.used", language, lr=f"{value:.1e}")}
+
+    c["lrfind_use"].click(on_use, [c["lrfind_value"], lang], [page.form_fields["learning_rate"], c["lrfind_msg"]])

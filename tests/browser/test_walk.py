@@ -89,6 +89,7 @@ CASES = {
     "params-preview": "pressed: the command", "params-config-path": "a name that is no .yaml, then the default",
     "params-save": "pressed with a bad name (its message) and a good one", "params-load": "pressed",
     "params-upload": "the saved YAML uploaded",
+    "params-acc-lrfind": "opened", "lrfind-use": "disabled: no range test has run",
     # Train
     "train-run": "every run picked (the buttons follow its state)",
     "train-overlay": "every run added, then cleared",
@@ -116,6 +117,7 @@ SKIPPED = {
     "eval-start": "starts an evaluation job (test_workbench.py evaluates)",
     "export-start": "starts an export job (test_workbench.py exports)",
     "chat-load": "loads a model into the UI process (test_workbench.py chats)",
+    "lrfind-start": "starts an LR range test job (test_workbench.py runs one and uses its suggestion)",
 }
 # Components that show, never take input (or take it only as a job's output).
 CONTROL_TYPES = ("Button", "UploadButton", "Dropdown", "Radio", "Checkbox", "CheckboxGroup", "Number", "Textbox",
@@ -652,6 +654,9 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     wait_text(page, "#params-msg", t("params.loaded", lang, path="my_run.yaml"))
     w.done.add("params-upload")
     form_ok()
+    w.accordion("params-acc-lrfind", toggle=False)  # the LR range test: nothing to use before a test ran
+    assert page.evaluate("() => document.querySelector('#lrfind-use').disabled"), "'use' is enabled without a test"
+    w.done.add("lrfind-use")
 
 
 def walk_train(w: Walk) -> None:

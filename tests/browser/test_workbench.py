@@ -8,6 +8,7 @@ The browser, the workbench and the error guard are pagekit's (shared with test_w
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pagekit import (
@@ -100,6 +101,39 @@ def test_mix_datasets_by_weight_and_see_the_composition(page):
     page.fill("#data-weights textarea, #data-weights input", "")
     page.press("#data-weights textarea, #data-weights input", "Tab")
     wait_text(page, "#data-mix", "拼接")
+
+
+def test_lr_range_test_suggests_a_learning_rate_for_the_form(page):
+    """Issue 19: the range test of the form's config as a job, its curve and suggestion, and the
+    suggestion put into learning_rate. Full tuning: the tiny model's LoRA barely moves in 40 steps."""
+    open_tab(page, "params")
+    page.locator("#cfg-finetuning_type").get_by_text(t("finetuning_type.full", "zh"), exact=True).click()
+    page.get_by_text(t("lrfind.acc", "zh"), exact=True).click()
+    page.click("#lrfind-start")
+    wait_text(page, "#lrfind-msg", "已开始学习率范围测试")
+    wait_text(page, "#lrfind-progress", "已完成", "失败", timeout=120_000)
+    assert "已完成" in page.inner_text("#lrfind-progress"), page.inner_text("#lrfind-progress")
+    wait_text(page, "#lrfind-suggestion", "建议学习率", "没有建议")
+    assert "建议学习率" in page.inner_text("#lrfind-suggestion"), page.inner_text("#lrfind-suggestion")
+    assert page.locator("#lrfind-plot svg #lr-smoothed").count() == 1  # the curve, with its suggestion marked
+    assert page.locator("#lrfind-plot svg #lr-suggestion").count() == 1
+    suggested = re.search(r"\d\.\de[-+]\d\d", page.inner_text("#lrfind-suggestion")).group(0)
+    page.wait_for_selector("#lrfind-use:not([disabled])")
+    page.click("#lrfind-use")
+    wait_text(page, "#lrfind-msg", suggested)
+    page.wait_for_function("([want]) => Number(document.querySelector('#cfg-learning_rate input').value) === want",
+                           arg=[float(suggested)])
+    shot(page, "params-lrfind-zh")
+    # A reloaded page shows the newest test again (from its folder), the form as a newcomer sees it.
+    page.errors.expect("signal is aborted without reason")  # the reload cuts the page's open polls
+    page.errors.expect("Connection errored out")
+    page.reload()
+    page.wait_for_selector("#tab-data")
+    open_tab(page, "params")
+    page.get_by_text(t("lrfind.acc", "zh"), exact=True).click()
+    wait_text(page, "#lrfind-suggestion", suggested)
+    page.wait_for_selector("#lrfind-use:not([disabled])")
+    assert page.locator("#cfg-finetuning_type input[value=lora]").is_checked()
 
 
 def _loss_points(page, series: int) -> int:
