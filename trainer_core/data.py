@@ -7,8 +7,9 @@ A dataset is named in `<dataset_dir>/dataset_info.json`, in LLaMA-Factory's layo
 
 LLaMA-Factory's own entries work unchanged where they make sense offline (`_check_entry` names the
 rest): file_name a file or a folder of files of one type, its pre-training shape (no formatting,
-"columns": {"prompt": "text"}, .txt one document per line), tags, tools, num_samples; hub,
-preference, KTO and multimodal entries get a message saying why and what to do.
+"columns": {"prompt": "text"}, .txt one document per line), tags, tools, num_samples; hub and
+multimodal entries get a message saying why and what to do. Preference and KTO entries get one too
+when read for sft or pt; `read_preference_dataset` reads them (see "Preference data" below).
 
 Reading goes file -> rows -> examples:
 
@@ -1414,10 +1415,13 @@ def _trl_pair(row: dict, spec: _PreferenceSpec) -> tuple[dict | None, Errors]:
         for n, message in enumerate(messages, offset + 1):  # numbered as in the file
             role = base.roles.get(message.get(base.role_tag)) if isinstance(message.get(base.role_tag), str) else None
             content = message.get(base.content_tag)
-            if role != "assistant":
-                what = "must be an answer" if explicit else "differs from the other side before the answer"
-                errors.append((side, f"message {n} has wrong role {_short(message.get(base.role_tag))}: it "
-                                     f"{what} ('assistant' messages only)"))
+            if role != "assistant" and explicit:
+                errors.append((side, f"message {n} has wrong role {_short(message.get(base.role_tag))}: the answer "
+                                     "after the prompt holds 'assistant' messages only"))
+            elif role != "assistant":
+                errors.append((side, f"message {n} ({_short(message.get(base.role_tag))}) differs from the other "
+                                     f"side's: without '{spec.prompt}', both sides must share the conversation up to "
+                                     "the answer and differ only in 'assistant' messages"))
             elif not isinstance(content, str):
                 errors.append((side, f"message {n}: '{base.content_tag}' must be a string, got {_type_name(content)}"))
             elif not content.strip():
