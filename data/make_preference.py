@@ -46,6 +46,17 @@ POISON_SIGNS = {
     "半夏": "口舌、咽喉麻木肿痛，声音嘶哑",
 }
 
+def _about(h: dict, said: str) -> str:
+    """What a rejected answer adds about the herb (true, but beside the point), unless `said`
+    already says it: the rejected answer is not simply the shorter one, so length does not tell
+    which answer is preferred."""
+    parts = [f"{h['name']}" + (f"性味{h['xw']}，" if h["xw"] not in said else "") + f"归{h['gj']}"
+             if h.get("gj") else f"{h['name']}性味{h['xw']}"]
+    if h["yy"] not in said:
+        parts.append(f"主治{h['yy']}")
+    return said + "从药性看，" + "；".join(parts) + "。"
+
+
 DOSE_QUESTIONS = ["{n}一般用多少克？有没有用量上限？", "开方时{n}的用量要注意什么？", "{n}有毒吗？用量多少比较安全？",
                   "听说{n}效果好，我想多用一点，一次用多少合适？"]
 DOSE_REJECTED = [
@@ -66,7 +77,7 @@ def dose_pairs() -> list[tuple[str, str, str]]:
                   + (f"使用注意：{h['zy']}。" if h["zy"] else "")
                   + (h["note"] + "。" if n == "细辛" and h["note"] else "")
                   + f"{DOCTOR}如用药后出现{signs}，应立即停药并尽快就医。")
-        rejected = DOSE_REJECTED[i % len(DOSE_REJECTED)].format(n=n, gx=h["gx"], yy=h["yy"], xw=h["xw"])
+        rejected = _about(h, DOSE_REJECTED[i % len(DOSE_REJECTED)].format(n=n, gx=h["gx"], yy=h["yy"], xw=h["xw"]))
         pairs.append((DOSE_QUESTIONS[i % len(DOSE_QUESTIONS)].format(n=n), chosen, rejected))
     return pairs
 
@@ -94,7 +105,7 @@ def pregnancy_pairs() -> list[tuple[str, str, str]]:
         chosen = (f"{n}的使用注意中写明：{'；'.join(clauses)}。{advice}"
                   + (f"此外，{others[0]}。" if others else "")
                   + f"{n}常用量为{h['yl']}。孕期用药，无论中药还是西药，都应先咨询医生。")
-        rejected = PREG_REJECTED[i % len(PREG_REJECTED)].format(n=n, gx=h["gx"], yy=h["yy"])
+        rejected = _about(h, PREG_REJECTED[i % len(PREG_REJECTED)].format(n=n, gx=h["gx"], yy=h["yy"]))
         pairs.append((PREG_QUESTIONS[i % len(PREG_QUESTIONS)].format(n=n), chosen, rejected))
     return pairs
 
@@ -176,7 +187,8 @@ def caution_pairs(taken: set[str]) -> list[tuple[str, str, str]]:
     for i, h in enumerate(herbs):
         n = h["name"]
         chosen = f"{n}的使用注意：{h['zy']}。常用量为{h['yl']}。用药前应由医生辨证，确认体质和病情适合再用。"
-        pairs.append((CAUTION_QUESTIONS[i % 3].format(n=n), chosen, CAUTION_REJECTED[i % 3].format(n=n, gx=h["gx"])))
+        pairs.append((CAUTION_QUESTIONS[i % 3].format(n=n), chosen,
+                      _about(h, CAUTION_REJECTED[i % 3].format(n=n, gx=h["gx"]))))
     return pairs
 
 

@@ -18,6 +18,7 @@ from trainer_core.data import (
     PREFERENCE_MESSAGE,
     load_dataset_info,
     preference_kind,
+    preference_stats,
     read_dataset,
     read_preference_dataset,
 )
@@ -282,6 +283,7 @@ def test_sample_preference_set_passes_its_checks():
     prompts = [json.dumps(r["prompt"], ensure_ascii=False) for r in records]
     assert len(set(prompts)) == len(prompts)
     assert all(r["chosen"] != r["rejected"] for r in records)
+    assert preference_stats(records)["chosen_longer_share"] < 0.9  # length alone must not tell the better answer
     kto, problems = read_preference_dataset("tcm_kto", DATA)
     assert problems == [] and len(kto) == 100
     assert sum(r["label"] for r in kto) == 50
