@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from trainer_core.config import DEEPSPEED_PRESETS, KEYS, allowed_values, config_from_dict, load_config
-from trainer_core.data import load_dataset_info, load_datasets, read_dataset, read_file
+from trainer_core.data import load_dataset_info, load_datasets, preference_kind, read_dataset, read_file
 from trainer_core.errors import DataError, UserError
 
 BAD = Path(__file__).parent / "bad_data"
@@ -141,7 +141,8 @@ def test_missing_file_names_the_path_and_the_dataset():
 def test_every_committed_bad_file_is_covered():
     """A file added to tests/bad_data must get its expected messages here (or load, below)."""
     info = load_dataset_info(BAD)
-    covered = set(EXPECTED) | set(LOADS) | {"missing_file", "long_record", "tcm_corpus", "special_token"}
+    preference = {name for name, entry in info.items() if preference_kind(entry)}  # test_preference_data.py
+    covered = set(EXPECTED) | set(LOADS) | {"missing_file", "long_record", "tcm_corpus", "special_token"} | preference
     assert set(info) == covered
     registered = {entry["file_name"] for entry in info.values()}
     on_disk = {p.name for p in BAD.iterdir() if p.name != "dataset_info.json"}

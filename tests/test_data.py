@@ -19,8 +19,10 @@ from trainer_core.data import (
     load_datasets,
     mix_composition,
     percentile,
+    preference_kind,
     read_dataset,
     read_file,
+    read_preference_dataset,
     text_stats,
 )
 from trainer_core.errors import DataError, Problem, UserError
@@ -514,7 +516,10 @@ def test_sample_datasets_read_without_problems():
     assert info
     for name, entry in info.items():
         stage = {"text": "pt", "mcq": "mcq"}.get(entry["formatting"], "sft")
-        examples, problems = read_dataset(name, SAMPLE_DATA, stage)
+        if preference_kind(entry):  # pairs and KTO answers (tests/test_preference_data.py)
+            examples, problems = read_preference_dataset(name, SAMPLE_DATA)
+        else:
+            examples, problems = read_dataset(name, SAMPLE_DATA, stage)
         assert problems == [], f"{name}: {problems[:3]}"
         assert examples, f"{name} holds no records"
 

@@ -7,8 +7,9 @@ A dataset is named in `<dataset_dir>/dataset_info.json`, in LLaMA-Factory's layo
 
 LLaMA-Factory's own entries work unchanged where they make sense offline (`_check_entry` names the
 rest): file_name a file or a folder of files of one type, its pre-training shape (no formatting,
-"columns": {"prompt": "text"}, .txt one document per line), tags, tools, num_samples; hub,
-preference, KTO and multimodal entries get a message saying why and what to do.
+"columns": {"prompt": "text"}, .txt one document per line), tags, tools, num_samples; hub and
+multimodal entries get a message saying why and what to do. Preference and KTO entries get one too
+when read for sft or pt; `read_preference_dataset` reads them (see "Preference data" below).
 
 Reading goes file -> rows -> examples:
 
@@ -96,6 +97,7 @@ COMMON_ROLES = {
 # LLaMA-Factory columns that name data this text-only SFT/PT trainer cannot use (see _column_refusal).
 MEDIA_COLUMNS = ("images", "videos", "audios")
 PREFERENCE_COLUMNS = ("chosen", "rejected")
+PREFERENCE_FIELDS = ("chosen", "rejected", "kto_tag")  # columns only preference data has
 # Where LLaMA-Factory fetches a dataset from instead of file_name; none of them is reachable offline.
 REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 PREFERENCE_MESSAGE = ("preference data (ranking: true, chosen/rejected answers) needs stage dpo, which comes "
@@ -312,16 +314,17 @@ def _sheet_of(entry: dict, where: str) -> str | int:
     return sheet
 
 
-def _check_entry(entry: dict, where: str, dataset_dir: Path) -> None:
+def _check_entry(entry: dict, where: str, dataset_dir: Path, preference: bool = False) -> None:
     """Refuse, with why and what to do, the LLaMA-Factory entries this workbench cannot read:
-    preference and KTO data, multimodal columns, hub/script/cloud entries without a local
-    file_name, a split other than train; and a num_samples that is not a count."""
-    if entry.get("ranking"):
+    preference and KTO data (unless `preference`: read by `read_preference_dataset`), multimodal
+    columns, hub/script/cloud entries without a local file_name, a split other than train; and a
+    num_samples that is not a count."""
+    if not preference and (entry.get("ranking") or entry.get("formatting") == "trl"):
         raise UserError(f"{where}: {PREFERENCE_MESSAGE}")
     columns = entry.get("columns")
     if isinstance(columns, dict):
         for key in columns:
-            refusal = _column_refusal(key)
+            refusal = None if preference and key in PREFERENCE_FIELDS else _column_refusal(key)
             if refusal:
                 raise UserError(f"{where}: {refusal}")
     file_name = entry.get("file_name")
@@ -1110,6 +1113,379 @@ def _missing_tag(n: int, turn: dict, spec: _Spec) -> str:
     elif spec.formatting == "openai" and "from" in turn and "value" in turn:
         message += '; these are ShareGPT turns: use "formatting": "sharegpt"'
     return message
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference data: pairs (chosen / rejected) and KTO's good / bad answers
+# ---------------------------------------------------------------------------------------------
+#
+# An entry is preference data when it has "ranking": true (pairs, as in LLaMA-Factory), when its
+# "columns" name a "kto_tag" (KTO: one answer with a true/false label), or when its formatting is
+# "trl" (TRL's conversational preference records; ours, LLaMA-Factory does not read it). Records:
+#   pairs: {"prompt": [messages], "chosen": [assistant messages], "rejected": [assistant messages]}
+#   kto:   {"prompt": [messages], "completion": [assistant message], "label": bool}
+# each with "tools" where the record has function definitions, and "source", "file", "index" and
+# "prompt_field" (the field holding the prompt, for problems found later, e.g. a prompt over cutoff).
+
+TRL_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def preference_kind(entry: dict) -> str | None:
+    """"pairs", "kto" or None (not preference data) for a dataset_info.json entry."""
+    columns = entry.get("columns")
+    if isinstance(columns, dict) and "kto_tag" in columns:
+        return "kto"
+    if entry.get("ranking") or entry.get("formatting") == "trl":
+        return "pairs"
+    return None
+
+
+@dataclass(frozen=True)
+class _PreferenceSpec:
+    kind: str  # pairs | kto
+    formatting: str  # as registered: alpaca, sharegpt, openai or trl
+    base: _Spec  # how the prompt is read (trl: as openai, its "messages" column the prompt's)
+    chosen: str  # the file's column names
+    rejected: str
+    kto_tag: str
+    prompt: str  # trl only
+
+
+def _preference_spec(entry: dict, where: str) -> _PreferenceSpec:
+    kind = preference_kind(entry)
+    if kind is None:
+        columns = entry["columns"] if isinstance(entry.get("columns"), dict) else {}
+        hint = (' ("columns" names chosen/rejected: add "ranking": true)'
+                if any(k in columns for k in PREFERENCE_COLUMNS) else "")
+        raise UserError(f'{where} is not preference data{hint}: a preference entry has "ranking": true '
+                        '(chosen/rejected pairs), a "kto_tag" in "columns" (KTO) or "formatting": "trl"')
+    formatting = entry["formatting"]
+    columns = entry.get("columns") or {}
+    if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+        raise UserError(f'{where}: "columns" must map field names to column names, e.g. {{"chosen": "好回答"}}')
+    columns = dict(columns)
+    own = {name: columns.pop(name, name) for name in ("chosen", "rejected", "kto_tag")}
+    if formatting == "trl":
+        if kind == "kto":
+            raise UserError(f'{where}: formatting trl holds pairs (prompt/chosen/rejected); for KTO use '
+                            'LLaMA-Factory\'s shape (formatting sharegpt or alpaca with a "kto_tag" column)')
+        unknown = [k for k in columns if k not in TRL_FIELDS]
+        if unknown:
+            raise UserError(f"{where}: \"columns\" has '{unknown[0]}', which formatting trl does not use"
+                            f"{_did_you_mean(unknown[0], TRL_FIELDS)} (expected some of {', '.join(TRL_FIELDS)})")
+        prompt = columns.get("prompt", "prompt")
+        base = _make_spec("openai", {"messages": prompt}, entry.get("tags"), where)
+        return _PreferenceSpec(kind, formatting, base, own["chosen"], own["rejected"], own["kto_tag"], prompt)
+    base = _make_spec(formatting, columns, entry.get("tags"), where)
+    if formatting not in ("alpaca", "sharegpt", "openai"):
+        raise UserError(f"{where}: preference data is formatting alpaca, sharegpt, openai or trl, not {formatting}")
+    return _PreferenceSpec(kind, formatting, base, own["chosen"], own["rejected"], own["kto_tag"], "")
+
+
+def read_preference_dataset(name: str, dataset_dir: str | Path, *, max_record_chars: int = 200_000,
+                            max_file_bytes: int = 1 << 30) -> tuple[list[dict], list[Problem]]:
+    """Read the preference dataset `name` (pairs or KTO, see `preference_kind`) registered in
+    `<dataset_dir>/dataset_info.json`: the good records and every problem (file, record, field).
+    A mistake in the registry entry itself raises UserError."""
+    dataset_dir = Path(dataset_dir)
+    info_path = dataset_dir / "dataset_info.json"
+    entry = registry_entry(load_dataset_info(dataset_dir), name, info_path)
+    where = f"dataset '{name}' in {info_path}"
+    _check_entry(entry, where, dataset_dir, preference=True)
+    spec = _preference_spec(entry, where)
+    sheet = _sheet_of(entry, where)
+    path = dataset_dir / entry["file_name"]
+    problem = _open_problem(path, entry["file_name"], f" ({where})")
+    files, problems = ([], [problem]) if problem else _data_files(path, entry["file_name"])
+    records: list[dict] = []
+    for file, display in files:
+        try:
+            rows, trouble = read_rows(file, display, spec.base.formatting, max_file_bytes, sheet=sheet)
+        except OSError as e:
+            problems.append(Problem(display, None, None, f"cannot read the file: {e.strerror or e}"))
+            continue
+        file_problems = list(trouble)
+        for index, row in rows:
+            record, found = convert_preference_row(index, row, display, spec, name, max_record_chars)
+            file_problems += found
+            if record is not None:
+                records.append(record)
+        if not rows and not file_problems:
+            file_problems.append(Problem(display, None, None, "holds no records: the dataset is empty"))
+        file_problems.sort(key=lambda p: -1 if p.record is None else p.record)
+        problems += [_printable(p) for p in file_problems]
+    return records, problems
+
+
+def convert_preference_row(index: int, row: Any, display: str, spec: _PreferenceSpec, source: str,
+                           max_record_chars: int = 200_000) -> tuple[dict | None, list[Problem]]:
+    """One preference row -> (its record, or None with every problem that keeps it out)."""
+    size = _record_chars(row)
+    if size > max_record_chars:
+        return None, [Problem(display, index, None, f"record is {size:,} characters; "
+                              f"the limit is {max_record_chars:,} (max_record_chars)")]
+    bad_unicode = _surrogate_problem(row)
+    if bad_unicode is not None:
+        return None, [Problem(display, index, *bad_unicode)]
+    if not isinstance(row, dict):
+        return None, [Problem(display, index, None, f"record must be a JSON object, got {_type_name(row)}")]
+    if spec.kind == "kto":
+        record, errors = _kto_record(row, spec)
+    elif spec.formatting == "alpaca":
+        record, errors = _alpaca_pair(row, spec)
+    elif spec.formatting == "trl":
+        record, errors = _trl_pair(row, spec)
+    else:
+        record, errors = _conversation_pair(row, spec)
+    if record is not None and not errors and spec.kind == "pairs":
+        if [_normalise(message_text(m)) for m in record["chosen"]] == \
+                [_normalise(message_text(m)) for m in record["rejected"]]:
+            errors = [(spec.rejected, f"is identical to '{spec.chosen}': a pair must prefer one answer over "
+                                      "a different one; fix or remove the record")]
+    if errors or record is None:
+        unique = list(dict.fromkeys(errors))  # the prompt is read once per side: its problems once
+        return None, [Problem(display, index, key, message) for key, message in unique]
+    record.update(source=source, file=display, index=index)
+    return record, []
+
+
+def _pair(prompt: list[dict], chosen: list[dict], rejected: list[dict], tools: list | None, field: str) -> dict:
+    record: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_field": field}
+    if tools:
+        record["tools"] = tools
+    return record
+
+
+def _alpaca_pair(row: dict, spec: _PreferenceSpec) -> tuple[dict | None, Errors]:
+    """LLaMA-Factory's alpaca ranking record: instruction (+ input, system, history) and two answers
+    as strings."""
+    known = {spec.base.key(n) for n in FIELDS["alpaca"]} | {spec.chosen, spec.rejected}
+    errors: Errors = []
+    sides = {}
+    for side in (spec.chosen, spec.rejected):
+        answer = _answer_string(row, side, known, errors)
+        if answer is not None:
+            sides[side] = [{"role": "assistant", "content": answer}]
+    prompt, tools, trouble = _alpaca_prompt(row, spec.base)
+    errors += trouble
+    if errors or prompt is None:
+        return None, errors
+    return _pair(prompt, sides[spec.chosen], sides[spec.rejected], tools, spec.base.key("instruction")), []
+
+
+_ANSWER_KEY = "\0answer"  # a stand-in answer: the alpaca converter reads the prompt around it
+
+
+def _alpaca_prompt(row: dict, base: _Spec) -> tuple[list[dict] | None, list | None, Errors]:
+    """The messages before the answer of an alpaca record (system, history, the question)."""
+    spec = replace(base, columns={**base.columns, "output": _ANSWER_KEY})
+    example, errors = _alpaca({**row, _ANSWER_KEY: "-"}, spec)
+    if errors or example is None:
+        return None, None, errors
+    return example["messages"][:-1], example.get("tools"), []
+
+
+def _answer_string(row: dict, key: str, known: set[str], errors: Errors) -> str | None:
+    """An answer given as a string (alpaca), or None with its problem noted."""
+    if key not in row:
+        errors.append((key, _missing(key, row, known)))
+        return None
+    value = row[key]
+    if isinstance(value, dict):
+        errors.append((key, "must be a string in an alpaca ranking record; answers given as message objects "
+                            'are the sharegpt shape: use "formatting": "sharegpt"'))
+        return None
+    if value is not None and not _is_nan(value) and not isinstance(value, str):
+        errors.append((key, f"must be a string, got {_type_name(value)}"))
+        return None
+    if value is None or _is_nan(value) or not value.strip():
+        errors.append((key, _empty("answer", value)))
+        return None
+    return value
+
+
+def _conversation_pair(row: dict, spec: _PreferenceSpec) -> tuple[dict | None, Errors]:
+    """LLaMA-Factory's sharegpt/openai ranking record: the conversation up to the last question,
+    and chosen/rejected as one assistant message object each."""
+    base = spec.base
+    key = base.key("conversations" if base.formatting == "sharegpt" else "messages")
+    known = {key, base.key("system"), base.key("tools"), spec.chosen, spec.rejected}
+    errors: Errors = []
+    sides = {side: _answer_message(row, side, base, known, errors) for side in (spec.chosen, spec.rejected)}
+    prompt, tools, trouble = _conversation_prompt(row, base, key, known, (spec.chosen, spec.rejected))
+    errors += trouble
+    if errors or prompt is None:
+        return None, errors
+    chosen, rejected = sides[spec.chosen], sides[spec.rejected]
+    assert chosen is not None and rejected is not None  # no error noted: both were read
+    return _pair(prompt, [chosen], [rejected], tools, key), []
+
+
+def _answer_message(row: dict, key: str, base: _Spec, known: set[str], errors: Errors) -> dict | None:
+    """One answer as a message object in the file's tags ({"from": "gpt", "value": "..."})."""
+    shape = f"{{'{base.role_tag}': '{base.expected_roles[1]}', '{base.content_tag}': '...'}}"
+    if key not in row:
+        errors.append((key, _missing(key, row, known)))
+        return None
+    value = row[key]
+    if isinstance(value, list):
+        errors.append((key, f"must be one message object like {shape}, got a list (TRL's shape, where "
+                            'the answers are message lists: use "formatting": "trl")'))
+        return None
+    if not isinstance(value, dict):
+        errors.append((key, f"must be one message object like {shape}, got {_type_name(value)}"))
+        return None
+    if base.role_tag not in value or base.content_tag not in value:
+        errors.append((key, _missing_tag(1, value, base).replace("turn 1", "the answer", 1)))
+        return None
+    role = base.roles.get(value[base.role_tag]) if isinstance(value[base.role_tag], str) else None
+    if role != "assistant":
+        errors.append((key, f"wrong role {_short(value[base.role_tag])}: the answer must be an assistant "
+                            f"message ('{base.expected_roles[1]}')"))
+        return None
+    content = value[base.content_tag]
+    if not isinstance(content, str):
+        errors.append((key, f"'{base.content_tag}' must be a string, got {_type_name(content)}"))
+        return None
+    if not content.strip():
+        errors.append((key, "empty answer"))
+        return None
+    return {"role": "assistant", "content": content}
+
+
+def _conversation_prompt(row: dict, base: _Spec, key: str, known: set[str], answers: tuple[str, ...]
+                         ) -> tuple[list[dict] | None, list | None, Errors]:
+    """The prompt of a conversation record: its turns, which must end with a question (a user
+    turn, or a tool's result), read by the conversation converter around a stand-in answer."""
+    if key not in row:
+        return None, None, [(key, _missing(key, row, known))]
+    turns = row[key]
+    if not isinstance(turns, list):
+        return None, None, [(key, f"must be a list of turns, got {_type_name(turns)}")]
+    last = turns[-1] if turns and isinstance(turns[-1], dict) else {}
+    tag = last.get(base.role_tag)
+    if isinstance(tag, str) and base.roles.get(tag) in ("assistant", "function"):
+        return None, None, [(key, f"turn {len(turns)}, the last, is an answer ('{tag}'): in "
+                                  "preference data the conversation is the prompt and ends with a question; "
+                                  f"the answers go in {' and '.join(repr(a) for a in answers)}")]
+    stand_in = {base.role_tag: base.expected_roles[1], base.content_tag: "-"}
+    example, errors = _conversation({**row, key: [*turns, stand_in]}, base)
+    if errors or example is None:
+        return None, None, errors
+    return example["messages"][:-1], example.get("tools"), []
+
+
+def _trl_pair(row: dict, spec: _PreferenceSpec) -> tuple[dict | None, Errors]:
+    """TRL's conversational preference record: "prompt" (messages) with "chosen" and "rejected" (the
+    assistant messages after it), or, without a prompt (TRL's implicit prompt), chosen and rejected
+    as whole conversations whose shared beginning is the prompt."""
+    base = spec.base
+    known = {spec.prompt, spec.chosen, spec.rejected, base.key("tools")}
+    errors: Errors = []
+    sides: dict[str, list] = {}
+    for side in (spec.chosen, spec.rejected):
+        if side not in row:
+            errors.append((side, _missing(side, row, known)))
+        elif not isinstance(row[side], list) or not all(isinstance(m, dict) for m in row[side]):
+            errors.append((side, f"must be a list of messages like [{{'role': 'assistant', 'content': '...'}}], "
+                                 f"got {_type_name(row[side])}"))
+        else:
+            sides[side] = row[side]
+    if errors:
+        return None, errors
+    chosen, rejected = sides[spec.chosen], sides[spec.rejected]
+    explicit = spec.prompt in row
+    if explicit:
+        turns, field, offset = row[spec.prompt], spec.prompt, 0
+        if not isinstance(turns, list):
+            return None, [(field, f"must be a list of messages, got {_type_name(turns)}")]
+    else:  # implicit prompt: the messages both conversations share, as TRL's extract_prompt takes it
+        if chosen == rejected:
+            return None, [(spec.rejected, f"is identical to '{spec.chosen}': a pair must prefer one answer "
+                                          "over a different one; fix or remove the record")]
+        offset = 0
+        while offset < min(len(chosen), len(rejected)) and chosen[offset] == rejected[offset]:
+            offset += 1
+        turns, field = chosen[:offset], spec.chosen
+    answers = {spec.chosen: chosen[offset:], spec.rejected: rejected[offset:]}
+    for side, messages in answers.items():
+        if not messages:
+            errors.append((side, "has no answer after the prompt" if explicit else
+                           "has no answer of its own: it ends where the other side's answer begins"))
+        for n, message in enumerate(messages, offset + 1):  # numbered as in the file
+            role = base.roles.get(message.get(base.role_tag)) if isinstance(message.get(base.role_tag), str) else None
+            content = message.get(base.content_tag)
+            if role != "assistant" and explicit:
+                errors.append((side, f"message {n} has wrong role {_short(message.get(base.role_tag))}: the answer "
+                                     "after the prompt holds 'assistant' messages only"))
+            elif role != "assistant":
+                errors.append((side, f"message {n} ({_short(message.get(base.role_tag))}) differs from the other "
+                                     f"side's: without '{spec.prompt}', both sides must share the conversation up to "
+                                     "the answer and differ only in 'assistant' messages"))
+            elif not isinstance(content, str):
+                errors.append((side, f"message {n}: '{base.content_tag}' must be a string, got {_type_name(content)}"))
+            elif not content.strip():
+                errors.append((side, f"message {n}: empty answer"))
+    if errors:
+        return None, errors
+    prompt_spec = replace(base, columns={**base.columns, "messages": field})
+    prompt, tools, trouble = _conversation_prompt({**row, field: turns}, prompt_spec, field, known,
+                                                  (spec.chosen, spec.rejected))
+    if trouble or prompt is None:
+        return None, trouble
+    as_messages = {side: [{"role": "assistant", "content": m[base.content_tag]} for m in messages]
+                   for side, messages in answers.items()}
+    return _pair(prompt, as_messages[spec.chosen], as_messages[spec.rejected], tools, field), []
+
+
+def _kto_record(row: dict, spec: _PreferenceSpec) -> tuple[dict | None, Errors]:
+    """LLaMA-Factory's KTO record: an alpaca or sharegpt/openai SFT record (one answer) and a
+    true/false "kto_tag" saying whether the answer is desirable."""
+    errors: Errors = []
+    if spec.kto_tag not in row:
+        known = {spec.kto_tag} | {spec.base.key(n) for n in FIELDS[spec.base.formatting]}
+        errors.append((spec.kto_tag, _missing(spec.kto_tag, row, known)))
+    elif not isinstance(row[spec.kto_tag], bool):
+        errors.append((spec.kto_tag, f"must be true or false (a JSON boolean: is the answer desirable?), got "
+                                     f"{_type_name(row[spec.kto_tag])} {_short(row[spec.kto_tag])}"))
+    example, trouble = CONVERTERS[spec.base.formatting](row, spec.base)
+    errors += trouble
+    if errors or example is None:
+        return None, errors
+    messages = example["messages"]
+    key = spec.base.key("instruction" if spec.base.formatting == "alpaca" else
+                        "conversations" if spec.base.formatting == "sharegpt" else "messages")
+    record: dict[str, Any] = {"prompt": messages[:-1], "completion": messages[-1:], "label": row[spec.kto_tag],
+                              "prompt_field": key}
+    if example.get("tools"):
+        record["tools"] = example["tools"]
+    return record, []
+
+
+def preference_stats(records: list[dict]) -> dict:
+    """Counts and character lengths of preference records (pairs or KTO) for `data check`."""
+    n = len(records)
+    if n == 0:
+        return {"records": 0}
+    prompts = [_normalise("\n".join(message_text(m) for m in r["prompt"])) for r in records]
+    stats: dict[str, Any] = {"kind": "kto" if "completion" in records[0] else "pairs", "records": n}
+    if stats["kind"] == "kto":
+        answers = [sum(len(message_text(m)) for m in r["completion"]) for r in records]
+        stats.update(desirable=sum(bool(r["label"]) for r in records),
+                     undesirable=sum(not r["label"] for r in records),
+                     **{f"answer_{k}": v for k, v in _length_stats(answers).items()})
+        stats["duplicates"] = n - len({(p, _normalise(message_text(r["completion"][-1])))
+                                       for p, r in zip(prompts, records)})
+    else:
+        for side in ("chosen", "rejected"):
+            lengths = [sum(len(message_text(m)) for m in r[side]) for r in records]
+            stats.update({f"{side}_{k}": v for k, v in _length_stats(lengths).items()})
+        stats["chosen_longer_share"] = round(sum(
+            sum(len(message_text(m)) for m in r["chosen"]) > sum(len(message_text(m)) for m in r["rejected"])
+            for r in records) / n, 4)
+    stats["duplicate_prompts"] = n - len(set(prompts))
+    stats["multi_turn_share"] = round(sum(any(m["role"] == "assistant" for m in r["prompt"]) for r in records) / n, 4)
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------

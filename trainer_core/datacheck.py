@@ -2,6 +2,7 @@
 
 Character statistics come from the data module; token statistics tokenize the records exactly
 as training will (same template, same cutoff), so "share over cutoff_len" is the real share.
+Preference datasets (pairs, KTO) are checked by their registry entry alone, whatever the stage.
 """
 
 from __future__ import annotations
@@ -9,24 +10,36 @@ from __future__ import annotations
 from typing import Any
 
 from trainer_core.config import TrainConfig, dataset_mix
-from trainer_core.data import load_dataset_info, read_dataset, text_stats
+from trainer_core.data import (
+    load_dataset_info,
+    preference_kind,
+    preference_stats,
+    read_dataset,
+    read_preference_dataset,
+    text_stats,
+)
 
 
 def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> list[dict]:
     """One report per dataset in cfg.dataset: problems, text stats and (optionally) token stats."""
     tokenizer = None
+    info = load_dataset_info(cfg.dataset_dir)
+    names = dataset_mix(cfg.dataset)[0]
     if with_tokens:
         from trainer_core.models import load_tokenizer, resolve_model_path
         from trainer_core.tokenization import setup_chat_template
 
         tokenizer = load_tokenizer(resolve_model_path(cfg.model_name_or_path, log), cfg.trust_remote_code)
-        if cfg.stage == "sft":
+        if cfg.stage == "sft" or any(preference_kind(info.get(name, {})) for name in names):
             setup_chat_template(tokenizer, cfg.template, log)
     from trainer_core.arrow_data import check_large, print_progress, use_arrow
 
     reports = []
-    info = load_dataset_info(cfg.dataset_dir)
-    for name in dataset_mix(cfg.dataset)[0]:
+    for name in names:
+        if preference_kind(info.get(name, {})):
+            # Preference data (pairs or KTO) is checked by its registry entry alone, whatever the stage.
+            reports.append(check_preference(name, cfg, tokenizer))
+            continue
         # Multiple-choice sets are for evaluation only, but checking them is what this command is for.
         mcq = info.get(name, {}).get("formatting") == "mcq"
         stage = "mcq" if mcq else cfg.stage
@@ -47,6 +60,23 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
             report["problems"] = problems + special_token_problems(examples, tokenizer)
         reports.append(report)
     return reports
+
+
+def check_preference(name: str, cfg: TrainConfig, tokenizer: Any = None) -> dict:
+    """The report of one preference dataset: its problems and statistics; with a tokenizer also
+    the prompts too long for cutoff_len and the token counts of both sides as training encodes them."""
+    records, problems = read_preference_dataset(name, cfg.dataset_dir)
+    report: dict[str, Any] = {"name": name, "problems": problems, "text": preference_stats(records)}
+    if tokenizer is not None and records:
+        from trainer_core.tokenization import encode_preference, prompts_over_cutoff
+
+        _, stats = encode_preference(records, tokenizer, cfg.cutoff_len)
+        summary = stats.summary()
+        over = sum(1 for n in stats.lengths if n > cfg.cutoff_len)
+        summary.update(cutoff_len=cfg.cutoff_len, share_over_cutoff=round(over / len(stats.lengths), 4))
+        report["tokens"] = summary
+        report["problems"] = problems + prompts_over_cutoff(records, tokenizer, cfg.cutoff_len)
+    return report
 
 
 def token_stats(examples: list[dict], tokenizer: Any, cfg: TrainConfig) -> dict:

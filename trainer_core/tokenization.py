@@ -263,6 +263,75 @@ def encode_sft(examples: list[dict], tokenizer: Any, cutoff_len: int, batch_size
     return samples, stats
 
 
+def encode_preference(records: list[dict], tokenizer: Any, cutoff_len: int, batch_size: int = 1000
+                      ) -> tuple[list[dict], EncodeStats]:
+    """Token ids and labels of preference records (trainer_core.data.read_preference_dataset).
+
+    Pairs give {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"}, KTO
+    records {"input_ids", "labels", "kto_label"}. Each side is the prompt and its answer rendered
+    with the chat template as one conversation and labelled as encode_sft labels an assistant turn
+    (its content and end-of-turn token), but only the answer is trainable: assistant turns inside
+    the prompt get -100 too. A side longer than cutoff_len is cut at its end; a record with a side
+    left without a trainable token is dropped and counted (stats.records and stats.lengths count
+    sides)."""
+    kto = bool(records) and "completion" in records[0]
+    sides = ("completion",) if kto else ("chosen", "rejected")
+    conversations = [{"messages": r["prompt"] + r[side], "tools": r.get("tools"), "source": r.get("source")}
+                     for r in records for side in sides]
+    check_tool_support(conversations, tokenizer)
+    render = _compile_template(tokenizer)
+    markers = end_of_turn_markers(tokenizer)
+    stats = EncodeStats(records=len(records))
+    samples: list[dict] = []
+    for begin in range(0, len(records), batch_size):
+        batch = records[begin: begin + batch_size]
+        rendered = []
+        for record in batch:
+            for side in sides:
+                full, spans = assistant_spans(_with_tools(render, record.get("tools")),
+                                              record["prompt"] + record[side], markers)
+                rendered.append((full, spans[len(spans) - len(record[side]):]))  # the answer's spans only
+        encoded = encode_with_labels(tokenizer, rendered)
+        for n, record in enumerate(batch):
+            sample: dict[str, Any] = {}
+            for k, side in enumerate(sides):
+                ids, labels = encoded[n * len(sides) + k]
+                stats.lengths.append(len(ids))
+                if len(ids) > cutoff_len:
+                    stats.truncated += 1
+                    ids, labels = ids[:cutoff_len], labels[:cutoff_len]
+                prefix = "" if kto else f"{side}_"
+                sample[f"{prefix}input_ids"], sample[f"{prefix}labels"] = ids, labels
+            trainable = [len(v) - v.count(IGNORE_INDEX) for key, v in sample.items() if key.endswith("labels")]
+            if min(trainable) == 0:
+                stats.dropped_no_trainable += 1
+                continue
+            if kto:
+                sample["kto_label"] = bool(record["label"])
+            stats.tokens += sum(len(v) for key, v in sample.items() if key.endswith("input_ids"))
+            stats.trainable_tokens += sum(trainable)
+            samples.append(sample)
+    stats.samples = len(samples)
+    return samples, stats
+
+
+def prompts_over_cutoff(records: list[dict], tokenizer: Any, cutoff_len: int) -> list[Problem]:
+    """Preference records whose prompt alone (with the template's assistant header) takes
+    cutoff_len tokens or more, leaving no answer token to compare: one Problem each, naming the
+    file, the record and the field that holds the prompt."""
+    render = _compile_template(tokenizer)
+    problems = []
+    for record in records:
+        text = _with_tools(render, record.get("tools"))(record["prompt"], add_generation_prompt=True)
+        count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if count >= cutoff_len:
+            problems.append(Problem(str(record.get("file") or record.get("source", "?")), record.get("index"),
+                                    record.get("prompt_field"),
+                                    f"the prompt is {count:,} tokens, and cutoff_len is {cutoff_len:,}: no token of "
+                                    "the answers would be left to compare; shorten the prompt or raise cutoff_len"))
+    return problems
+
+
 def _with_tools(render, tools: list[dict] | None):
     """`render` with a record's function definitions bound (the template shows them in its prompt)."""
     if not tools:
