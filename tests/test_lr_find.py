@@ -148,6 +148,20 @@ def test_the_launcher_writes_both_configs_and_starts_the_job_from_its_yaml(tmp_p
     assert jobs.start_task("lr_find", saved) == job_dir and len(started) == 2
 
 
+def test_a_batch_auto_run_config_is_tested_with_the_batch_a_launch_would_pick(tmp_path, monkeypatch,
+                                                                              tiny_model_dir):
+    monkeypatch.setattr(jobs, "launch", lambda job_dir, argv, devices, launcher: job_dir)
+    run = load_config(REPO_ROOT / "presets" / "sft_lora.yaml", {"per_device_train_batch_size": "auto",
+                                                                 "model_name_or_path": str(tiny_model_dir)})
+    job_dir = jobs.start_lr_find(run, LrFindConfig(num_steps=12), tmp_path / "outputs")
+    tested = load_config(job_dir / LR_FIND_RUN_CONFIG)
+    chosen = jobs.resolve_batch(run)[0]
+    assert isinstance(tested.per_device_train_batch_size, int)
+    assert (tested.per_device_train_batch_size, tested.gradient_accumulation_steps) == (
+        chosen.per_device_train_batch_size, chosen.gradient_accumulation_steps)
+    assert "was auto" in (job_dir / LR_FIND_RUN_CONFIG).read_text(encoding="utf-8")
+
+
 def test_it_is_refused_while_another_job_holds_the_devices(tmp_path):
     busy = tmp_path / "outputs" / "busy-run"
     busy.mkdir(parents=True)
