@@ -220,6 +220,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "plan.overlap": ("反向传播中释放的激活值 −{size}", "activations freed in backward −{size}"),
     "plan.capacity": ("容量", "capacity"),
     "plan.this_machine_is": ("本机 {hardware}", "this machine, {hardware}"),
+    "plan.cpu": ("CPU（{cores} 核，{ram} 内存）", "CPU ({cores} cores, {ram} RAM)"),
     "plan.head": ("{model}，{billions}B 参数，可训练 {trainable}M",
                   "{model}, {billions}B parameters, {trainable}M trainable"),
     "plan.step": ("每步 {seconds} 秒（{tokens} 个 token）", "{seconds} s per step ({tokens} tokens)"),
@@ -582,8 +583,8 @@ MESSAGES: list[tuple[str, str]] = [
     ("lora_target {missing} not found in the model; its linear layers are {names} (or use lora_target: all)",
      "模型中没有 lora_target {missing}；它的线性层是 {names}（或用 lora_target: all）"),
     ("unknown model '{name}'", "未知的模型 '{name}'"),
-    ("{_name}: {value} is not a whole number >= {min}", "{_name}：{value} 不是 ≥ {min} 的整数"),
-    ("{_name}: {value} is not a number >= {min}", "{_name}：{value} 不是 ≥ {min} 的数"),
+    ("{_name}: {value} is not a whole number of at least {min}", "{_name}：{value} 不是 ≥ {min} 的整数"),
+    ("{_name}: {value} is not a number of at least {min}", "{_name}：{value} 不是 ≥ {min} 的数"),
     # the tabs' own checks (app/)
     ("{field}: empty path", "{field}：路径为空"),
     ("{field}: '{path}' is outside the folders this workbench may read ({roots}); start it with --allow_path DIR "

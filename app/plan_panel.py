@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def number(value: Any, name: str, minimum: float, whole: bool = True, optional: 
         found = float("nan")
     if not found >= minimum or (whole and not found.is_integer()):
         kind = "a whole number" if whole else "a number"
-        raise UserError(f"{name}: {value} is not {kind} >= {minimum:g}")
+        raise UserError(f"{name}: {value} is not {kind} of at least {minimum:g}")
     return int(found) if whole else found
 
 
@@ -252,8 +253,8 @@ def plan_html(result: PanelPlan, lang: str) -> str:
         for name in PARTS if p.parts.get(name))
     if p.overlap:
         legend += f'<span class="qh-plan-key">{html.escape(t("plan.overlap", lang, size=gib(p.overlap)))}</span>'
-    hardware = html.escape(t("plan.this_machine_is", lang, hardware=p.hardware) if result.this_machine
-                           else p.hardware)
+    shown = hardware_text(result.hardware, lang) if result.hardware is not None else p.hardware
+    hardware = html.escape(t("plan.this_machine_is", lang, hardware=shown) if result.this_machine else shown)
     head = t("plan.head", lang, model=p.model_type, billions=f"{p.parameters / 1e9:.2f}",
              trainable=f"{p.trainable_parameters / 1e6:,.1f}")
     verdict = t(verdict_key, lang, total=gib(p.total), capacity=gib(p.capacity), device=device)
@@ -279,6 +280,13 @@ def plan_html(result: PanelPlan, lang: str) -> str:
                    f"<ul>{items}</ul></details>")
     out.append("</div>")
     return "".join(out)
+
+
+def hardware_text(hardware: Hardware, lang: str) -> str:
+    """"4 × A100-40GB", "2 × 8 × H100-80GB", or the CPU with its cores and RAM."""
+    if hardware.gpu is None:
+        return t("plan.cpu", lang, cores=os.cpu_count() or 1, ram=gib(hardware.memory_bytes))
+    return (f"{hardware.nodes} × " if hardware.nodes > 1 else "") + f"{hardware.gpus} × {hardware.kind}"
 
 
 def time_line(p: Plan, lang: str) -> str:

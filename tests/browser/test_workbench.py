@@ -161,7 +161,7 @@ def test_the_plan_panel_says_the_14b_case_does_not_fit_and_applies_its_fix(page)
     for stage, total, fixed in (("z2", "96.7 GiB", "36.6 GiB"), ("z3", "114.1 GiB", "32.2 GiB")):
         _checkbox(page, "cfg-gradient_checkpointing", False)
         _pick(page, "cfg-deepspeed", t(f"ds.{stage}", "zh"))
-        panel = _wait_plan(page, "放不下", "4xA100-40GB", "qwen2，14.77B 参数", f"需要 {total}")
+        panel = _wait_plan(page, "放不下", "4 × A100-40GB", "qwen2，14.77B 参数", f"需要 {total}")
         first = page.inner_text("#plan-view .qh-plan-fixes li.first")
         assert first.startswith(t("plan.change_checkpointing_on", "zh") + " →") and fixed in first, first
         assert page.locator("#plan-view .qh-plan-seg").count() >= 6 and page.locator("#plan-view .qh-plan-cap").count()
@@ -169,15 +169,15 @@ def test_the_plan_panel_says_the_14b_case_does_not_fit_and_applies_its_fix(page)
         if stage == "z2":
             page.locator("#plan-acc").screenshot(path=str(ARTIFACTS / "plan-does-not-fit-zh.png"))
             set_language(page, "en")
-            _wait_plan(page, "Does not fit", "4xA100-40GB")
+            _wait_plan(page, "Does not fit", "4 × A100-40GB")
             assert "gradient checkpointing on" in page.inner_text("#plan-view .qh-plan-fixes li.first")
             page.locator("#plan-acc").screenshot(path=str(ARTIFACTS / "plan-does-not-fit-en.png"))
             set_language(page, "zh")
             open_tab(page, "params")
-            _wait_plan(page, "放不下", "4xA100-40GB")
+            _wait_plan(page, "放不下", "4 × A100-40GB")
         page.click("#plan-apply")
         page.wait_for_function("() => document.querySelector('#cfg-gradient_checkpointing input').checked")
-        _wait_plan(page, "放得下", "4xA100-40GB", "qwen2，14.77B 参数", f"需要 {fixed}")
+        _wait_plan(page, "放得下", "4 × A100-40GB", "qwen2，14.77B 参数", f"需要 {fixed}")
         assert page.locator("#plan-apply").is_disabled()  # nothing left to fix
     page.locator("#plan-acc").screenshot(path=str(ARTIFACTS / "plan-fits-zh.png"))
     # The form as it was, for the trainings below.
