@@ -15,6 +15,8 @@ import functools
 import re
 import string
 
+from trainer_core.planner import GPU_KINDS
+
 LANGS = ("zh", "en")
 
 TEXT: dict[str, tuple[str, str]] = {
@@ -215,6 +217,54 @@ TEXT: dict[str, tuple[str, str]] = {
     "lrfind.plot_suggestion": ("建议", "suggestion"),
     "lrfind.plot_empty": ("测试结束后，这里显示损失随学习率变化的曲线。",
                           "The loss against the learning rate shows here once the test has run."),
+    # ---- Parameters tab: the plan panel (app/plan_panel.py) -----------------------------------
+    "plan.title": ("显存与时间预估", "Memory and time plan"),
+    "plan.intro": ("按所选硬件估算每张卡的显存与训练时间：只读模型的 config.json，不加载权重；随表单实时更新。",
+                   "What the form needs per GPU and how long it takes on the hardware picked: from the model's "
+                   "config.json alone (no weights), updated as the form changes."),
+    "plan.kind": ("硬件", "Hardware"),
+    "plan.this_machine": ("本机", "this machine"),
+    "plan.gpus": ("每节点 GPU 数", "GPUs per node"),
+    "plan.nodes": ("节点数", "Nodes"),
+    "plan.price": ("每 GPU 小时价格（可选）", "Price per GPU-hour (optional)"),
+    "plan.apply": ("应用首个改法", "Apply the first fix"),
+    "plan.cannot": ("暂时无法预估：", "Cannot plan this yet:"),
+    "plan.per_gpu": ("每张 GPU", "per GPU"),
+    "plan.per_cpu": ("内存", "of RAM"),
+    "plan.fits": ("放得下：{device} 需要 {total}，容量 {capacity}", "Fits: {total} {device} of {capacity}"),
+    "plan.does_not_fit": ("放不下：{device} 需要 {total}，超出容量 {capacity}",
+                          "Does not fit: {total} {device} against {capacity}"),
+    "plan.part_weights": ("权重", "weights"),
+    "plan.part_adapters": ("适配器", "adapters"),
+    "plan.part_optimizer": ("优化器状态", "optimizer"),
+    "plan.part_gradients": ("梯度", "gradients"),
+    "plan.part_activations": ("激活值", "activations"),
+    "plan.part_buffers": ("通信缓冲", "buffers"),
+    "plan.part_overhead": ("额外开销", "overhead"),
+    "plan.overlap": ("反向传播中释放的激活值 −{size}", "activations freed in backward −{size}"),
+    "plan.capacity": ("容量", "capacity"),
+    "plan.this_machine_is": ("本机 {hardware}", "this machine, {hardware}"),
+    "plan.cpu": ("CPU（{cores} 核，{ram} 内存）", "CPU ({cores} cores, {ram} RAM)"),
+    "plan.head": ("{model}，{billions}B 参数，可训练 {trainable}M",
+                  "{model}, {billions}B parameters, {trainable}M trainable"),
+    "plan.step": ("每步 {seconds} 秒（{tokens} 个 token）", "{seconds} s per step ({tokens} tokens)"),
+    "plan.epoch": ("每轮 {duration}（{steps} 步）", "{duration} per epoch ({steps} steps)"),
+    "plan.run": ("全程 {duration}（{steps} 步）", "{duration} for the run ({steps} steps)"),
+    "plan.gpu_hours": ("共 {hours} GPU 小时", "{hours} GPU-hours"),
+    "plan.cost": ("，费用 {cost}（每 GPU 小时 {price}）", ", cost {cost} at {price} per GPU-hour"),
+    "plan.fixes": ("能放下的改法（代价从小到大）：", "Changes that make it fit (cheapest first):"),
+    "plan.fix_result": ("{device} 需要 {total}，每步 {seconds} 秒", "{total} {device}, {seconds} s per step"),
+    "plan.no_fix": ("预估器列出的改法都放不下：需要更多或更大的 GPU。",
+                    "No change in the planner's list makes it fit: more or larger GPUs."),
+    "plan.notes": ("说明与假设", "Notes and assumptions"),
+    "plan.change_batch": ("批大小 {batch} × 梯度累积 {accumulation}", "batch {batch} × accumulation {accumulation}"),
+    "plan.change_checkpointing_on": ("开启梯度检查点", "gradient checkpointing on"),
+    "plan.change_checkpointing_off": ("关闭梯度检查点", "gradient checkpointing off"),
+    "help.plan_kind": ("本机：检测到的 GPU，没有则为 CPU 与内存；其余为常见 GPU 型号",
+                       "this machine: its GPUs, else its CPU and RAM; the others are common GPU kinds"),
+    "help.plan_gpus": ("预估按这里的 GPU 数计算（本机只用一台机器）",
+                       "the plan uses this many GPUs (this machine: one node)"),
+    "help.plan_price": ("填写后显示总费用", "give it to see the cost"),
     "stage.sft": ("SFT 监督微调", "SFT (supervised)"),
     "stage.pt": ("PT 继续预训练", "PT (continued pre-training)"),
     "finetuning_type.lora": ("LoRA", "LoRA"),
@@ -458,6 +508,9 @@ TEXT: dict[str, tuple[str, str]] = {
     "export.card": ("模型卡 README.md", "Model card README.md"),
 }
 
+# The plan panel's GPU kinds are their own names in both languages (the kind picker's options).
+TEXT.update({f"gpu.{name}": (name, name) for name in GPU_KINDS})
+
 
 # English as the core and the tabs write it -> Chinese. `{name}` captures any text, `{_name}` a
 # text translated in turn (the allowed values inside a config problem), `{min}`/`{max}`/`{n}` a
@@ -556,6 +609,35 @@ MESSAGES: list[tuple[str, str]] = [
      "在第 {step} 步提前停止：平滑后损失 {last} 已超过其最低值 {lowest} 的 {factor} 倍"),
     ("Stopped by request (SIGTERM); lr_find.json holds the steps done.",
      "已按请求停止（SIGTERM）；lr_find.json 记录了已完成的步数。"),
+    # trainer_core.planner: a plan's notes and assumptions, and why it cannot plan (the plan panel)
+    ("memory for the longest micro-batch: {batch} x {length} tokens, every position trained",
+     "显存按最长的微批次计：{batch} × {length} 个 token，每个位置都参与训练"),
+    ("memory for the longest micro-batch: {batch} x {length} tokens, every position trained (the data's longest "
+     "sample)", "显存按最长的微批次计：{batch} × {length} 个 token，每个位置都参与训练（数据中最长的样本）"),
+    ("no data statistics: every sample taken as cutoff_len tokens, every token trained",
+     "没有数据统计：每个样本按 cutoff_len 个 token 计，每个 token 都参与训练"),
+    ("CPU peak {peak} GFLOP/s ({cores} cores x clock x {flops} fp32 FLOPs/cycle), utilisation {share}",
+     "CPU 峰值 {peak} GFLOP/s（{cores} 核 × 主频 × 每周期 {flops} 次 fp32 运算），利用率 {share}"),
+    ("{gpu}: {peak} TFLOP/s {precision} ({source}), assumed utilisation {share}",
+     "{gpu}：{peak} TFLOP/s {precision}（{source}），假定利用率 {share}"),
+    ("{gpu} has no bf16: train with fp16: true", "{gpu} 不支持 bf16：请用 fp16: true 训练"),
+    ("QLoRA's 4-bit matmuls at {share} of LoRA's speed", "QLoRA 的 4 比特矩阵乘按 LoRA 速度的 {share} 计"),
+    ("offload needs {need} GiB of host RAM per node; the host has {has} GiB",
+     "offload 每个节点需要 {need} GiB 内存，本机只有 {has} GiB"),
+    ("{model} has no tokenizer here; tokens counted with the built-in model's (an approximation)",
+     "{model} 在本机没有分词器；token 数用内置模型的分词器统计（近似值）"),
+    ("no data statistics ({_problem}); every sample taken as cutoff_len tokens",
+     "没有数据统计（{_problem}）；每个样本按 cutoff_len 个 token 计"),
+    ("the built-in model has not been prepared yet", "内置模型尚未准备好（第一次训练时会自动准备）"),
+    ("model_name_or_path '{path}': no config.json found (a local model folder, or a shipped config: {shipped})",
+     "model_name_or_path '{path}'：找不到 config.json（请给出本地模型文件夹，或自带的配置：{shipped}）"),
+    ("the planner does not know the architecture '{name}'; it counts {names}",
+     "预估器不认识架构 '{name}'；它能计算 {names}"),
+    ("lora_target {missing} not found in the model; its linear layers are {names} (or use lora_target: all)",
+     "模型中没有 lora_target {missing}；它的线性层是 {names}（或用 lora_target: all）"),
+    ("unknown model '{name}'", "未知的模型 '{name}'"),
+    ("{_name}: {value} is not a whole number of at least {min}", "{_name}：{value} 不是 ≥ {min} 的整数"),
+    ("{_name}: {value} is not a number of at least {min}", "{_name}：{value} 不是 ≥ {min} 的数"),
     # the tabs' own checks (app/)
     ("{field}: empty path", "{field}：路径为空"),
     ("{field}: '{path}' is outside the folders this workbench may read ({roots}); start it with --allow_path DIR "

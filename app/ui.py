@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import choices, form
+from app import choices, form, plan_panel
 from app.context import AppContext
 from app.i18n import t, translate
 from app.page import Page
@@ -88,6 +88,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
 
 def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
-    return {"theme": theme(), "css": CSS, "max_file_size": ctx.max_upload_bytes, "ssr_mode": False,
+    return {"theme": theme(), "css": CSS + plan_panel.CSS, "max_file_size": ctx.max_upload_bytes, "ssr_mode": False,
             "footer_links": [], "allowed_paths": [], "show_error": True}
 

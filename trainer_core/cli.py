@@ -137,6 +137,7 @@ def cmd_plan(args: list[str]) -> int:
     from trainer_core.config import read_config
     from trainer_core.planner import (
         auto_batch_here,
+        data_statistics,
         detect_hardware,
         format_plan,
         measured_mfu,
@@ -181,7 +182,9 @@ def cmd_plan(args: list[str]) -> int:
         print(chosen.line, file=sys.stderr if "--json" in options else sys.stdout)
     data = None
     if "--no-data" not in options:
-        data = _data_statistics(cfg)
+        data, data_notes = data_statistics(cfg, log=lambda m: print(m, file=sys.stderr))
+        for note in data_notes:
+            print(f"note: {note}", file=sys.stderr)
     result = plan(cfg, hardware, data=data, price_per_gpu_hour=price)
     if "--json" in options:
         print(json.dumps(dataclasses.asdict(result), indent=1))
@@ -216,35 +219,6 @@ def _take_options(args: list[str], valued: tuple[str, ...], bare: tuple[str, ...
             rest.append(args[i])
         i += 1
     return options, rest
-
-
-def _data_statistics(cfg):
-    """The training data's token statistics for the plan (trainer_core/datacheck.py), with the model's
-    tokenizer, or the built-in model's where the model folder has none (a shipped config): then the
-    counts are approximate. None, with a note, when the data cannot be read."""
-    import dataclasses
-
-    from trainer_core.datacheck import check_datasets
-    from trainer_core.models import TOKENIZER_FILES
-    from trainer_core.planner import DataStats, find_model_config
-
-    tokenizer_cfg = cfg
-    try:
-        folder = find_model_config(cfg.model_name_or_path)
-    except UserError:
-        folder = None
-    if cfg.model_name_or_path not in ("", "default") and (
-            folder is None or not any((folder / name).is_file() for name in TOKENIZER_FILES)):
-        tokenizer_cfg = dataclasses.replace(cfg, model_name_or_path="default", template="auto")
-        print(f"note: {cfg.model_name_or_path} has no tokenizer here; tokens counted with the built-in model's "
-              "(an approximation)", file=sys.stderr)
-    try:
-        reports = check_datasets(tokenizer_cfg, with_tokens=True, log=lambda m: print(m, file=sys.stderr))
-    except UserError as exc:
-        print(f"note: no data statistics ({exc}); every sample taken as cutoff_len tokens", file=sys.stderr)
-        return None
-    summaries = [r["tokens"] for r in reports if r.get("tokens")]
-    return DataStats.from_reports(summaries) if summaries else None
 
 
 def _dry_run(cfg) -> int:

@@ -21,6 +21,7 @@ from app.form import (
     HARDWARE_KEYS,
     LORA_KEYS,
     MAIN_KEYS,
+    MODEL_FIELDS,
     MODEL_SOURCES,
     ORDER,
     OUTPUT_KEYS,
@@ -42,10 +43,12 @@ from app.form import (
 from app.i18n import t, translate
 from app.jobview import error_text
 from app.page import Page
+from app.plan_panel import FIX_KEYS, THIS_MACHINE, HardwareChoice, first_fix, fix_values, plan_form, plan_html
 from app.ui_kit import Labels
 from trainer_core.catalog import KNOWN_MODELS, known_model
 from trainer_core.config import DEEPSPEED_PRESETS, KEYS
 from trainer_core.errors import UserError
+from trainer_core.planner import GPU_KINDS
 
 # ---- components ----------------------------------------------------------------------------
 
@@ -132,6 +135,7 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
         with gr.Row():
             for key in HARDWARE_KEYS:
                 field(key)
+    c.update(_build_plan_panel(L, values))
     with gr.Row():
         for key in OUTPUT_KEYS:
             field(key)
@@ -156,8 +160,59 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
     return c
 
 
+# ---- the plan panel (app/plan_panel.py) -----------------------------------------------------
+
+def _build_plan_panel(L: Labels, values: dict[str, Any]) -> dict[str, Any]:
+    """Memory per GPU and time of the form on the hardware picked here, open by default."""
+    c: dict[str, Any] = {}
+    with L.accordion("plan.title", open=True, elem_id="plan-acc"):
+        L.markdown("plan.intro")
+        with gr.Row():
+            c["plan_kind"] = L.make(gr.Dropdown, label="plan.kind", info="help.plan_kind",
+                                    choice_keys=[("plan.this_machine", THIS_MACHINE)]
+                                    + [("gpu." + kind, kind) for kind in GPU_KINDS],
+                                    value=THIS_MACHINE, elem_id="plan-kind", scale=2)
+            c["plan_gpus"] = L.make(gr.Number, label="plan.gpus", info="help.plan_gpus", precision=0,
+                                    value=values.get("num_gpus") or 1, elem_id="plan-gpus", scale=1)
+            c["plan_nodes"] = L.make(gr.Number, label="plan.nodes", precision=0, value=1, elem_id="plan-nodes",
+                                     scale=1)
+            c["plan_price"] = L.make(gr.Number, label="plan.price", info="help.plan_price", value=None,
+                                     elem_id="plan-price", scale=1)
+        c["plan_view"] = gr.HTML(elem_id="plan-view")
+        c["plan_apply"] = L.make(gr.Button, text="plan.apply", interactive=False, size="sm", elem_id="plan-apply")
+        c["plan_fix"] = gr.State(None)  # the first fix's config changes, for the apply button
+    return c
 
 
+def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
+    """The plan follows every field of the form, the Data tab's choice, the panel and the language;
+    the apply button sets the fields of the first fix (whose change plans again)."""
+    fields = c["fields"]
+    panel = [c["plan_kind"], c["plan_gpus"], c["plan_nodes"], c["plan_price"]]
+
+    def on_change(*args: Any) -> dict[Any, Any]:
+        *rest, kind, gpus, nodes, price, language = args
+        result = plan_form(as_values(rest), ctx, HardwareChoice(kind or THIS_MACHINE, gpus, nodes, price))
+        fix = first_fix(result)
+        return {c["plan_view"]: plan_html(result, language), c["plan_fix"]: fix,
+                c["plan_apply"]: gr.update(interactive=fix is not None)}
+
+    inputs = [*page.form_inputs(), *panel, page.lang]
+    outputs = [c["plan_view"], c["plan_fix"], c["plan_apply"]]
+    triggers = [fields[k].change for k in (*FORM_KEYS, *MODEL_FIELDS)]
+    triggers += [page.datasets.change, page.dataset_dir.change, page.weights.change, page.mix_strategy.change,
+                 page.lang.change, *(component.change for component in panel)]
+    gr.on(triggers, on_change, inputs=inputs, outputs=outputs, trigger_mode="always_last", show_progress="hidden")
+    page.load_events.append((on_change, inputs, outputs))
+
+    fixed = [fields[k] for k in FIX_KEYS]
+
+    def on_apply(changes: dict[str, Any] | None) -> dict[Any, Any]:
+        values = fix_values(changes or {})
+        updates = {fields[key]: value for key, value in values.items() if key in FIX_KEYS}
+        return updates or {c["plan_view"]: gr.update()}  # nothing changes (an empty dict reads as a value)
+
+    c["plan_apply"].click(on_apply, c["plan_fix"], [*fixed, c["plan_view"]], show_progress="hidden")
 
 
 def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
@@ -268,6 +323,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     c["upload_cfg"].upload(on_upload, [c["upload_cfg"], *form, lang], [*form, c["params_msg"], c["config_path"]])
     wire_lr_find(ctx, page, c)
+    _wire_plan_panel(ctx, page, c)
 
 
 # ---- the learning-rate range test (trainer_core/lr_find.py): its own block -------------------

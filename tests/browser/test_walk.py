@@ -37,6 +37,7 @@ from pagekit import (
 
 from app import form
 from app.i18n import t, translate
+from trainer_core.planner import FAMILIES  # architecture names (the plan panel's model line)
 
 # ---- what the walk covers ------------------------------------------------------------------
 
@@ -90,6 +91,10 @@ CASES = {
     "params-save": "pressed with a bad name (its message) and a good one", "params-load": "pressed",
     "params-upload": "the saved YAML uploaded",
     "params-acc-lrfind": "opened", "lrfind-use": "disabled: no range test has run",
+    "plan-acc": "closed and opened", "plan-kind": "every kind (the plan names it; this machine again)",
+    "plan-gpus": "0 (its message in the panel), then 2 (the plan is for 2), then 1",
+    "plan-nodes": "2 (the plan is for 2 nodes), then 1", "plan-price": "a price (the cost shows), then emptied",
+    "plan-apply": "disabled: the walk's form fits (test_workbench.py applies the 14B case's fix)",
     # Train
     "train-run": "every run picked (the buttons follow its state)",
     "train-overlay": "every run added, then cleared",
@@ -224,7 +229,7 @@ class Walk:
     SAME_IN_BOTH = {"params-preset", "params-known-model", "cfg-template", "cfg-lr_scheduler_type", "cfg-report_to",
                     "cfg-per_device_train_batch_size",
                     "cfg-quantization_bit", "data-upload-format", "data-inspect", "export-dtype", "eval-run",
-                    "chat-run", "export-run"}
+                    "chat-run", "export-run", "plan-kind"}
 
     def __init__(self, page, lang: str) -> None:
         self.page, self.lang, self.done = page, lang, set()
@@ -657,6 +662,45 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     w.accordion("params-acc-lrfind", toggle=False)  # the LR range test: nothing to use before a test ran
     assert page.evaluate("() => document.querySelector('#lrfind-use').disabled"), "'use' is enabled without a test"
     w.done.add("lrfind-use")
+    walk_plan(w)
+
+
+def walk_plan(w: Walk) -> None:
+    """The plan panel: every kind named in its plan, the counts and the price followed, a count of 0
+    said in the panel (never a toast); the walk's tiny model fits anywhere, so apply stays disabled."""
+    page, lang = w.page, w.lang
+
+    def plan_shows(*texts: str) -> None:
+        try:
+            w.wait("([texts]) => { const e = document.querySelector('#plan-view'); "
+                   "return !!e && texts.every(x => e.innerText.includes(x)); }", list(texts))
+        except playwright_api.TimeoutError:
+            raise AssertionError(f"the plan never showed {texts}: {page.inner_text('#plan-view')!r}") from None
+
+    w.accordion("plan-acc", toggle=True)
+    this_machine = t("plan.this_machine", lang)
+    plan_shows(t("plan.this_machine_is", lang, hardware=""), "✓")
+    w.pick_each("plan-kind", after=lambda label: plan_shows(
+        t("plan.this_machine_is", lang, hardware="") if label == this_machine else f"1 × {label}"))
+    w.choose("plan-kind", "A100-40GB")
+    for eid, bad, good, shown in (("plan-gpus", "0", "2", "2 × A100-40GB"),
+                                  ("plan-nodes", "0", "2", "2 × 1 × A100-40GB")):
+        w.type(eid, bad)
+        plan_shows("⚠", t("plan.gpus" if eid == "plan-gpus" else "plan.nodes", lang))
+        w.type(eid, good)
+        plan_shows(shown)
+        w.type(eid, "1")
+        w.done.add(eid)
+    w.type("plan-price", "2.5")
+    plan_shows(t("plan.cost", lang, cost="§", price="2.5").split("§")[1])
+    w.type("plan-price", "")
+    page.wait_for_function("(cost) => !document.querySelector('#plan-view').innerText.includes(cost)",
+                           arg=t("plan.cost", lang, cost="§", price="§").split("§")[0])
+    w.done.add("plan-price")
+    assert page.locator("#plan-apply").is_disabled()
+    w.done.add("plan-apply")
+    w.choose("plan-kind", this_machine)
+    plan_shows(t("plan.this_machine_is", lang, hardware=""), "✓")
 
 
 def walk_train(w: Walk) -> None:
@@ -782,8 +826,8 @@ alpha dropout r hostfile offload bitsandbytes top_p top_k auto none all sft pt l
 linear cosine cosine_with_restarts polynomial constant constant_with_warmup inverse_sqrt cosine_with_min_lr
 wandb tensorboard float32 bfloat16 float16 f16 q8_0 alpaca sharegpt openai text mcq UTF GB18030 csv tsv
 parquet txt jsonl presets config q_proj v_proj true false null GB Tuner run eval train export Ampere
-instruction input output system conversations messages memory arrow Arrow Python MiB
-""".split()) | {"qa", "dialog", "corpus", "done", "broken", "walk_upload"}  # the test's datasets and runs
+instruction input output system conversations messages memory arrow Arrow Python MiB GiB
+""".split()) | set(FAMILIES) | {"qa", "dialog", "corpus", "done", "broken", "walk_upload"}  # + the test's data
 VISIBLE_TEXT = """(excluded) => {
     const out = [];
     const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import playwright.sync_api as playwright_api
 import pytest
 from pagekit import (
     ARTIFACTS,
@@ -233,3 +234,75 @@ def test_export_writes_the_model_and_its_card(page):
 def test_screenshots_of_every_tab_in_both_languages(page):
     shoot_every_tab(page)  # each picture checked first: its tab's main controls visible, no toast
     (ARTIFACTS / "index.json").write_text(json.dumps(sorted(p.name for p in ARTIFACTS.glob("*.png"))))
+
+
+def _pick(page, elem_id: str, label: str) -> None:
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.locator(f'#{elem_id} [role=option][aria-label="{label}"]').click()
+    page.wait_for_function("([id, v]) => document.querySelector('#' + id + ' input').value === v", arg=[elem_id, label])
+
+
+def _open_accordion(page, elem_id: str, want_open: bool = True) -> None:
+    button = page.locator(f"#{elem_id} button.label-wrap").first
+    if ("open" in (button.get_attribute("class") or "").split()) != want_open:
+        button.click()
+        page.wait_for_timeout(200)
+
+
+def _checkbox(page, elem_id: str, on: bool) -> None:
+    box = page.locator(f"#{elem_id} input[type=checkbox]")
+    if box.is_checked() != on:
+        box.click()
+    page.wait_for_function("([id, on]) => document.querySelector('#' + id + ' input[type=checkbox]').checked === on",
+                           arg=[elem_id, on])
+
+
+def _wait_plan(page, *texts: str) -> str:
+    """Until the plan panel shows every one of texts (a plan of the form as it is now); its text."""
+    try:
+        page.wait_for_function("(texts) => { const e = document.querySelector('#plan-view'); "
+                               "return !!e && texts.every(x => e.innerText.includes(x)); }", arg=list(texts),
+                               timeout=60_000)
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"the plan never showed {texts}; it shows {page.inner_text('#plan-view')!r}") from None
+    return page.inner_text("#plan-view")
+
+
+def test_the_plan_panel_says_the_14b_case_does_not_fit_and_applies_its_fix(page):
+    """Issue 19: the known Qwen2.5-14B (no weights here: its shipped config.json), LoRA r64, cutoff
+    2048, batch 4, bf16 on 4 x A100-40GB, ZeRO-2 and ZeRO-3: it does not fit, the first fix is
+    gradient checkpointing, and applying it sets the field, after which the plan fits. Packed, so
+    that every row is cutoff_len long on the short test data: the totals are the CLI's (`plan ...
+    --no-data`: 96.7 and 114.1 GiB, 36.6 and 32.2 GiB with checkpointing). The module's last test:
+    the form stays as it leaves it."""
+    open_tab(page, "params")
+    wait_text(page, "#plan-view", "放得下")  # the form a newcomer sees, on this machine
+    model_path = page.locator("#params-model-path textarea, #params-model-path input").first
+    page.locator("#params-model-source").get_by_text(t("source.known", "zh"), exact=True).click()
+    _pick(page, "params-known-model", "Qwen2.5-14B-Instruct")
+    model_path.fill("")  # no local weights
+    model_path.press("Tab")
+    for elem_id, value in (("cfg-lora_rank", 64), ("cfg-cutoff_len", 2048), ("cfg-per_device_train_batch_size", 4)):
+        set_number(page, elem_id, value)
+    _open_accordion(page, "params-acc-advanced")
+    _open_accordion(page, "params-acc-hardware")
+    _checkbox(page, "cfg-bf16", True)
+    _pick(page, "cfg-packing", t("packing.true", "zh"))
+    _pick(page, "plan-kind", "A100-40GB")
+    set_number(page, "plan-gpus", 4)
+    set_number(page, "plan-price", 2.5)
+    for stage, total, fixed in (("z2", "96.7 GiB", "36.6 GiB"), ("z3", "114.1 GiB", "32.2 GiB")):
+        _checkbox(page, "cfg-gradient_checkpointing", False)
+        _pick(page, "cfg-deepspeed", t(f"ds.{stage}", "zh"))
+        panel = _wait_plan(page, "放不下", "4 × A100-40GB", "qwen2，14.77B 参数", f"需要 {total}")
+        first = page.inner_text("#plan-view .qh-plan-fixes li.first")
+        assert first.startswith(t("plan.change_checkpointing_on", "zh") + " →") and fixed in first, first
+        assert page.locator("#plan-view .qh-plan-seg").count() >= 6 and page.locator("#plan-view .qh-plan-cap").count()
+        assert "GPU 小时，费用" in panel, panel  # the cost, with a price
+        if stage == "z2":
+            page.locator("#plan-acc").screenshot(path=str(ARTIFACTS / "plan-does-not-fit-zh.png"))
+        page.click("#plan-apply")
+        page.wait_for_function("() => document.querySelector('#cfg-gradient_checkpointing input').checked")
+        _wait_plan(page, "放得下", "4 × A100-40GB", "qwen2，14.77B 参数", f"需要 {fixed}")
+        assert page.locator("#plan-apply").is_disabled()  # nothing left to fix
+    page.locator("#plan-acc").screenshot(path=str(ARTIFACTS / "plan-fits-zh.png"))
