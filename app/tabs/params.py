@@ -190,15 +190,20 @@ def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     fields = c["fields"]
     panel = [c["plan_kind"], c["plan_gpus"], c["plan_nodes"], c["plan_price"]]
 
+    shown = gr.State(None)  # (the panel's HTML, its fix) as this page shows them: only a change is sent
+
     def on_change(*args: Any) -> dict[Any, Any]:
-        *rest, kind, gpus, nodes, price, language = args
+        *rest, kind, gpus, nodes, price, language, before = args
         result = plan_form(as_values(rest), ctx, HardwareChoice(kind or THIS_MACHINE, gpus, nodes, price))
         fix = first_fix(result)
-        return {c["plan_view"]: plan_html(result, language), c["plan_fix"]: fix,
-                c["plan_apply"]: gr.update(interactive=fix is not None)}
+        now = [plan_html(result, language), fix]
+        if before == now:  # most changes of the form leave the plan as it was: the page redraws nothing
+            return {c["plan_view"]: gr.update()}
+        return {c["plan_view"]: now[0], c["plan_fix"]: fix, c["plan_apply"]: gr.update(interactive=fix is not None),
+                shown: now}
 
-    inputs = [*page.form_inputs(), *panel, page.lang]
-    outputs = [c["plan_view"], c["plan_fix"], c["plan_apply"]]
+    inputs = [*page.form_inputs(), *panel, page.lang, shown]
+    outputs = [c["plan_view"], c["plan_fix"], c["plan_apply"], shown]
     triggers = [fields[k].change for k in (*FORM_KEYS, *MODEL_FIELDS)]
     triggers += [page.datasets.change, page.dataset_dir.change, page.weights.change, page.mix_strategy.change,
                  page.lang.change, *(component.change for component in panel)]
