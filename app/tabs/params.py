@@ -6,6 +6,7 @@ and their checks); each field shows its help, or the problem with it, on the lin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,17 +185,22 @@ def _build_plan_panel(L: Labels, values: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
-    """The plan follows every field of the form, the Data tab's choice, the panel and the language;
-    the apply button sets the fields of the first fix (whose change plans again)."""
+PlanUpdate = Callable[..., dict[Any, Any]]
+
+
+def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> tuple[PlanUpdate, list[Any], list[Any]]:
+    """The plan follows the panel's own inputs here, and every field of the form, the Data tab's choice
+    and the language through the form's one change event (`wire`'s `flags`, which calls the returned
+    update with the returned inputs, so that a change of a field costs one round trip, not two); the
+    apply button sets the fields of the first fix (whose change plans again)."""
     fields = c["fields"]
     panel = [c["plan_kind"], c["plan_gpus"], c["plan_nodes"], c["plan_price"]]
 
     shown = gr.State(None)  # (the panel's HTML, its fix) as this page shows them: only a change is sent
 
-    def on_change(*args: Any) -> dict[Any, Any]:
-        *rest, kind, gpus, nodes, price, language, before = args
-        result = plan_form(as_values(rest), ctx, HardwareChoice(kind or THIS_MACHINE, gpus, nodes, price))
+    def plan_update(values: dict[str, Any], kind: str, gpus: Any, nodes: Any, price: Any, language: str,
+                    before: Any) -> dict[Any, Any]:
+        result = plan_form(values, ctx, HardwareChoice(kind or THIS_MACHINE, gpus, nodes, price))
         fix = first_fix(result)
         now = [plan_html(result, language), fix]
         if before == now:  # most changes of the form leave the plan as it was: the page redraws nothing
@@ -202,13 +208,14 @@ def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         return {c["plan_view"]: now[0], c["plan_fix"]: fix, c["plan_apply"]: gr.update(interactive=fix is not None),
                 shown: now}
 
-    inputs = [*page.form_inputs(), *panel, page.lang, shown]
+    def on_panel(*args: Any) -> dict[Any, Any]:
+        *rest, kind, gpus, nodes, price, language, before = args
+        return plan_update(as_values(rest), kind, gpus, nodes, price, language, before)
+
+    extra_inputs = [*panel, shown]
     outputs = [c["plan_view"], c["plan_fix"], c["plan_apply"], shown]
-    triggers = [fields[k].change for k in (*FORM_KEYS, *MODEL_FIELDS)]
-    triggers += [page.datasets.change, page.dataset_dir.change, page.weights.change, page.mix_strategy.change,
-                 page.lang.change, *(component.change for component in panel)]
-    gr.on(triggers, on_change, inputs=inputs, outputs=outputs, trigger_mode="always_last", show_progress="hidden")
-    page.load_events.append((on_change, inputs, outputs))
+    gr.on([component.change for component in panel], on_panel, inputs=[*page.form_inputs(), *panel, page.lang, shown],
+          outputs=outputs, trigger_mode="always_last", show_progress="hidden")
 
     fixed = [fields[k] for k in FIX_KEYS]
 
@@ -218,6 +225,7 @@ def _wire_plan_panel(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         return updates or {c["plan_view"]: gr.update()}  # nothing changes (an empty dict reads as a value)
 
     c["plan_apply"].click(on_apply, c["plan_fix"], [*fixed, c["plan_view"]], show_progress="hidden")
+    return plan_update, extra_inputs, outputs
 
 
 def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
@@ -227,19 +235,24 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     checked = [fields[k] for k in (*FORM_KEYS, "model_path")]
 
     infos = gr.State(None)  # the lines under the fields as this page shows them: only changes are sent
+    plan_update, plan_inputs, plan_outputs = _wire_plan_panel(ctx, page, c)
 
     def flags(*args: Any) -> dict[Any, Any]:
-        *rest, language, shown = args
-        _, problems, general = check(as_values(rest), ctx)
+        """The problems under the fields and in the summary, and the plan panel: one event per change."""
+        *rest, language, shown, kind, gpus, nodes, price, plan_shown = args
+        values = as_values(rest)
+        _, problems, general = check(values, ctx)
         now = [field_info(k, language, problems.get(k)) for k in (*FORM_KEYS, "model_path")]
         before = shown if isinstance(shown, list) and len(shown) == len(now) else [None] * len(now)
         changed = {field: gr.update(info=text) for field, text, old in zip(checked, now, before) if text != old}
-        return {**changed, c["params_summary"]: summary(problems, general, language), infos: now}
+        return {**changed, c["params_summary"]: summary(problems, general, language), infos: now,
+                **plan_update(values, kind, gpus, nodes, price, language, plan_shown)}
 
-    flag_inputs = [*form, lang, infos]
-    flag_outputs = [*checked, c["params_summary"], infos]
-    gr.on([fields[k].change for k in (*FORM_KEYS, "model_path", "model_source")]
-          + [page.datasets.change, page.weights.change, page.mix_strategy.change, lang.change],
+    flag_inputs = [*form, lang, infos, *plan_inputs]
+    flag_outputs = [*checked, c["params_summary"], infos, *plan_outputs]
+    gr.on([fields[k].change for k in (*FORM_KEYS, *MODEL_FIELDS)]
+          + [page.datasets.change, page.dataset_dir.change, page.weights.change, page.mix_strategy.change,
+             lang.change],
           flags, inputs=flag_inputs, outputs=flag_outputs, trigger_mode="always_last", show_progress="hidden")
     page.load_events.append((flags, flag_inputs, flag_outputs))
 
@@ -328,7 +341,6 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     c["upload_cfg"].upload(on_upload, [c["upload_cfg"], *form, lang], [*form, c["params_msg"], c["config_path"]])
     wire_lr_find(ctx, page, c)
-    _wire_plan_panel(ctx, page, c)
 
 
 # ---- the learning-rate range test (trainer_core/lr_find.py): its own block -------------------
