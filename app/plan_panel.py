@@ -168,7 +168,7 @@ def data_stats(cfg: TrainConfig) -> tuple[DataStats | None, list[str]]:
         known = _DATA.get(key)
     if known is not None:
         return known
-    found = data_statistics(cfg)
+    found = data_statistics(cfg, convert=False)  # never the built-in model's conversion: a run does that
     with _LOCK:
         while len(_DATA) >= DATA_KEPT:
             del _DATA[next(iter(_DATA))]

@@ -167,7 +167,7 @@ def test_the_data_statistics_are_the_clis_and_kept(ctx, big_model, monkeypatch, 
     assert stats is not None and stats.samples == 64 and notes == []  # qa 48 + dialog 16, its own tokenizer
     calls = []
 
-    def counted(config, log=None):
+    def counted(config, log=None, convert=True):
         calls.append(config.dataset)
         return stats, ["counted here"]
 
@@ -221,3 +221,16 @@ def test_the_planners_notes_read_in_chinese(ctx, big_model, monkeypatch):
     assert any(n.startswith("CPU peak") for n in notes) and any(n.startswith("A100-40GB:") for n in notes)
     untranslated = [n for n in notes if translate(n, "zh") == n]
     assert not untranslated
+
+
+def test_the_panel_never_prepares_the_built_in_model(ctx, monkeypatch, tmp_path):
+    """Its tokens would need the built-in model's tokenizer (a shipped config has none); unprepared, the
+    panel goes without statistics and says so, rather than holding the page's events for a conversion."""
+    monkeypatch.setenv("QIHUANG_HOME", str(tmp_path / "empty-home"))
+    from trainer_core import models
+
+    monkeypatch.setattr(models, "ensure_default_model", lambda *a, **k: pytest.fail("the panel converted the model"))
+    cfg = dataclasses.replace(read_config()[0], model_name_or_path=str(SHIPPED_14B), dataset_dir=str(ctx.data_dir),
+                              dataset="qa")
+    data, notes = panel.data_stats(cfg)
+    assert data is None and any("has not been prepared" in note for note in notes), notes

@@ -557,19 +557,22 @@ class DataStats:
                    tokens_max=max((int(s.get("tokens_max", 0)) for s in summaries), default=0))
 
 
-def data_statistics(cfg: TrainConfig, log: Any = None) -> tuple[DataStats | None, list[str]]:
+def data_statistics(cfg: TrainConfig, log: Any = None, convert: bool = True) -> tuple[DataStats | None, list[str]]:
     """The training data's token statistics for a plan (trainer_core/datacheck.py `check_datasets`,
     summed over cfg.dataset), with the model's tokenizer, or the built-in model's where the model
     folder has none (a shipped config): then the counts are approximate. (None, notes) when the
     data cannot be read. `log` takes the checker's progress lines (None: dropped); the notes say
-    what was approximated or left out. What `plan` on the command line and the Parameters tab use."""
+    what was approximated or left out. What `plan` on the command line and the Parameters tab use.
+    `convert`: prepare the built-in model when its tokenizer is needed and it is not there yet (a
+    minute on first use); the Parameters tab does not (that is a run's first step, and it would hold up
+    the page's events), and goes without statistics until then."""
     from trainer_core.datacheck import check_datasets
     from trainer_core.models import TOKENIZER_FILES
 
     notes: list[str] = []
     tokenizer_cfg = cfg
     try:
-        folder: Path | None = find_model_config(cfg.model_name_or_path)
+        folder: Path | None = find_model_config(cfg.model_name_or_path, convert=convert)
     except UserError:
         folder = None
     if cfg.model_name_or_path not in ("", "default") and (
@@ -577,6 +580,12 @@ def data_statistics(cfg: TrainConfig, log: Any = None) -> tuple[DataStats | None
         tokenizer_cfg = dataclasses.replace(cfg, model_name_or_path="default", template="auto")
         notes.append(f"{cfg.model_name_or_path} has no tokenizer here; tokens counted with the built-in model's "
                      "(an approximation)")
+    if not convert and tokenizer_cfg.model_name_or_path in ("", "default"):
+        try:
+            find_model_config("default", convert=False)
+        except UserError as exc:
+            notes.append(f"no data statistics ({exc}); every sample taken as cutoff_len tokens")
+            return None, notes
     try:
         reports = check_datasets(tokenizer_cfg, with_tokens=True, log=log or (lambda message: None))
     except UserError as exc:
