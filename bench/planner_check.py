@@ -273,11 +273,17 @@ def write_results(rows: list[dict], allocators: list[tuple[str, list[dict]]]) ->
             body += (f"| {case} | {predict(case)['growth'] / MIB:,.0f} MiB | "
                      + (f"{live['measured']['growth'] / MIB:,.0f} MiB ({live['error']:+.0%})" if live else "-")
                      + " | " + " | ".join(cells) + " |\n")
+    write_section(SECTION, body)
+
+
+def write_section(heading: str, body: str) -> None:
+    """bench/RESULTS.md with the section that starts at `heading` replaced by `body` (up to the next
+    '## ' heading), or `body` appended when there is none yet."""
     path = REPO / "bench" / "RESULTS.md"
     text = path.read_text(encoding="utf-8")
-    if SECTION in text:
-        start = text.index(SECTION)
-        rest = text[start + len(SECTION):]
+    if heading in text:
+        start = text.index(heading)
+        rest = text[start + len(heading):]
         end = rest.find("\n## ")
         text = text[:start] + body + (rest[end + 1:] if end >= 0 else "")
     else:

@@ -187,17 +187,9 @@ DIFFERENCES = """Why they differ:
 
 
 def write_results() -> None:
-    path = REPO / "bench" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8")
-    body = section()
-    if SECTION in text:
-        start = text.index(SECTION)
-        rest = text[start + len(SECTION):]
-        end = rest.find("\n## ")
-        text = text[:start] + body + (rest[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text, encoding="utf-8")
+    from planner_check import write_section  # bench/ is on sys.path when a bench script runs
+
+    write_section(SECTION, section())
 
 
 def main(argv: list[str] | None = None) -> int:
