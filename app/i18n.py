@@ -402,6 +402,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "train.resume": ("继续训练", "Resume"),
     "train.run": ("当前运行", "Run"),
     "train.loss": ("loss 曲线", "Loss curve"),
+    "train.rewards": ("奖励曲线（偏好训练）", "Reward curves (preference training)"),
     "train.console": ("控制台输出", "Console"),
     "train.overlay": ("叠加对比的运行", "Overlay runs"),
     "train.overlay_info": ("选择其他运行，把它们的 loss 曲线画在一起", "Pick other runs to draw their loss curves "
@@ -423,6 +424,11 @@ TEXT: dict[str, tuple[str, str]] = {
     "plot.eval": ("验证", "eval"),
     "plot.step": ("步数", "step"),
     "plot.empty": ("还没有记录到 loss。", "No loss logged yet."),
+    "plot.reward": ("奖励", "reward"),
+    "plot.rewards_chosen": ("选中回答的奖励", "reward of chosen"),
+    "plot.rewards_rejected": ("被拒回答的奖励", "reward of rejected"),
+    "plot.rewards_margin": ("奖励差", "reward margin"),
+    "plot.rewards_accuracy": ("偏好准确率", "preference accuracy"),
     # ---- Evaluate tab ---------------------------------------------------------------------
     "eval.intro": ("对完成的运行做评估（困惑度、生成 BLEU/ROUGE、选择题准确率）。"
                    "评估作为独立任务运行，结果保存在运行文件夹的 eval/ 下。",

@@ -1,7 +1,8 @@
 """Loss curves and a CJK-capable font for matplotlib figures.
 
-The curves are rows (step, loss, series); `series` names the run and whether the point is a
-training or an evaluation loss, so picked runs overlay in one plot. They are drawn by matplotlib
+The curves are rows (step, value, series) of trainer_log.jsonl keys; `series` names the run and
+the quantity (training or evaluation loss; a preference run's rewards and reward accuracy), so
+picked runs overlay in one plot. They are drawn by matplotlib
 as SVG inside the page: gr.LinePlot (gradio 6.31) neither draws a plot that started empty nor
 adds a series (the eval loss, an overlaid run) that appears after its first drawing.
 """
@@ -28,27 +29,32 @@ def use_cjk_font() -> None:
     matplotlib.rcParams["axes.unicode_minus"] = False
 
 
-def loss_rows(run_dir: str | Path, train_label: str, eval_label: str, prefix: str = "") -> list[dict]:
-    """One row per logged loss and eval loss of a run (trainer_log.jsonl)."""
+def metric_rows(run_dir: str | Path, series: dict[str, str], prefix: str = "") -> list[dict]:
+    """One row (step, value, series) per logged value of each trainer_log.jsonl key in `series`
+    (key -> the series' name)."""
     rows = []
     for entry in read_log(run_dir):
         step = entry.get("step")
         if step is None:
             continue
-        if entry.get("loss") is not None:
-            rows.append({"step": step, "loss": float(entry["loss"]), "series": prefix + train_label})
-        if entry.get("eval_loss") is not None:
-            rows.append({"step": step, "loss": float(entry["eval_loss"]), "series": prefix + eval_label})
+        for key, label in series.items():
+            if entry.get(key) is not None:
+                rows.append({"step": step, "value": float(entry[key]), "series": prefix + label})
     return rows
 
 
-def curves(run_dirs: list[str], train_label: str, eval_label: str) -> list[dict]:
-    """Loss rows of several runs; with more than one, each series is prefixed by its run's name."""
+def loss_rows(run_dir: str | Path, train_label: str, eval_label: str, prefix: str = "") -> list[dict]:
+    """One row per logged loss and eval loss of a run."""
+    return metric_rows(run_dir, {"loss": train_label, "eval_loss": eval_label}, prefix)
+
+
+def curves(run_dirs: list[str], series: dict[str, str]) -> list[dict]:
+    """Rows of several runs (metric_rows); with more than one, each series is prefixed by its run's name."""
     rows: list[dict] = []
     many = len(run_dirs) > 1
     for run_dir in run_dirs:
         prefix = f"{Path(run_dir).name} · " if many else ""
-        rows += loss_rows(run_dir, train_label, eval_label, prefix)
+        rows += metric_rows(run_dir, series, prefix)
     return rows
 
 
@@ -57,7 +63,7 @@ def axis_ranges(rows: list[dict]) -> tuple[tuple[float, float] | None, tuple[flo
     get an axis of a few percent around the value (0.96 to 1.04 for a loss of 1.0), which makes
     nothing look like a large change. Such a curve is drawn from 0; None keeps matplotlib's."""
     steps = [r["step"] for r in rows]
-    losses = [r["loss"] for r in rows]
+    losses = [r["value"] for r in rows]
     x_range = (0.0, max(steps) + 1.0) if max(steps) == min(steps) else None
     low, high = min(losses), max(losses)
     y_range = (0.0, high * 1.15) if low >= 0 and high > 0 and high - low < 0.05 * high else None
@@ -67,9 +73,10 @@ def axis_ranges(rows: list[dict]) -> tuple[tuple[float, float] | None, tuple[flo
 _DRAWING = threading.Lock()  # matplotlib's font and text caches are not thread-safe
 
 
-def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -> str:
+def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "", value_label: str = "loss",
+             gid: str = "loss") -> str:
     """The curves as an inline SVG (each series a line with a marker per logged point, in a
-    group with id loss-<n>); `empty_text` when there is nothing to draw yet."""
+    group with id <gid>-<n>); `empty_text` when there is nothing to draw yet."""
     if not rows:
         return f"<div class='qh-plot qh-plot-empty'>{html.escape(empty_text)}</div>"
     import matplotlib
@@ -82,10 +89,10 @@ def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -
         figure = Figure(figsize=(7.2, 3.4), dpi=100, layout="constrained")
         ax = figure.add_subplot()
         for n, series in enumerate(dict.fromkeys(r["series"] for r in rows)):
-            points = sorted((r["step"], r["loss"]) for r in rows if r["series"] == series)
+            points = sorted((r["step"], r["value"]) for r in rows if r["series"] == series)
             line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
                             linewidth=1.6, label=series)
-            line.set_gid(f"loss-{n}")
+            line.set_gid(f"{gid}-{n}")
         x_range, y_range = axis_ranges(rows)
         if x_range:
             ax.set_xlim(*x_range)
@@ -93,7 +100,7 @@ def loss_svg(rows: list[dict], step_label: str = "step", empty_text: str = "") -
             ax.set_ylim(*y_range)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # steps are whole numbers
         ax.set_xlabel(step_label)
-        ax.set_ylabel("loss")
+        ax.set_ylabel(value_label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
         buffer = io.StringIO()

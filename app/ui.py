@@ -51,6 +51,7 @@ CSS = """
 .qh-console textarea { font-family: ui-monospace, monospace; font-size: 12px; }
 #qh-header h1 { margin: 0; }
 .qh-plot { padding-top: 26px; } .qh-plot svg { width: 100%; height: auto; }
+.qh-plot-pair { display: flex; gap: 8px; } .qh-plot-pair > .qh-plot { flex: 1; min-width: 0; }
 .qh-plot-empty { padding: 40px; text-align: center; color: var(--body-text-color-subdued); }
 """
 

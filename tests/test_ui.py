@@ -431,8 +431,8 @@ def test_runs_table_progress_and_curves(ctx):
     rows = train.plot_rows(str(first), [str(second)], "en")
     assert {r["series"] for r in rows} == {"sft-lora-1 · train", "sft-lora-1 · eval", "sft-lora-2 · train",
                                            "sft-lora-2 · eval"}
-    assert [r["loss"] for r in train.plot_rows(str(first), None, "en") if r["series"] == "train"] == [2.0, 1.5, 1.2,
-                                                                                                       1.0]
+    assert [r["value"] for r in train.plot_rows(str(first), None, "en") if r["series"] == "train"] == [2.0, 1.5, 1.2,
+                                                                                                        1.0]
     svg = train.plot_html(rows, "zh")
     tree = ElementTree.fromstring(svg[svg.index("<svg"):svg.rindex("</svg>") + 6])
     markers = [len(group.findall(".//{http://www.w3.org/2000/svg}use"))
@@ -443,6 +443,25 @@ def test_runs_table_progress_and_curves(ctx):
     failed = jobview.progress_html(jobview.job_progress(str(second)), "en")
     assert "Out of memory: &lt;lower&gt; it." in failed and "failed" in failed and "2 / 4" in failed
     assert "100%" in jobview.progress_html(jobview.job_progress(str(first)), "zh")
+
+
+def test_a_preference_run_shows_its_reward_curves_and_an_sft_run_none(ctx):
+    sft = _fake_run(ctx.outputs_root, "sft-lora-r", "finished", [2.0, 1.5])
+    dpo = _fake_run(ctx.outputs_root, "dpo-lora-r", "finished", [])
+    for step, (chosen, rejected) in enumerate([(0.0, 0.0), (0.2, -0.1), (0.5, -0.3)], start=1):
+        runs.append_log(dpo, {"step": step, "total_steps": 3, "loss": 0.69 - 0.1 * step, "rewards_chosen": chosen,
+                              "rewards_rejected": rejected, "rewards_margin": chosen - rejected,
+                              "rewards_accuracy": 0.5 + 0.2 * (step - 1),
+                              "eval_rewards_accuracy": 0.6 if step == 3 else None})
+    assert train.reward_rows(str(sft), None, "en") == ([], [])
+    assert train.reward_html(([], []), "en")["visible"] is False
+    rewards, accuracy = train.reward_rows(str(dpo), None, "en")
+    assert [r["value"] for r in rewards if r["series"] == "reward margin"] == pytest.approx([0.0, 0.3, 0.8])
+    assert {r["series"] for r in accuracy} == {"preference accuracy", "preference accuracy · eval"}
+    shown = train.reward_html(train.reward_rows(str(dpo), None, "zh"), "zh")
+    assert shown["visible"] is True
+    assert "选中回答的奖励" in shown["value"] and "偏好准确率 · 验证" in shown["value"]
+    assert shown["value"].count("<svg") == 2
 
 
 def test_a_requested_stop_is_a_neutral_note_in_the_pages_language(ctx):
@@ -457,9 +476,9 @@ def test_a_requested_stop_is_a_neutral_note_in_the_pages_language(ctx):
 def test_one_logged_point_is_drawn_on_an_axis_from_zero():
     from app.plots import axis_ranges, loss_svg
 
-    assert axis_ranges([{"step": 1, "loss": 1.0, "series": "train"}]) == ((0.0, 2.0), (0.0, 1.15))
-    assert axis_ranges([{"step": s, "loss": 3.0 - s, "series": "train"} for s in (1, 2)]) == (None, None)
-    svg = loss_svg([{"step": 1, "loss": 1.0, "series": "train"}])
+    assert axis_ranges([{"step": 1, "value": 1.0, "series": "train"}]) == ((0.0, 2.0), (0.0, 1.15))
+    assert axis_ranges([{"step": s, "value": 3.0 - s, "series": "train"} for s in (1, 2)]) == (None, None)
+    svg = loss_svg([{"step": 1, "value": 1.0, "series": "train"}])
     assert "0.96" not in svg and "1.04" not in svg
 
 

@@ -87,14 +87,46 @@ def _abort(run_dir: str) -> None:
         pass  # it ended on its own meanwhile
 
 
+def _selected(run_dir: str | None, overlay: list[str] | None) -> list[str]:
+    return list(dict.fromkeys(d for d in [run_dir, *(overlay or [])] if d))  # the current run once, first
+
+
 def plot_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> list[dict]:
-    selected = [d for d in [run_dir, *(overlay or [])] if d]
-    selected = list(dict.fromkeys(selected))  # the current run once, first
-    return curves(selected, t("plot.train", lang), t("plot.eval", lang))
+    return curves(_selected(run_dir, overlay), {"loss": t("plot.train", lang), "eval_loss": t("plot.eval", lang)})
 
 
 def plot_html(rows: list[dict], lang: str) -> str:
     return loss_svg(rows, t("plot.step", lang), t("plot.empty", lang))
+
+
+# A preference run's (dpo, kto) trainer_log.jsonl keys: rewards of the chosen and the rejected
+# answers, their margin, and the share of pairs where the chosen one wins, on train and eval.
+REWARD_KEYS = ("rewards_chosen", "rewards_rejected", "rewards_margin")
+ACCURACY_KEY = "rewards_accuracy"
+
+
+def _train_and_eval(keys: tuple[str, ...], lang: str) -> dict[str, str]:
+    series = {key: t(f"plot.{key}", lang) for key in keys}
+    return series | {f"eval_{key}": f"{label} · {t('plot.eval', lang)}" for key, label in series.items()}
+
+
+def reward_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> tuple[list[dict], list[dict]]:
+    """The reward curves and the reward-accuracy curves of the runs shown; both empty for runs
+    that log no rewards (sft, pt)."""
+    selected = _selected(run_dir, overlay)
+    return (curves(selected, _train_and_eval(REWARD_KEYS, lang)),
+            curves(selected, _train_and_eval((ACCURACY_KEY,), lang)))
+
+
+def reward_html(rows: tuple[list[dict], list[dict]], lang: str) -> Any:
+    """Both plots side by side, shown only when a run shown logged rewards."""
+    rewards, accuracy = rows
+    if not rewards and not accuracy:
+        return gr.update(value="", visible=False)
+    step = t("plot.step", lang)
+    return gr.update(visible=True, value="<div class='qh-plot-pair'>"
+                     + loss_svg(rewards, step, "", t("plot.reward", lang), gid="reward")
+                     + loss_svg(accuracy, step, "", t("plot.rewards_accuracy", lang), gid="accuracy") + "</div>")
 
 
 # ---- components ----------------------------------------------------------------------------
@@ -114,6 +146,8 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
             c["loss_plot"] = L.make(gr.HTML, label="train.loss", show_label=True, container=True,
                                     value=plot_html([], L.lang),
                                     elem_id="train-loss")
+            c["reward_plot"] = L.make(gr.HTML, label="train.rewards", show_label=True, container=True, value="",
+                                      visible=False, elem_id="train-rewards")
         with gr.Column(scale=2):
             c["console"] = L.make(gr.Textbox, label="train.console", lines=14, max_lines=14, autoscroll=True,
                                   interactive=False, elem_id="train-console", elem_classes=["qh-console"])
@@ -138,19 +172,22 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         text, console = jobview.console_tail(console, run_dir)
         state = (p or {}).get("state")
         rows = plot_rows(run_dir, overlay, language)
-        shown = [jobview.progress_html(p, language), rows, text, state]
-        html, plot, console_text, buttons = jobview.only_changed(shown, last)
+        rewards = reward_rows(run_dir, overlay, language)
+        shown = [jobview.progress_html(p, language), rows, text, state, rewards]
+        html, plot, console_text, buttons, reward_plot = jobview.only_changed(shown, last)
         if plot is rows:  # changed: draw it only then
             plot = plot_html(rows, language)
+        if reward_plot is rewards:
+            reward_plot = reward_html(rewards, language)
         changes = {c["train_progress"]: html, c["loss_plot"]: plot, c["console"]: console_text,
-                   c["console_state"]: console, c["tick_state"]: shown}
+                   c["console_state"]: console, c["tick_state"]: shown, c["reward_plot"]: reward_plot}
         if buttons == state:  # changed
             changes[c["abort_btn"]] = gr.update(interactive=state == "running")
             changes[c["resume_btn"]] = gr.update(interactive=state in ("aborted", "failed"))
         return changes
 
     tick_outputs = [c["train_progress"], c["loss_plot"], c["console"], c["console_state"], c["abort_btn"],
-                    c["resume_btn"], c["tick_state"]]
+                    c["resume_btn"], c["tick_state"], c["reward_plot"]]
     tick_inputs = [c["run_select"], c["overlay"], lang, c["console_state"], c["tick_state"]]
     c["train_timer"].tick(tick, tick_inputs, tick_outputs, show_progress="hidden")
     jobview.scroll_to_end(c["console"], "train-console")
