@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(workdir)
 
     from app.context import make_context
-    from app.ui import build_app, launch_kwargs
+    from app.ui import build_app, keep_session_queues, launch_kwargs
 
     ctx = make_context(workdir, opts.data_dir, opts.model, opts.lang, opts.allow_path)
     demo = build_app(ctx)
@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Log-in required: user '{auth[0]}' (--auth); "
               + ("a public gradio.live link will be made (--share)" if opts.share else f"listening on {opts.host}"),
               flush=True)
+    demo.queue(default_concurrency_limit=4)
+    keep_session_queues(demo)
     try:
-        demo.queue(default_concurrency_limit=4).launch(
+        demo.launch(
             server_name=opts.host, server_port=opts.port, auth=auth, share=opts.share, inbrowser=False, quiet=True,
             **launch_kwargs(ctx))
     except OSError as exc:  # the port is taken, most often

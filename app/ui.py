@@ -35,6 +35,10 @@ CSS = """
 .dark .qh-system, .dark .qh-doc { background: #2a2a2a; } .dark .qh-tool { background: #3b3220; }
 .qh-role { font-size: 11px; font-weight: 600; color: var(--body-text-color-subdued); }
 .qh-text { white-space: pre-wrap; word-break: break-word; }
+.qh-pair { display: flex; gap: 8px; } .qh-pair > .qh-side { flex: 1; min-width: 0; }
+.qh-side { border-left: 3px solid; padding-left: 6px; margin-top: 4px; }
+.qh-chosen, .qh-desirable { border-color: #1a7f37; } .qh-rejected, .qh-undesirable { border-color: #cf222e; }
+.qh-side-head { font-size: 12px; font-weight: 600; }
 .qh-options { margin: 4px 0 4px 20px; } .qh-answer { font-weight: 600; color: #1a7f37; }
 .qh-job { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px; }
 .qh-job-head { margin-bottom: 6px; }
@@ -92,3 +96,32 @@ def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
     return {"theme": theme(), "css": CSS + plan_panel.CSS, "max_file_size": ctx.max_upload_bytes, "ssr_mode": False,
             "footer_links": [], "allowed_paths": [], "show_error": True}
 
+
+
+# Gradio versions whose gradio/routes.py `sse_stream` was read for the race below; another version
+# is left as it is (and tests/test_ui.py's check of this list fails, so that someone reads it again).
+SESSION_RACE_VERSIONS = ("6.31.0",)
+
+
+class _SessionQueues(gr.utils.LRUCache):
+    """The queue's per-session message queues, which a cancelled stream cannot delete."""
+
+    def __delitem__(self, key: Any) -> None:
+        pass
+
+
+def keep_session_queues(demo: gr.Blocks) -> bool:
+    """Work around a race in Gradio's event stream (gradio/routes.py, `sse_stream`): when a client
+    closes one stream of its session (asyncio.CancelledError) it deletes the session's message
+    queue, even while the client's next stream of the same session is already open for a newer
+    event; that stream then ends in a 404, and the page shows "Unexpected error 404" and mounts
+    itself again, losing what the user typed. The more the server lags (a busy CPU), the wider the
+    window. The queues are an LRU cache of 2,000 sessions, so keeping them grows nothing. Applied
+    after `demo.queue()`, to the versions in SESSION_RACE_VERSIONS only; True when applied."""
+    queue = getattr(demo, "_queue", None)
+    if gr.__version__ not in SESSION_RACE_VERSIONS or queue is None:
+        return False
+    kept = _SessionQueues(queue.pending_messages_per_session.max_size)
+    kept.update(queue.pending_messages_per_session)
+    queue.pending_messages_per_session = kept
+    return True

@@ -3,6 +3,7 @@ job views, and that starting the UI imports neither torch nor transformers."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from app.i18n import LANGS, TEXT, t, translate
 from app.tabs import chat, data, evaluate, export, train
 from trainer_core import runs
 from trainer_core.config import ConfigError, ConfigProblem
+from trainer_core.data import preference_stats
 from trainer_core.errors import Problem, UserError
 from trainer_core.jobconfig import EvalConfig, ExportConfig
 
@@ -331,6 +333,25 @@ def test_inspect_reports_problems_as_rows_not_tracebacks(ctx):
     assert examples == [] and data.problem_rows(problems)[0][0] == ""  # a whole-file problem has no record
 
 
+def test_a_preference_pair_is_previewed_side_by_side_and_kto_with_its_label():
+    pairs, problems, _ = data.inspect_dataset("tcm_preference", str(REPO / "data"), "sft")
+    assert len(pairs) >= 150 and not problems
+    page_html, _, _ = data.render_page(pairs, 1, "zh")
+    assert page_html.count("class='qh-pair'") == data.PAGE_SIZE
+    assert "选中的回答" in page_html and "被拒的回答" in page_html
+    first = page_html.split("class='qh-rec'")[1]
+    assert (first.index(html.escape(pairs[0]["chosen"][0]["content"][:20])) < first.index("qh-rejected")
+            < first.index(html.escape(pairs[0]["rejected"][0]["content"][:20])))  # chosen left, rejected right
+    rows = dict(data.stats_rows(preference_stats(pairs), None, "en"))
+    assert rows["records"] == f"{len(pairs)}" and "share where the chosen answer is longer" in rows
+    kto, problems, _ = data.inspect_dataset("tcm_kto", str(REPO / "data"), "sft")
+    assert kto and not problems
+    page_html, _, _ = data.render_page(kto, 1, "en")
+    assert "Desirable answer" in page_html and "Undesirable answer" in page_html
+    assert dict(data.stats_rows(preference_stats(kto), None, "zh"))["好的回答（kto_tag 为真）"] == str(
+        sum(r["label"] for r in kto))
+
+
 def test_text_data_is_read_as_pretraining_text_whatever_the_stage(ctx):
     examples, problems, _ = data.inspect_dataset("corpus", str(ctx.data_dir), "sft")
     assert examples and not problems and "text" in examples[0]
@@ -606,3 +627,26 @@ def test_one_duration_format_for_the_page_and_the_training_log():
     shown = jobview.progress_html({"state": "running", "step": 1, "total_steps": 4, "eta_seconds": 75,
                                    "elapsed_seconds": 3725}, "en")
     assert "ETA 1:15" in shown and "1:02:05" in shown
+
+
+def test_a_closed_event_stream_leaves_its_sessions_messages_for_the_next_stream():
+    """The work-around in app/ui.py (keep_session_queues) is applied to the installed Gradio, whose
+    routes.py was read for it: a cancelled stream's `del` no longer takes the session's queue."""
+    import gradio as gr
+
+    from app.ui import SESSION_RACE_VERSIONS, keep_session_queues
+
+    assert gr.__version__ in SESSION_RACE_VERSIONS, (
+        f"gradio {gr.__version__}: read its routes.py sse_stream for the race keep_session_queues works around, "
+        "then list the version in app/ui.py SESSION_RACE_VERSIONS (or remove the work-around if it is fixed)")
+    with gr.Blocks() as demo:
+        gr.Textbox()
+    demo.queue()
+    queues = demo._queue.pending_messages_per_session
+    queues["before"] = "kept"
+    assert keep_session_queues(demo)
+    queues = demo._queue.pending_messages_per_session
+    queues["session"] = "messages"
+    del queues["session"]  # what sse_stream does when one of the session's streams is cancelled
+    assert queues["session"] == "messages" and queues["before"] == "kept"
+    assert queues.max_size == 2000

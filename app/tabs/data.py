@@ -35,8 +35,11 @@ from trainer_core.data import (
     dataset_outside,
     load_dataset_info,
     message_text,
+    preference_kind,
+    preference_stats,
     read_dataset,
     read_file,
+    read_preference_dataset,
     text_stats,
 )
 from trainer_core.errors import Problem, UserError
@@ -79,6 +82,9 @@ def inspect_dataset(name: str, dataset_dir: str, stage: str, roots: list[Path] |
     outside = dataset_outside([name], dataset_dir, roots) if roots is not None else []
     if outside:
         raise UserError(outside[0])
+    if preference_kind(load_dataset_info(dataset_dir).get(name, {})):  # pairs or KTO: read for dpo / kto
+        records, problems = read_preference_dataset(name, dataset_dir)
+        return records, problems, None
     stage = reading_stage(formatting_of(name, dataset_dir), stage)
     if stage != "mcq" and use_arrow("auto", [name], dataset_dir, stage):
         large = check_large(name, dataset_dir, stage, progress=progress)
@@ -96,16 +102,30 @@ def _clip(text: str) -> str:
     return html.escape(text)
 
 
+def _bubbles(messages: list[dict], lang: str) -> str:
+    return "".join(
+        f"<div class='qh-msg qh-{html.escape(m['role'])}'><div class='qh-role'>{t('role.' + m['role'], lang)}"
+        f"</div><div class='qh-text'>{_clip(message_text(m))}</div></div>"
+        for m in messages)
+
+
 def render_example(example: dict, lang: str) -> str:
-    """One record as chat bubbles (conversations), a block of text, or a question with options."""
+    """One record as chat bubbles (conversations), a preference pair side by side (the prompt
+    above, the chosen answer beside the rejected one; a KTO answer with its label), a block of
+    text, or a question with options."""
     source = html.escape(str(example.get("source", "")))
     head = f"<div class='qh-rec-head'>#{example.get('index', '?')} · {source}</div>"
     if "messages" in example:
-        bubbles = "".join(
-            f"<div class='qh-msg qh-{html.escape(m['role'])}'><div class='qh-role'>{t('role.' + m['role'], lang)}"
-            f"</div><div class='qh-text'>{_clip(message_text(m))}</div></div>"
-            for m in example["messages"])
-        return f"<div class='qh-rec'>{head}{bubbles}</div>"
+        return f"<div class='qh-rec'>{head}{_bubbles(example['messages'], lang)}</div>"
+    if "chosen" in example:
+        sides = "".join(f"<div class='qh-side qh-{side}'><div class='qh-side-head'>{t('data.' + side, lang)}</div>"
+                        f"{_bubbles(example[side], lang)}</div>" for side in ("chosen", "rejected"))
+        return f"<div class='qh-rec'>{head}{_bubbles(example['prompt'], lang)}<div class='qh-pair'>{sides}</div></div>"
+    if "completion" in example:
+        label = "desirable" if example["label"] else "undesirable"
+        return (f"<div class='qh-rec'>{head}{_bubbles(example['prompt'], lang)}<div class='qh-side qh-{label}'>"
+                f"<div class='qh-side-head'>{t('data.' + label, lang)}</div>"
+                f"{_bubbles(example['completion'], lang)}</div></div>")
     if "question" in example:
         options = "".join(
             f"<li class='{'qh-answer' if letter in example.get('answer', '') else ''}'>{letter}. {_clip(text)}</li>"
@@ -144,7 +164,7 @@ def stats_rows(text: dict, tokens: dict | None, lang: str) -> list[list[Any]]:
     rows = []
     for key in ("records", "assistant_turns", "mean_assistant_turns", "multi_turn_share", "chars_p50", "chars_p95",
                 "chars_max", "duplicates", "empty_answers", "system_share", "total_chars", "multi_answer",
-                "subjects"):
+                "subjects", *PREFERENCE_STATS):
         if key in text:
             rows.append([t("stat." + key, lang), _number(text[key], key)])
     if tokens:
@@ -153,6 +173,12 @@ def stats_rows(text: dict, tokens: dict | None, lang: str) -> list[list[Any]]:
             if key in tokens:
                 rows.append([t("stat." + key, lang), _number(tokens[key], key)])
     return rows
+
+
+# trainer_core.data.preference_stats's keys, in the order shown (multi_turn_share and records above)
+PREFERENCE_STATS = ("chosen_chars_p50", "chosen_chars_p95", "chosen_chars_max", "rejected_chars_p50",
+                    "rejected_chars_p95", "rejected_chars_max", "chosen_longer_share", "desirable", "undesirable",
+                    "answer_chars_p50", "answer_chars_p95", "answer_chars_max", "duplicate_prompts")
 
 
 def _number(value: Any, key: str) -> str:
@@ -430,11 +456,13 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
     def show(examples: list[dict], problems: list[Problem], what: str, language: str, model: str, template: str,
              cutoff_len: Any, trust: bool, with_tokens: bool = True, large: dict | None = None):
         """Yield twice: character statistics at once, token statistics when the tokenizer is done."""
-        view: dict[str, Any] = {"what": what, "problems": problems, "large": large,
-                                "text": text_stats(examples) if examples else {"records": 0}}
+        preference = bool(examples) and "prompt" in examples[0]
+        stats = (preference_stats if preference else text_stats)(examples) if examples else {"records": 0}
+        view: dict[str, Any] = {"what": what, "problems": problems, "large": large, "text": stats}
         first = present(view, examples, 1, language)
         yield first
-        if not with_tokens or not examples or any("question" in e for e in examples):
+        # Token statistics are those of SFT samples (trainer_core.planner): none for questions or pairs.
+        if not with_tokens or not examples or preference or any("question" in e for e in examples):
             return
         try:
             cutoff = int(cutoff_len or 1024)
