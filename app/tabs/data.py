@@ -360,9 +360,13 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
         c["dataset_dir"] = L.make(gr.Textbox, label="data.dir", value=str(ctx.data_dir), scale=4,
                                   elem_id="data-dir")
         c["data_refresh"] = L.make(gr.Button, text="data.refresh", scale=1, elem_id="data-refresh")
-    # The training selection; the Parameters and Train tabs read it.
+    # The training selection; the Parameters and Train tabs read it. The dataset pickers take any
+    # value (allow_custom_value): their choices follow the data folder, and an event sent while a
+    # new folder's choices are on their way carries the old names, which Gradio would refuse with
+    # an error toast; the core names an unknown dataset itself (dataset_info.json, the name).
     c["datasets"] = L.make(gr.Dropdown, label="data.train_sets", info="data.train_sets_info", multiselect=True,
-                           choices=dataset_choices(ctx.data_dir), value=chosen, elem_id="data-datasets")
+                           choices=dataset_choices(ctx.data_dir), value=chosen, allow_custom_value=True,
+                           elem_id="data-datasets")
     # Several datasets: their weights and how they mix, beside what one epoch of the run holds of each.
     with gr.Row(visible=len(chosen) > 1) as c["mix_row"]:
         with gr.Column(scale=2):
@@ -376,7 +380,8 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
             c["mix"] = gr.Markdown(elem_id="data-mix")
     with gr.Row():
         c["inspect_name"] = L.make(gr.Dropdown, label="data.inspect", choices=dataset_choices(ctx.data_dir),
-                                   value=chosen[0] if chosen else None, scale=3, elem_id="data-inspect")
+                                   value=chosen[0] if chosen else None, allow_custom_value=True, scale=3,
+                                   elem_id="data-inspect")
         c["inspect_btn"] = L.make(gr.Button, text="data.inspect_btn", variant="primary", scale=1,
                                   elem_id="data-inspect-btn")
     with L.accordion("data.upload", open=False, elem_id="data-upload-acc"):

@@ -89,8 +89,8 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
                                  choice_keys=[("task." + k, k) for k in TASKS], value=[], scale=2,
                                  elem_id="eval-tasks")
         c["eval_datasets"] = L.make(gr.Dropdown, label="eval.datasets", info="eval.datasets_info", multiselect=True,
-                                    choices=dataset_choices(ctx.data_dir), value=[], scale=3,
-                                    elem_id="eval-datasets")
+                                    choices=dataset_choices(ctx.data_dir), value=[], allow_custom_value=True,
+                                    scale=3, elem_id="eval-datasets")  # as data-datasets: the choices follow the folder
         c["eval_split"] = L.make(gr.Dropdown, label="eval.split", choice_keys=[("split." + s, s) for s in SPLITS],
                                  value="auto", scale=1, elem_id="eval-split")
     with gr.Row():
