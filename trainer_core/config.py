@@ -188,9 +188,7 @@ class TrainConfig:
         ignored), and the preference stages train on whole pairs: no packing, no streaming."""
         problems = []
         defaults = {name: KEYS[name].default for name in PREFERENCE_KEYS}
-        owners = {"pref_loss": ("dpo",), "pref_beta": PREFERENCE_STAGES, "simpo_gamma": ("dpo",),
-                  "kto_chosen_weight": ("kto",), "kto_rejected_weight": ("kto",)}
-        for name, stages in owners.items():
+        for name, stages in PREFERENCE_KEY_STAGES.items():
             value = getattr(self, name)
             if value != defaults[name] and self.stage not in stages:
                 problems.append(ConfigProblem((name, "stage"), f"{name}: {value} applies to stage "
@@ -209,6 +207,9 @@ class TrainConfig:
         if self.packing:
             problems.append(ConfigProblem(("packing", "stage"), f"packing: stage {self.stage} compares whole answers "
                                           "and does not pack samples; set packing: false or leave it out"))
+        if self.data_engine == "arrow":
+            problems.append(ConfigProblem(("data_engine", "stage"), f"data_engine: stage {self.stage} prepares its "
+                                          "preference data in memory; set data_engine: auto or memory"))
         if self.streaming:
             problems.append(ConfigProblem(("streaming", "stage"), f"streaming: stage {self.stage} reads its "
                                           "preference data before training; set streaming: false"))
@@ -335,7 +336,10 @@ def schema_keys(schema: type) -> dict[str, dataclasses.Field]:
 
 
 KEYS: dict[str, dataclasses.Field] = schema_keys(TrainConfig)
-PREFERENCE_KEYS = ("pref_loss", "pref_beta", "simpo_gamma", "kto_chosen_weight", "kto_rejected_weight")
+# The preference keys and the stages each applies to (a value for another stage is a problem: rules()).
+PREFERENCE_KEY_STAGES = {"pref_loss": ("dpo",), "pref_beta": PREFERENCE_STAGES, "simpo_gamma": ("dpo",),
+                         "kto_chosen_weight": ("kto",), "kto_rejected_weight": ("kto",)}
+PREFERENCE_KEYS = tuple(PREFERENCE_KEY_STAGES)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:

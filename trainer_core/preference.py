@@ -44,20 +44,26 @@ def check_stage_data(cfg: TrainConfig) -> None:
     from trainer_core.data import load_dataset_info, name_list, preference_kind, registry_entry
 
     info = load_dataset_info(cfg.dataset_dir)
-    want = KIND_OF_STAGE[cfg.stage]
     for key, names in (("dataset", dataset_mix(cfg.dataset)[0]), ("eval_dataset", name_list(cfg.eval_dataset))):
         for name in names:
             kind = preference_kind(registry_entry(info, name, Path(cfg.dataset_dir) / "dataset_info.json"))
-            if kind == want:
-                continue
-            if kind is None:
-                marker = '"ranking": true' if want == "pairs" else 'a "kto_tag" column'
-                raise UserError(f"{key}: '{name}' is not preference data, and stage {cfg.stage} trains on "
-                                f"{KIND_WORDS[want]}; pick a preference dataset (in dataset_info.json: {marker}), "
-                                "or set stage: sft to train on its answers")
-            raise UserError(f"{key}: '{name}' holds {KIND_WORDS[kind]}, and stage {cfg.stage} trains on "
-                            f"{KIND_WORDS[want]}; set stage: {STAGE_OF_KIND[kind]}, or pick a dataset of "
-                            f"{KIND_WORDS[want]}")
+            problem = stage_data_problem(cfg.stage, key, name, kind)
+            if problem:
+                raise UserError(problem)
+
+
+def stage_data_problem(stage: str, key: str, name: str, kind: str | None) -> str | None:
+    """Why dataset `name` (preference_kind `kind`, named by config key `key`) cannot train a run of
+    the preference stage `stage`, with what to do; None when it can."""
+    want = KIND_OF_STAGE[stage]
+    if kind == want:
+        return None
+    if kind is None:
+        marker = '"ranking": true' if want == "pairs" else 'a "kto_tag" column'
+        return (f"{key}: '{name}' is not preference data, and stage {stage} trains on {KIND_WORDS[want]}; pick a "
+                f"preference dataset (in dataset_info.json: {marker}), or set stage: sft to train on its answers")
+    return (f"{key}: '{name}' holds {KIND_WORDS[kind]}, and stage {stage} trains on {KIND_WORDS[want]}; set "
+            f"stage: {STAGE_OF_KIND[kind]}, or pick a dataset of {KIND_WORDS[want]}")
 
 
 def read_records(names: list[str], cfg: TrainConfig) -> list[dict]:
@@ -228,6 +234,10 @@ def trainer_arguments(cfg: TrainConfig) -> tuple[type, dict[str, Any]]:
         # Checkpointing is set on the model by models.load_model (as for SFT); TRL's config turns it on by
         # default, which would enable it a second time, with other arguments.
         gradient_checkpointing=False,
+        # Evaluation needs the loss and TRL's metrics only; without this, TRL runs a second, plain forward
+        # per eval batch for the vocabulary-sized logits and the Trainer gathers them for nothing
+        # (minutes on a CPU at SmolLM2's 49k vocabulary).
+        prediction_loss_only=True,
     )
     if cfg.stage == "kto":
         from trl import KTOConfig
