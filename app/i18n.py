@@ -454,6 +454,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "task.ppl": ("困惑度", "perplexity"),
     "task.generate": ("生成 BLEU/ROUGE", "generation BLEU/ROUGE"),
     "task.mcq": ("选择题准确率", "multiple-choice accuracy"),
+    "task.preference": ("偏好对准确率（好回答概率更高的比例）", "preference accuracy (chosen answer more likely)"),
     "eval.datasets": ("评估数据集", "Datasets"),
     "eval.datasets_info": ("不选则使用运行时留出的验证集", "none: the run's own validation split"),
     "eval.split": ("数据范围", "Split"),

@@ -143,14 +143,21 @@ def test_a_dpo_run_on_sft_data_names_the_dataset_and_what_to_do(tmp_path, pref_d
 
 # ---- training (a Trainer each) ----------------------------------------------------------------------------
 
-@pytest.mark.train
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "orpo", "simpo"])
-def test_each_loss_trains_and_logs_its_rewards(loss, tiny_model_dir, pref_data_dir, tmp_path):
+def train_run(out: Path, model: Path, data: Path, **extra) -> Path:
     from trainer_core.train import run_training
 
-    cfg = run_config(tiny_model_dir, pref_data_dir, tmp_path / "run", pref_loss=loss, val_size=4, eval_steps=2)
-    assert run_training(cfg, log=lambda _: None) == 0
-    entries = runs.read_log(tmp_path / "run")
+    assert run_training(run_config(model, data, out, val_size=4, eval_steps=2, **extra), log=lambda _: None) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory, tiny_model_dir, pref_data_dir) -> Path:
+    """A finished LoRA DPO run (sigmoid) holding out 4 pairs."""
+    return train_run(tmp_path_factory.mktemp("dpo") / "run", tiny_model_dir, pref_data_dir)
+
+
+def assert_logged_rewards(run: Path, loss: str) -> None:
+    entries = runs.read_log(run)
     steps = [e for e in entries if e["loss"] is not None]
     evals = [e for e in entries if e["eval_loss"] is not None]
     assert [e["step"] for e in steps] == [1, 2, 3] and evals
@@ -158,10 +165,21 @@ def test_each_loss_trains_and_logs_its_rewards(loss, tiny_model_dir, pref_data_d
     assert all(e[key] is not None and math.isfinite(e[key]) for e in steps for key in REWARDS)
     assert all(e["eval_" + key] is not None for e in evals for key in REWARDS)
     assert all(e["eval_" + key] is None for e in steps for key in REWARDS)
-    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
-    assert not (tmp_path / "run" / "README.md").exists()  # TRL's model card stays out of the run folder
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert not (run / "README.md").exists()  # TRL's model card stays out of the run folder
     if loss in ("sigmoid", "ipo"):  # LoRA B starts at 0: policy = reference before the first update
         assert steps[0]["rewards_chosen"] == 0.0 and steps[0]["rewards_rejected"] == 0.0
+
+
+@pytest.mark.train
+def test_dpo_trains_and_logs_its_rewards(dpo_run):
+    assert_logged_rewards(dpo_run, "sigmoid")
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("loss", ["ipo", "orpo", "simpo"])
+def test_each_other_loss_trains_and_logs_its_rewards(loss, tiny_model_dir, pref_data_dir, tmp_path):
+    assert_logged_rewards(train_run(tmp_path / "run", tiny_model_dir, pref_data_dir, pref_loss=loss), loss)
 
 
 def built(cfg):
@@ -267,3 +285,47 @@ def test_a_dpo_run_on_sft_data_fails_with_the_message(tiny_model_dir, pref_data_
 def test_pref_loss_with_stage_sft_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="pref_loss: simpo applies to stage dpo only"):
         config_from_dict({"stage": "sft", "pref_loss": "simpo"})
+
+
+@pytest.mark.train
+def test_preference_accuracy_of_a_run_and_its_base(dpo_run, tiny_model_dir, pref_data_dir, tmp_path):
+    """The eval task `preference` on the run's held-out pairs, tuned and base, against the share
+    computed here from a plain forward."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainer_core import evaluate
+    from trainer_core.jobconfig import config_from_args
+
+    def accuracy_here(model) -> tuple[float, float]:
+        tokenizer = tokenizer_of(tiny_model_dir)
+        _, held_out = preference.split_records(run_config(tiny_model_dir, pref_data_dir, dpo_run, val_size=4))
+        samples, _ = encode_preference(held_out, tokenizer, cutoff_len=64)
+        total, _ = answer_log_probs(model, preference.PairCollator(tokenizer.pad_token_id)(samples))
+        chosen, rejected = total.chunk(2)
+        return 100 * (chosen > rejected).float().mean().item(), (chosen - rejected).mean().item()
+
+    results = {}
+    for label, extra in (("tuned", []), ("base", ["--base-only"])):
+        summary = evaluate.run_eval(config_from_args("eval", ["--run", str(dpo_run), "--task", "preference",
+                                                              "--output_dir", str(tmp_path / label), *extra]),
+                                    log=lambda _: None)
+        [result] = summary["results"]
+        assert (result["dataset"], result["metrics"]["total"]) == ("pairs", 4)
+        results[label] = result["metrics"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    accuracy, margin = accuracy_here(base)
+    assert results["base"]["accuracy"] == pytest.approx(accuracy) and results["base"]["margin"] == pytest.approx(
+        margin, rel=1e-4)
+    tuned = PeftModel.from_pretrained(base, str(dpo_run / "adapter")).eval()
+    accuracy, margin = accuracy_here(tuned)
+    assert results["tuned"]["accuracy"] == pytest.approx(accuracy) and results["tuned"]["margin"] == pytest.approx(
+        margin, rel=1e-4)
+    assert results["tuned"]["margin"] != results["base"]["margin"]  # the adapter changes the model
+    table = evaluate.compare([tmp_path / "base", tmp_path / "tuned"])
+    assert "**preference · pairs**" in table and "| margin |" in table
+    with pytest.raises(UserError, match="dataset 'kto' is KTO data"):
+        evaluate.run_eval(config_from_args("eval", ["--model", str(tiny_model_dir), "--dataset", "kto",
+                                                    "--dataset_dir", str(pref_data_dir), "--output_dir",
+                                                    str(tmp_path / "kto")]), log=lambda _: None)
