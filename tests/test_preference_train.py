@@ -165,7 +165,7 @@ def assert_logged_rewards(run: Path, loss: str) -> None:
     assert all(e[key] is not None and math.isfinite(e[key]) for e in steps for key in REWARDS)
     assert all(e["eval_" + key] is not None for e in evals for key in REWARDS)
     assert all(e["eval_" + key] is None for e in steps for key in REWARDS)
-    assert (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "adapter" / "adapter_config.json").is_file() and not (run / "adapter" / "ref").exists()
     assert not (run / "README.md").exists()  # TRL's model card stays out of the run folder
     if loss in ("sigmoid", "ipo"):  # LoRA B starts at 0: policy = reference before the first update
         assert steps[0]["rewards_chosen"] == 0.0 and steps[0]["rewards_rejected"] == 0.0
@@ -238,6 +238,7 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tiny_model_dir, p
 
     trainer = built(run_config(tiny_model_dir, pref_data_dir, tmp_path / "run", max_steps=2, learning_rate=5e-2))
     assert trainer.ref_model is None  # no second copy: the adapter is switched off instead
+    assert list(trainer.model.peft_config) == ["default"]  # and no frozen copy of the adapter ("ref") either
     trainer.train()
     model = trainer.model
     model.eval()

@@ -258,17 +258,28 @@ def trainer_arguments(cfg: TrainConfig) -> tuple[type, dict[str, Any]]:
 
 def make_preference_trainer(cfg: TrainConfig, *, model: Any, args: Any, train_samples: list[dict],
                             eval_samples: list[dict], processing_class: Any, data_collator: Any,
-                            callbacks: list[Any]) -> Any:
-    """The TRL trainer of a dpo or kto run, on our tokenized samples."""
+                            callbacks: list[Any], log=print) -> Any:
+    """The TRL trainer of a dpo or kto run, on our tokenized samples. `model` comes from
+    models.load_model(..., wrap=False): for LoRA and QLoRA the trainer adds the adapter
+    (`peft_config`), so that TRL's reference is the model with the adapter switched off. Handed a
+    peft model instead, TRL would add a frozen copy of the adapter, "ref", as the reference (and the
+    run's adapter/ would hold both)."""
     from datasets import Dataset
+
+    from trainer_core.models import log_lora, lora_config
 
     kwargs = dict(model=model, args=args, train_dataset=Dataset.from_list(train_samples),
                   eval_dataset=Dataset.from_list(eval_samples) if eval_samples else None,
-                  processing_class=processing_class, data_collator=data_collator, callbacks=callbacks)
+                  processing_class=processing_class, data_collator=data_collator, callbacks=callbacks,
+                  peft_config=None if cfg.finetuning_type == "full" else lora_config(cfg, model))
     if cfg.stage == "kto":
-        return _kto_trainer_class()(**kwargs)
-    reference_free = cfg.pref_loss if cfg.pref_loss in REFERENCE_FREE_LOSSES else None
-    return _dpo_trainer_class()(reference_free=reference_free, simpo_gamma=cfg.simpo_gamma, **kwargs)
+        trainer = _kto_trainer_class()(**kwargs)
+    else:
+        reference_free = cfg.pref_loss if cfg.pref_loss in REFERENCE_FREE_LOSSES else None
+        trainer = _dpo_trainer_class()(reference_free=reference_free, simpo_gamma=cfg.simpo_gamma, **kwargs)
+    if cfg.finetuning_type != "full":
+        log_lora(cfg, trainer.model, log)
+    return trainer
 
 
 def average_log_probs(per_token_logps: Any, completion_mask: Any) -> Any:

@@ -523,7 +523,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
-    model = load_model(cfg, model_path, tokenizer, log)
+    # A preference trainer adds the adapter itself: its reference is then the model with the adapter
+    # off. Given a peft model, TRL would keep a second, frozen "ref" adapter as the reference.
+    model = load_model(cfg, model_path, tokenizer, log, wrap=not preference)
     callbacks = [make_progress_callback(run_dir, stop, log, save_on_stop=not fresh)]
     if preference:
         from trainer_core.preference import make_preference_trainer, preference_collator
@@ -531,7 +533,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
         trainer = make_preference_trainer(
             cfg, model=model, args=args, train_samples=train_samples, eval_samples=eval_samples,
             processing_class=tokenizer, callbacks=callbacks,
-            data_collator=_maybe_recording(preference_collator(cfg.stage, tokenizer.pad_token_id), run_dir))
+            data_collator=_maybe_recording(preference_collator(cfg.stage, tokenizer.pad_token_id), run_dir), log=log)
         # The lean layers (models.load_model) are in this model too; the SFT loss (make_trainer) is not.
         trainer.add_callback(_lean_norm_step_callback())
     else:
