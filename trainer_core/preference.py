@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,10 +104,13 @@ def split_records(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
-def load_preference_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[list[dict], list[dict]]:
+def load_preference_data(cfg: TrainConfig, tokenizer: Any, log=print,
+                         record_mix: Callable[..., None] | None = None) -> tuple[list[dict], list[dict]]:
     """Datasets -> records -> token ids for a dpo or kto run: (train samples, eval samples), with a
     line of statistics for each split (as train.load_training_data gives for SFT). A prompt that
-    leaves no answer token within cutoff_len is a problem naming file, record and field."""
+    leaves no answer token within cutoff_len is a problem naming file, record and field.
+    `record_mix(cfg, records per dataset, log)` gets the training split's composition
+    (train.record_mix: data_mix.json)."""
     from trainer_core.data import mix_composition
     from trainer_core.tokenization import encode_preference, prompts_over_cutoff
 
@@ -114,9 +118,8 @@ def load_preference_data(cfg: TrainConfig, tokenizer: Any, log=print) -> tuple[l
     over = prompts_over_cutoff(train_records + eval_records, tokenizer, cfg.cutoff_len)
     if over:
         raise DataError(over)
-    from trainer_core.train import record_mix
-
-    record_mix(cfg, mix_composition(train_records), log)
+    if record_mix is not None:
+        record_mix(cfg, mix_composition(train_records), log)
     splits: list[list[dict]] = []
     for name, records in (("train", train_records), ("eval", eval_records)):
         if not records:

@@ -495,7 +495,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
     if preference:
         from trainer_core.preference import load_preference_data, show_preference_example
 
-        train_samples, eval_samples = load_preference_data(cfg, tokenizer, log)
+        train_samples, eval_samples = load_preference_data(cfg, tokenizer, log, record_mix)
         show_preference_example(train_samples[0], tokenizer, log)
     else:
         train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
