@@ -6,10 +6,10 @@ SFT labels an assistant turn (-100 elsewhere). TRL's trainers would tokenize the
 their own template logic; here their `_prepare_dataset` hands our token ids through unchanged and
 our collators lay the batch out as TRL's own collators do, with `completion_mask` = our labels.
 
-The reference model: with LoRA (and QLoRA) it is the base model with the adapter switched off (TRL
-does that when the model is a peft model and no `ref_model` is given: no second copy of the
-weights); with full fine-tuning TRL loads a frozen copy for sigmoid, ipo and kto. orpo and simpo
-need none (see `_dpo_trainer_class`).
+The reference model: with LoRA (and QLoRA) it is the base model with the adapter switched off, no
+second copy of the weights (TRL does that when it adds the adapter itself, from `peft_config`: see
+`make_preference_trainer`); with full fine-tuning TRL loads a frozen copy for sigmoid, ipo and
+kto. orpo and simpo need none (see `trainer_arguments`).
 """
 
 from __future__ import annotations
