@@ -23,6 +23,8 @@ from app.i18n import t, translate
 from trainer_core.catalog import KNOWN_MODELS
 from trainer_core.config import (
     KEYS,
+    PREFERENCE_KEY_STAGES,
+    PREFERENCE_KEYS,
     ConfigProblem,
     TrainConfig,
     allowed_values,
@@ -34,9 +36,12 @@ from trainer_core.config import (
 )
 from trainer_core.data import dataset_outside, load_dataset_info
 from trainer_core.errors import UserError
+from trainer_core.preference import is_preference_stage, split_records
 
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target")
 QLORA_KEYS = ("quantization_bit",)
+# Shown for the stages they apply to (trainer_core.config.PREFERENCE_KEY_STAGES), as the LoRA keys for LoRA
+PREF_KEYS = PREFERENCE_KEYS
 MAIN_KEYS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
              "gradient_accumulation_steps", "cutoff_len", "val_size", "max_samples")
 ADVANCED_KEYS = ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
@@ -46,7 +51,8 @@ ADVANCED_KEYS = ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_de
                  "streaming")
 HARDWARE_KEYS = ("deepspeed", "num_gpus", "hostfile")
 OUTPUT_KEYS = ("report_to", "output_dir")
-FORM_KEYS = ("stage", "finetuning_type", "template", *LORA_KEYS, *QLORA_KEYS, *MAIN_KEYS, *ADVANCED_KEYS,
+FORM_KEYS = ("stage", "finetuning_type", "template", *LORA_KEYS, *QLORA_KEYS, *PREF_KEYS, *MAIN_KEYS,
+             *ADVANCED_KEYS,
              *HARDWARE_KEYS, *OUTPUT_KEYS)
 MODEL_FIELDS = ("model_source", "model_path", "known_model")
 DATA_FIELDS = ("datasets", "dataset_dir", "weights", "mix_strategy")  # owned by the Data tab
@@ -195,11 +201,19 @@ def raw_config(values: dict[str, Any]) -> dict[str, Any]:
         elif KEYS[key].metadata["optional"] and (value == "" or (value == 0 and KEYS[key].metadata["min"] == 1)):
             value = None  # an emptied number box (or 0, below these keys' minimum of 1) means "not set"
         raw[key] = value
+    for key, stages in PREFERENCE_KEY_STAGES.items():
+        if raw.get("stage") not in stages:
+            del raw[key]  # hidden for this stage (pref_shown): what it holds does not apply
     source = values.get("model_source") or "builtin"
     raw["model_name_or_path"] = "default" if source == "builtin" else (values.get("model_path") or "").strip()
     raw.update(mix_keys(values))
     raw["dataset_dir"] = (values.get("dataset_dir") or "").strip()
     return raw
+
+
+def pref_shown(stage: str) -> dict[str, bool]:
+    """Which preference keys the form shows for `stage`: those that apply to it."""
+    return {key: stage in stages for key, stages in PREFERENCE_KEY_STAGES.items()}
 
 
 def check(values: dict[str, Any], ctx: AppContext) -> tuple[TrainConfig | None, dict[str, str], list[str]]:
@@ -323,16 +337,20 @@ def composition(values: dict[str, Any], ctx: AppContext) -> dict[str, Any]:
     # As load_datasets mixes (and data_mix.json records): weights alone mean interleave_under.
     strategy = cfg.mix_strategy if weights is None or cfg.mix_strategy != "concat" else "interleave_under"
     mix = {"strategy": strategy, "weights": dict(zip(names, weights)) if weights else None}
-    if raw.get("streaming") or use_arrow(cfg.data_engine, names, cfg.dataset_dir, cfg.stage):
+    preference = is_preference_stage(cfg.stage)  # read in memory, concatenated (trainer_core/preference.py)
+    if not preference and (raw.get("streaming") or use_arrow(cfg.data_engine, names, cfg.dataset_dir, cfg.stage)):
         return {**mix, "records": None, "total": None, "eval": None, "streaming": bool(raw.get("streaming"))}
     key = (tuple(sorted(wanted.items(), key=lambda item: item[0])), str(data_dir), _stamps(data_dir, read))
     with _COMPOSITIONS_LOCK:
         known = _COMPOSITIONS.get(key)
     if known is not None:
         return known
-    train, evals = load_datasets(cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples,
-                                 val_size=cfg.val_size, seed=cfg.seed, eval_names=cfg.eval_dataset or None,
-                                 mix_strategy=cfg.mix_strategy, interleave_probs=cfg.interleave_probs)
+    if preference:
+        train, evals = split_records(cfg)
+    else:
+        train, evals = load_datasets(cfg.dataset, cfg.dataset_dir, cfg.stage, max_samples=cfg.max_samples,
+                                     val_size=cfg.val_size, seed=cfg.seed, eval_names=cfg.eval_dataset or None,
+                                     mix_strategy=cfg.mix_strategy, interleave_probs=cfg.interleave_probs)
     counts = mix_composition(train)
     found = {**mix, "records": {name: counts.get(name, 0) for name in names}, "total": len(train),
              "eval": len(evals)}

@@ -284,6 +284,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "help.plan_price": ("填写后显示总费用", "give it to see the cost"),
     "stage.sft": ("SFT 监督微调", "SFT (supervised)"),
     "stage.pt": ("PT 继续预训练", "PT (continued pre-training)"),
+    "stage.dpo": ("DPO 偏好对训练", "DPO (preference pairs)"),
+    "stage.kto": ("KTO 好坏标注训练", "KTO (good/bad answers)"),
     "finetuning_type.lora": ("LoRA", "LoRA"),
     "finetuning_type.qlora": ("QLoRA（4 比特）", "QLoRA (4-bit)"),
     "finetuning_type.full": ("全参数", "Full"),
@@ -297,8 +299,24 @@ TEXT: dict[str, tuple[str, str]] = {
     "packing.false": ("关", "off"),
     # Config keys: label and help (the allowed values are added from the core's schema).
     "cfg.stage": ("训练阶段", "Stage"),
-    "help.stage": ("sft：对话监督微调；pt：在文本上继续预训练", "sft: supervised fine-tuning on conversations; "
-                   "pt: continued pre-training on text"),
+    "help.stage": ("sft：对话监督微调；pt：在文本上继续预训练；dpo：在“好/差”回答对上做偏好训练（损失见 pref_loss）；"
+                   "kto：在标注好坏的单个回答上训练",
+                   "sft: supervised fine-tuning on conversations; pt: continued pre-training on text; dpo: "
+                   "preference training on chosen/rejected pairs (the loss: pref_loss); kto: on answers labelled "
+                   "desirable or not"),
+    "cfg.pref_loss": ("偏好损失", "Preference loss"),
+    "help.pref_loss": ("sigmoid（DPO）、ipo、orpo 或 simpo；orpo 与 simpo 不需要参考模型",
+                       "sigmoid (DPO), ipo, orpo or simpo; orpo and simpo need no reference model"),
+    "cfg.pref_beta": ("偏好 beta", "Preference beta"),
+    "help.pref_beta": ("偏离参考模型的约束强度（dpo、ipo、kto），或偏好项的权重（orpo、simpo）",
+                       "how far from the reference (dpo, ipo, kto) or how strong the preference term (orpo, simpo)"),
+    "cfg.simpo_gamma": ("SimPO gamma", "SimPO gamma"),
+    "help.simpo_gamma": ("SimPO 的目标奖励间隔（pref_loss 为 simpo 时）",
+                         "SimPO's target reward margin (pref_loss simpo)"),
+    "cfg.kto_chosen_weight": ("KTO 好回答权重", "KTO desirable weight"),
+    "help.kto_chosen_weight": ("KTO 中好回答损失的权重", "KTO's weight of the desirable answers' loss"),
+    "cfg.kto_rejected_weight": ("KTO 差回答权重", "KTO undesirable weight"),
+    "help.kto_rejected_weight": ("KTO 中差回答损失的权重", "KTO's weight of the undesirable answers' loss"),
     "cfg.finetuning_type": ("微调方法", "Method"),
     "help.finetuning_type": ("LoRA、QLoRA（4 比特基座 + LoRA）或全参数", "lora, qlora (4-bit base + LoRA) or full"),
     "cfg.template": ("对话模板", "Chat template"),
@@ -459,6 +477,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "task.ppl": ("困惑度", "perplexity"),
     "task.generate": ("生成 BLEU/ROUGE", "generation BLEU/ROUGE"),
     "task.mcq": ("选择题准确率", "multiple-choice accuracy"),
+    "task.preference": ("偏好对准确率（好回答概率更高的比例）", "preference accuracy (chosen answer more likely)"),
     "eval.datasets": ("评估数据集", "Datasets"),
     "eval.datasets_info": ("不选则使用运行时留出的验证集", "none: the run's own validation split"),
     "eval.split": ("数据范围", "Split"),
@@ -586,6 +605,31 @@ MESSAGES: list[tuple[str, str]] = [
      "{n} device(s) = {product}; make them agree, set train_batch_size 0, or per_device_train_batch_size auto",
      "train_batch_size：{value} 不等于 per_device_train_batch_size {batch} × gradient_accumulation_steps {steps} × "
      "{n} 个设备 = {product}；请让它们一致，或把 train_batch_size 设为 0，或把 per_device_train_batch_size 设为 auto"),
+    # trainer_core.config: the preference keys and stages
+    ("{name}: {value} applies to stage {stages} only, and stage is {stage}; set stage: {first}, or leave {key} out",
+     "{name}：{value} 只适用于训练阶段 {stages}，当前阶段是 {stage}；请把 stage 设为 {first}，或不填 {key}"),
+    ("simpo_gamma: {value} applies to pref_loss simpo only, and pref_loss is {loss}; set pref_loss: simpo, or leave "
+     "simpo_gamma out",
+     "simpo_gamma：{value} 只适用于 pref_loss simpo，当前是 {loss}；请把 pref_loss 设为 simpo，或不填 simpo_gamma"),
+    ("stage {stage} concatenates its preference datasets: leave out the mixing weights and set mix_strategy: concat",
+     "训练阶段 {stage} 把偏好数据集直接拼接：请去掉混合权重，并把 mix_strategy 设为 concat"),
+    ("packing: stage {stage} compares whole answers and does not pack samples; set packing: false or leave it out",
+     "packing：训练阶段 {stage} 比较完整的回答，不做样本拼接；请把 packing 设为 false 或不填"),
+    ("data_engine: stage {stage} prepares its preference data in memory; set data_engine: auto or memory",
+     "data_engine：训练阶段 {stage} 在内存中准备偏好数据；请把 data_engine 设为 auto 或 memory"),
+    ("streaming: stage {stage} reads its preference data before training; set streaming: false",
+     "streaming：训练阶段 {stage} 在训练前读取偏好数据；请把 streaming 设为 false"),
+    ("per_device_train_batch_size: stage kto needs at least 2 (its KL term pairs each answer with another prompt of "
+     "the same batch); set 2 or more", "per_device_train_batch_size：KTO 至少需要 2（其 KL 项把每个回答与同一批次中的"
+     "另一个问题配对）；请设为 2 或更大"),
+    # trainer_core.preference: a dataset that the stage cannot train on
+    ("{key}: '{name}' is not preference data, and stage {stage} trains on {what}; pick a preference dataset (in "
+     "dataset_info.json: {marker}), or set stage: sft to train on its answers",
+     "{key}：'{name}' 不是偏好数据，而训练阶段 {stage} 需要{what}；请选择偏好数据集"
+     "（dataset_info.json 中有 {marker}），或把 stage 设为 sft 在其回答上训练"),
+    ("{key}: '{name}' holds {kind}, and stage {stage} trains on {what}; set stage: {other}, or pick a dataset of "
+     "{want}",
+     "{key}：'{name}' 是{kind}，而训练阶段 {stage} 需要{what}；请把 stage 设为 {other}，或选择{want}的数据集"),
     # trainer_core: models, data registry, jobs
     ("model folder '{path}' does not exist. Set model_name_or_path to a local model folder, or to 'default' for "
      "the built-in model.", "模型文件夹 '{path}' 不存在。请把 model_name_or_path 设为本地模型文件夹，或设为 'default' "

@@ -38,7 +38,7 @@ def test_eval_config_problems_by_key():
     assert found[("n_shot",)] == "n_shot: -1 is out of range (an integer >= 0)"
     assert found[("split",)] == "split: 'test' is not allowed; choose one of validation, all"
     assert found[()] == "unknown key 'datasets'; did you mean 'dataset'?"
-    assert found[("task",)] == "unknown task 'bleu': choose from ppl, generate, mcq"
+    assert found[("task",)] == "unknown task 'bleu': choose from ppl, generate, mcq, preference"
     # Rules over several keys, each under all of its keys.
     assert problems_by_key({"run": "r", "model": "m"}, EvalConfig) == {
         ("run", "model"): "give either --run RUN_DIR or --model PATH, not both"}

@@ -48,9 +48,12 @@ def test_lora_sft_writes_the_run_folder(cli, tiny_model_dir, tiny_data_dir, tmp_
     evals = [e for e in log if e["eval_loss"] is not None]
     assert [e["step"] for e in train] == list(range(1, 9))
     assert [e["step"] for e in evals] == [4, 8]
+    rewards = {prefix + name for prefix in ("", "eval_") for name in ("rewards_chosen", "rewards_rejected",
+                                                                       "rewards_margin", "rewards_accuracy")}
     keys = {"step", "total_steps", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm",
-            "tokens_per_second", "elapsed_seconds", "eta_seconds", "time"}
+            "tokens_per_second", "elapsed_seconds", "eta_seconds", "time", *rewards}
     assert all(set(e) == keys for e in log)
+    assert all(e[key] is None for e in log for key in rewards)  # preference stages only
     assert all(e["total_steps"] == 8 and e["tokens_per_second"] > 0 for e in log)
     assert train[-1]["loss"] < train[0]["loss"]
     assert "Example input" in (out / "console.log").read_text()

@@ -129,6 +129,24 @@ def test_form_values_become_config_values(ctx):
     assert form.raw_config(form_values(ctx, deepspeed="z3"))["deepspeed"] == "z3"
 
 
+def test_the_preference_keys_count_only_for_the_stages_they_apply_to(ctx):
+    """The form shows pref_loss and simpo_gamma for dpo, the KTO weights for kto, pref_beta for both
+    (as the LoRA keys for LoRA); a hidden key's value never reaches the config, so a value typed
+    under dpo does not flag an sft form."""
+    assert form.pref_shown("sft") == dict.fromkeys(form.PREF_KEYS, False)
+    assert [k for k, shown in form.pref_shown("dpo").items() if shown] == ["pref_loss", "pref_beta", "simpo_gamma"]
+    assert [k for k, shown in form.pref_shown("kto").items() if shown] == ["pref_beta", "kto_chosen_weight",
+                                                                           "kto_rejected_weight"]
+    typed = dict(pref_loss="orpo", pref_beta=0.2, kto_chosen_weight=2.0)
+    assert not set(form.PREF_KEYS) & set(form.raw_config(form_values(ctx, stage="sft", **typed)))
+    raw = form.raw_config(form_values(ctx, stage="dpo", **typed))
+    assert (raw["pref_loss"], raw["pref_beta"], "kto_chosen_weight" in raw) == ("orpo", 0.2, False)
+    _, fields, _ = form.check(form_values(ctx, stage="sft", **typed), ctx)
+    assert not set(form.PREF_KEYS) & set(fields)
+    _, fields, _ = form.check(form_values(ctx, stage="dpo", pref_beta=0), ctx)
+    assert "pref_beta" in fields["pref_beta"] and "out of range" in fields["pref_beta"]
+
+
 def test_each_core_problem_goes_under_the_fields_it_names_by_key(ctx):
     """The core's problems carry their keys; the tab reads no message's wording to place them."""
     fields, general = form.by_field([

@@ -569,12 +569,14 @@ def cmd_models(args: list[str]) -> int:
 
 
 def cmd_data(args: list[str]) -> int:
+    from trainer_core.config import KEYS
+
     parser = argparse.ArgumentParser(prog="python -m trainer_core data check",
                                      description="Validate datasets and print their statistics.")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("names", nargs="+", help="dataset names from dataset_info.json")
     parser.add_argument("--dataset_dir", default=None)
-    parser.add_argument("--stage", default=None, choices=["sft", "pt"])
+    parser.add_argument("--stage", default=None, choices=list(KEYS["stage"].metadata["choices"]))
     parser.add_argument("--cutoff_len", type=int, default=None)
     parser.add_argument("--model_name_or_path", default=None)
     parser.add_argument("--template", default=None)

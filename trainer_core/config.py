@@ -26,6 +26,8 @@ AUTO = "auto"  # per_device_train_batch_size: auto, resolved by trainer_core.pla
 DEFAULT_BATCH = 4  # per_device_train_batch_size's default, and auto's batch per device when train_batch_size is 0
 DEEPSPEED_PRESETS = ("z0", "z2", "z3", "z3_offload")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+PREFERENCE_STAGES = ("dpo", "kto")  # stages that train on preference data (trainer_core/preference.py)
+PREF_LOSSES = ("sigmoid", "ipo", "orpo", "simpo")  # stage dpo's losses; orpo and simpo need no reference model
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "cosine_with_min_lr")
 
@@ -45,8 +47,9 @@ def config_key(default: Any, help: str, *, choices: tuple | None = None, min: fl
 @dataclass
 class TrainConfig:
     # What to train
-    stage: str = config_key("sft", "sft: supervised fine-tuning on conversations; pt: continued pre-training on text",
-                            choices=("sft", "pt"))
+    stage: str = config_key("sft", "sft: supervised fine-tuning on conversations; pt: continued pre-training on text; "
+                            "dpo: preference training on chosen/rejected pairs (the loss: pref_loss); kto: on answers "
+                            "labelled desirable or not", choices=("sft", "pt", *PREFERENCE_STAGES))
     model_name_or_path: str = config_key("default", "a local model folder, a hub id, or 'default' for the built-in "
                                          "SmolLM2-135M-Instruct")
     template: str = config_key("auto", "chat template: auto (the tokenizer's own) or a built-in fallback",
@@ -84,6 +87,16 @@ class TrainConfig:
     lora_dropout: float = config_key(0.0, "dropout on the LoRA path", min=0, max=0.9)
     lora_target: str = config_key("all", "'all' linear layers, or a comma list such as q_proj,v_proj")
     quantization_bit: int = config_key(4, "QLoRA base weight bits", choices=(4, 8))
+    # Preference training (stage dpo and kto; LLaMA-Factory's names)
+    pref_loss: str = config_key("sigmoid", "stage dpo's loss: sigmoid (DPO), ipo, orpo or simpo (orpo and simpo need "
+                                "no reference model)", choices=PREF_LOSSES)
+    pref_beta: float = config_key(0.1, "the preference loss's beta: how far from the reference (dpo, ipo, kto) or how "
+                                  "strong the preference term (orpo, simpo)", min=0, min_exclusive=True)
+    simpo_gamma: float = config_key(0.5, "SimPO's target reward margin (pref_loss simpo)", min=0)
+    kto_chosen_weight: float = config_key(1.0, "KTO's weight of the desirable answers' loss", min=0,
+                                          min_exclusive=True)
+    kto_rejected_weight: float = config_key(1.0, "KTO's weight of the undesirable answers' loss", min=0,
+                                            min_exclusive=True)
     # Output
     output_dir: str = config_key("", "run folder; default outputs/<stage>-<finetuning_type>-<time>")
     # Optimisation
@@ -164,11 +177,47 @@ class TrainConfig:
             problems.append(ConfigProblem(("streaming", "val_size"), "streaming keeps no held-out split: set "
                                           "val_size 0 and name an eval_dataset for the eval loss"))
         problems += self._batch_problems()
+        problems += self._preference_problems()
         if not [d for d in self.dataset.split(",") if d.strip()]:
             problems.append(ConfigProblem(("dataset",), "dataset: give at least one dataset name from "
                                           "dataset_info.json"))
         return problems
 
+    def _preference_problems(self) -> list[ConfigProblem]:
+        """The preference keys belong to their stages (a value set for another stage would be silently
+        ignored), and the preference stages train on whole pairs: no packing, no streaming."""
+        problems = []
+        defaults = {name: KEYS[name].default for name in PREFERENCE_KEYS}
+        for name, stages in PREFERENCE_KEY_STAGES.items():
+            value = getattr(self, name)
+            if value != defaults[name] and self.stage not in stages:
+                problems.append(ConfigProblem((name, "stage"), f"{name}: {value} applies to stage "
+                                              f"{' and '.join(stages)} only, and stage is {self.stage}; set stage: "
+                                              f"{stages[0]}, or leave {name} out"))
+        if self.stage == "dpo" and self.simpo_gamma != defaults["simpo_gamma"] and self.pref_loss != "simpo":
+            problems.append(ConfigProblem(("simpo_gamma", "pref_loss"), f"simpo_gamma: {self.simpo_gamma} applies to "
+                                          f"pref_loss simpo only, and pref_loss is {self.pref_loss}; set pref_loss: "
+                                          "simpo, or leave simpo_gamma out"))
+        if self.stage not in PREFERENCE_STAGES:
+            return problems
+        if dataset_mix(self.dataset, self.interleave_probs)[1] is not None or self.mix_strategy != "concat":
+            problems.append(ConfigProblem(("dataset", "interleave_probs", "mix_strategy"), f"stage {self.stage} "
+                                          "concatenates its preference datasets: leave out the mixing weights and "
+                                          "set mix_strategy: concat"))
+        if self.packing:
+            problems.append(ConfigProblem(("packing", "stage"), f"packing: stage {self.stage} compares whole answers "
+                                          "and does not pack samples; set packing: false or leave it out"))
+        if self.data_engine == "arrow":
+            problems.append(ConfigProblem(("data_engine", "stage"), f"data_engine: stage {self.stage} prepares its "
+                                          "preference data in memory; set data_engine: auto or memory"))
+        if self.streaming:
+            problems.append(ConfigProblem(("streaming", "stage"), f"streaming: stage {self.stage} reads its "
+                                          "preference data before training; set streaming: false"))
+        if self.stage == "kto" and self.per_device_train_batch_size == 1:
+            problems.append(ConfigProblem(("per_device_train_batch_size", "stage"), "per_device_train_batch_size: "
+                                          "stage kto needs at least 2 (its KL term pairs each answer with another "
+                                          "prompt of the same batch); set 2 or more"))
+        return problems
 
     def _batch_problems(self) -> list[ConfigProblem]:
         """train_batch_size, when set, is the global batch: a number batch must multiply out to it, and
@@ -287,6 +336,10 @@ def schema_keys(schema: type) -> dict[str, dataclasses.Field]:
 
 
 KEYS: dict[str, dataclasses.Field] = schema_keys(TrainConfig)
+# The preference keys and the stages each applies to (a value for another stage is a problem: rules()).
+PREFERENCE_KEY_STAGES = {"pref_loss": ("dpo",), "pref_beta": PREFERENCE_STAGES, "simpo_gamma": ("dpo",),
+                         "kto_chosen_weight": ("kto",), "kto_rejected_weight": ("kto",)}
+PREFERENCE_KEYS = tuple(PREFERENCE_KEY_STAGES)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:

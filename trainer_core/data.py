@@ -100,8 +100,8 @@ PREFERENCE_COLUMNS = ("chosen", "rejected")
 PREFERENCE_FIELDS = ("chosen", "rejected", "kto_tag")  # columns only preference data has
 # Where LLaMA-Factory fetches a dataset from instead of file_name; none of them is reachable offline.
 REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-PREFERENCE_MESSAGE = ("preference data (ranking: true, chosen/rejected answers) needs stage dpo, which comes "
-                      "with preference training; this workbench trains sft and pt only for now")
+PREFERENCE_MESSAGE = ("preference data (ranking: true, chosen/rejected answers) needs stage dpo; set stage: dpo "
+                      "to train on its pairs")
 OPTION_LETTERS = "ABCDEFGHIJ"
 NAN_CELLS = {"nan", "NaN", "NAN"}  # how a CSV written from pandas (or str()) spells a missing value
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone "\\ud800" escape in JSON: not valid Unicode
@@ -204,8 +204,8 @@ def _column_refusal(key: str) -> str | None:
     if key in PREFERENCE_COLUMNS:
         return f'"columns" has \'{key}\': {PREFERENCE_MESSAGE}'
     if key == "kto_tag":
-        return ('"columns" has \'kto_tag\': KTO data (a good/bad label per answer) needs stage kto, which '
-                'this workbench does not have; remove "kto_tag" to train on the answers as plain sft data')
+        return ('"columns" has \'kto_tag\': KTO data (a good/bad label per answer) needs stage kto; set stage: '
+                'kto, or remove "kto_tag" to train on the answers as plain sft data')
     return None
 
 

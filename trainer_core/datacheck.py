@@ -7,9 +7,10 @@ Preference datasets (pairs, KTO) are checked by their registry entry alone, what
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from trainer_core.config import TrainConfig, dataset_mix
+from trainer_core.config import PREFERENCE_STAGES, TrainConfig, dataset_mix
 from trainer_core.data import (
     load_dataset_info,
     preference_kind,
@@ -18,6 +19,8 @@ from trainer_core.data import (
     read_preference_dataset,
     text_stats,
 )
+from trainer_core.errors import Problem
+from trainer_core.preference import stage_data_problem
 
 
 def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> list[dict]:
@@ -30,19 +33,25 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
         from trainer_core.tokenization import setup_chat_template
 
         tokenizer = load_tokenizer(resolve_model_path(cfg.model_name_or_path, log), cfg.trust_remote_code)
-        if cfg.stage == "sft" or any(preference_kind(info.get(name, {})) for name in names):
+        if cfg.stage in ("sft", *PREFERENCE_STAGES) or any(preference_kind(info.get(name, {})) for name in names):
             setup_chat_template(tokenizer, cfg.template, log)
     from trainer_core.arrow_data import check_large, print_progress, use_arrow
 
     reports = []
     for name in names:
-        if preference_kind(info.get(name, {})):
+        kind = preference_kind(info.get(name, {}))
+        # A dpo or kto run's dataset that its stage cannot train on is a problem of the check too.
+        wrong = stage_data_problem(cfg.stage, "dataset", name, kind) if cfg.stage in PREFERENCE_STAGES else None
+        mismatch = [Problem(name, None, None, wrong)] if wrong else []
+        if kind:
             # Preference data (pairs or KTO) is checked by its registry entry alone, whatever the stage.
-            reports.append(check_preference(name, cfg, tokenizer))
+            checked = check_preference(name, cfg, tokenizer)
+            checked["problems"] = mismatch + checked["problems"]
+            reports.append(checked)
             continue
         # Multiple-choice sets are for evaluation only, but checking them is what this command is for.
         mcq = info.get(name, {}).get("formatting") == "mcq"
-        stage = "mcq" if mcq else cfg.stage
+        stage = "mcq" if mcq else "sft" if cfg.stage in PREFERENCE_STAGES else cfg.stage
         report: dict[str, Any] = {"name": name}
         if not mcq and use_arrow(cfg.data_engine, [name], cfg.dataset_dir, stage):
             # Too large to hold: every record checked by worker processes, statistics from a sample.
@@ -52,12 +61,12 @@ def check_datasets(cfg: TrainConfig, with_tokens: bool = True, log=print) -> lis
             report.update(records=large.records, valid=large.valid, totals=large.totals, sampled=len(examples))
         else:
             examples, problems = read_dataset(name, cfg.dataset_dir, stage)
-        report.update(problems=problems, text=text_stats(examples))
+        report.update(problems=mismatch + problems, text=text_stats(examples))
         if tokenizer is not None and examples and not mcq:
             from trainer_core.tokenization import special_token_problems
 
-            report["tokens"] = token_stats(examples, tokenizer, cfg)
-            report["problems"] = problems + special_token_problems(examples, tokenizer)
+            report["tokens"] = token_stats(examples, tokenizer, dataclasses.replace(cfg, stage=stage))
+            report["problems"] = mismatch + problems + special_token_problems(examples, tokenizer)
         reports.append(report)
     return reports
 

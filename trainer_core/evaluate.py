@@ -1,6 +1,6 @@
 """Evaluation: perplexity, generation with BLEU/ROUGE, and multiple-choice accuracy.
 
-Three tasks, each a plain function over a loaded model and its tokenizer:
+Four tasks, each a plain function over a loaded model and its tokenizer:
 
 - `perplexity`       mean token loss (and its exp) on held-out data: assistant tokens only for
                      conversations (the very tokens SFT trains on), every token for plain text.
@@ -8,6 +8,8 @@ Three tasks, each a plain function over a loaded model and its tokenizer:
                      against the reference answer by `bleu_rouge` (jieba words, 0-100).
 - `mcq_accuracy`     C-Eval/CMMLU-style single-choice accuracy from the next-token logits of the
                      option letters, 0- or n-shot.
+- `preference_accuracy` on preference pairs, the share whose chosen answer the model gives a
+                     higher summed log-prob than the rejected one (DPO's implicit reward order).
 
 `run_eval` is the body of an eval job (`python -m trainer_core eval JOB_DIR/eval.yaml`, an
 `EvalConfig` from trainer_core/jobconfig.py): it resolves the model
@@ -34,13 +36,15 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from trainer_core import runs
+from trainer_core.data import preference_kind
 from trainer_core.errors import UserError
 from trainer_core.jobconfig import SPLITS, TASKS, EvalConfig, checked, parse_tasks  # noqa: F401 - the job's config
 from trainer_core.tokenization import IGNORE_INDEX, stop_token_ids
 
 # The tasks a dataset's formatting allows, all of which run when no --task is given;
 # conversations (alpaca, sharegpt, openai) allow CHAT_TASKS.
-TASKS_FOR_FORMATTING = {"mcq": ("mcq",), "text": ("ppl",)}
+TASKS_FOR_FORMATTING = {"mcq": ("mcq",), "text": ("ppl",), "preference": ("preference",)}
+PREFERENCE = "preference"  # the formatting load_eval_data gives preference pairs (any registered shape)
 CHAT_TASKS = ("ppl", "generate")
 NO_SUBJECT = "(no subject)"
 
@@ -407,7 +411,50 @@ def mcq_accuracy(model: Any, tokenizer: Any, questions: list[dict], dev_question
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. The eval job
+# 5. Preference accuracy
+# ---------------------------------------------------------------------------------------------
+
+def preference_accuracy(model: Any, tokenizer: Any, records: list[dict], cutoff_len: int = 1024,
+                        batch_size: int = 4, progress: Progress = None) -> dict:
+    """The share of preference pairs (read_preference_dataset's records) whose chosen answer has the
+    higher summed log-prob of its answer tokens: each side encoded exactly as stage dpo trains on it
+    (`encode_preference`), the very tokens its loss compares. A tie counts as not won. Returns
+    {"accuracy" (0-100), "correct", "total", "margin": the mean chosen - rejected log-prob, "dropped"}."""
+    import torch
+
+    from trainer_core.tokenization import encode_preference
+
+    samples, stats = encode_preference(records, tokenizer, cutoff_len)
+    if not samples:
+        raise UserError("nothing to score for preference accuracy: no pair has an answer token left within "
+                        f"cutoff_len {cutoff_len}")
+    device = _device(model)
+    pad_id = _pad_id(tokenizer)
+    margins: list[float] = []
+    for batch in _batches(samples, batch_size):
+        sides = [(s[f"{side}_input_ids"], s[f"{side}_labels"]) for side in ("chosen", "rejected") for s in batch]
+        input_ids, attention_mask = _pad([ids for ids, _ in sides], pad_id)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for i, (_, row_labels) in enumerate(sides):
+            labels[i, :len(row_labels)] = torch.tensor(row_labels, dtype=torch.long)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        labels = labels[:, 1:].to(device)
+        sums = []
+        for row in range(len(sides)):  # one row at a time: the float32 copy of the logits stays small
+            logps = torch.log_softmax(logits[row, :-1].float(), dim=-1)
+            mask = labels[row] != IGNORE_INDEX
+            sums.append(logps[mask].gather(-1, labels[row][mask][:, None]).sum().item())
+        margins += [c - r for c, r in zip(sums[:len(batch)], sums[len(batch):])]
+        if progress:
+            progress(len(batch))
+    correct = sum(m > 0 for m in margins)
+    return {"accuracy": round(100 * correct / len(margins), 4), "correct": correct, "total": len(margins),
+            "margin": sum(margins) / len(margins), "dropped": stats.dropped_no_trainable}
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The eval job
 # ---------------------------------------------------------------------------------------------
 
 class _Progress(TypedDict):
@@ -459,7 +506,8 @@ def _stage_for(formatting: str) -> str:
 def _check_task(task: str, name: str, formatting: str) -> None:
     allowed = TASKS_FOR_FORMATTING.get(formatting, CHAT_TASKS)
     if task not in allowed:
-        kind = {"mcq": "multiple-choice", "text": "plain text"}.get(formatting, "conversation")
+        kind = {"mcq": "multiple-choice", "text": "plain text", PREFERENCE: "preference pairs"}.get(formatting,
+                                                                                                  "conversation")
         raise UserError(f"task '{task}' does not apply to dataset '{name}' ({kind} data, formatting: "
                         f"{formatting}); its tasks are {', '.join(allowed)}")
 
@@ -496,7 +544,10 @@ def load_eval_data(opts: EvalConfig, target: Target) -> tuple[str, str, dict[str
         for name in names:
             if name not in info:
                 read_dataset(name, dataset_dir, "sft")  # raises the unknown-name message with suggestions
-            examples, trouble = read_dataset(name, dataset_dir, _stage_for(info[name]["formatting"]))
+            if preference_kind(info[name]):
+                examples, trouble = _preference_pairs(name, dataset_dir, info[name])
+            else:
+                examples, trouble = read_dataset(name, dataset_dir, _stage_for(info[name]["formatting"]))
             problems += trouble
             data[name] = examples[:max_samples] if max_samples else examples
         if problems:
@@ -504,14 +555,31 @@ def load_eval_data(opts: EvalConfig, target: Target) -> tuple[str, str, dict[str
     for name, examples in data.items():
         if not examples:
             raise UserError(f"dataset '{name}' holds no records to evaluate")
-    formattings = {name: info.get(name, {}).get("formatting", "alpaca") for name in data}
+    formattings = {name: PREFERENCE if preference_kind(info.get(name, {})) else
+                   info.get(name, {}).get("formatting", "alpaca") for name in data}
     return split, str(dataset_dir), data, formattings
+
+
+def _preference_pairs(name: str, dataset_dir: str, entry: dict) -> tuple[list[dict], list]:
+    """The pairs of preference dataset `name` (KTO data has no pair to compare: refused)."""
+    from trainer_core.data import read_preference_dataset
+
+    if preference_kind(entry) == "kto":
+        raise UserError(f"dataset '{name}' is KTO data (one answer each, marked good or bad): the preference task "
+                        "compares a chosen with a rejected answer; name a dataset of pairs")
+    return read_preference_dataset(name, dataset_dir)
 
 
 def _run_validation_split(config: dict, dataset_dir: str) -> list[dict]:
     """The eval records of a run: the same datasets, max_samples, val_size and seed as run.yaml."""
     from trainer_core.data import load_datasets
+    from trainer_core.preference import is_preference_stage, split_records
 
+    if is_preference_stage(config.get("stage", "sft")):  # the pairs (or KTO answers) the run held out
+        from trainer_core.config import KEYS, config_from_dict
+
+        known = {key: value for key, value in config.items() if key in KEYS}
+        return split_records(config_from_dict({**known, "dataset_dir": dataset_dir}))[1]
     _, evals = load_datasets(config.get("dataset", ""), dataset_dir, config.get("stage", "sft"),
                              max_samples=config.get("max_samples"), val_size=config.get("val_size") or 0,
                              seed=config.get("seed", 42), eval_names=config.get("eval_dataset") or None,
@@ -629,6 +697,8 @@ def run_eval(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
             metrics = {**bleu_rouge([a["prediction"] for a in answers], [a["reference"] for a in answers]),
                        "samples": len(answers)}
             _write_jsonl(job_dir / f"predictions-{_safe(name)}.jsonl", answers)
+        elif task == "preference":
+            metrics = preference_accuracy(model, tokenizer, examples, cutoff_len, opts.batch_size, progress)
         else:
             dev_name, dev = devs[name]
             task_settings["dev_dataset"] = dev_name
@@ -663,7 +733,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 METRIC_ROWS = {"ppl": ("loss", "perplexity", "tokens"), "generate": ("bleu-4", "rouge-1", "rouge-2", "rouge-l"),
-               "mcq": ("accuracy", "correct", "total", "unsupported")}
+               "mcq": ("accuracy", "correct", "total", "unsupported"),
+               "preference": ("accuracy", "correct", "total", "margin")}
 
 
 def _number(value: Any) -> str:
@@ -686,6 +757,9 @@ def format_result(result: dict) -> str:
     elif task == "generate":
         lines.append("  " + ", ".join(f"{k} {metrics[k]:.2f}" for k in METRIC_ROWS["generate"])
                      + f" ({metrics.get('samples', '?')} answers)")
+    elif task == "preference":
+        lines.append(f"  accuracy {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']} pairs with "
+                     f"the chosen answer more likely), mean log-prob margin {metrics['margin']:.3f}")
     else:
         unsupported = f"; {metrics['unsupported']} multi-answer not scored" if metrics.get("unsupported") else ""
         lines.append(f"  accuracy {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}){unsupported}")

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from trainer_core.config import ConfigProblem, config_from_dict, config_key, read_yaml, save_config
 from trainer_core.errors import UserError
 
-TASKS = ("ppl", "generate", "mcq")
+TASKS = ("ppl", "generate", "mcq", "preference")
 SPLITS = ("validation", "all")
 TEMPLATES = ("auto", "chatml", "qwen", "llama3")
 EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -82,8 +82,9 @@ class EvalConfig:
     label: str = config_key("", "the name of this model in results and comparisons "
                             "(default: base, tuned (adapter) or tuned (full))")
     # Tasks and data
-    task: str = config_key("", "ppl, generate or mcq; repeat or comma-separate "
-                           "(default: mcq for multiple-choice data, else ppl,generate)")
+    task: str = config_key("", "ppl, generate, mcq or preference; repeat or comma-separate "
+                           "(default: mcq for multiple-choice data, preference for preference pairs, else "
+                           "ppl,generate)")
     dataset: str = config_key("", "datasets from dataset_info.json (default with --run: the run's validation split)")
     dataset_dir: str = config_key("", "folder holding dataset_info.json (default: the run's, else data)")
     split: str | None = config_key(None, "validation: the records the run held out (needs --run); all: every record "

@@ -236,8 +236,11 @@ def check_precision(bf16: bool, fp16: bool) -> None:
         raise UserError("fp16: true needs a CUDA GPU; on CPU use bf16: true (if supported) or neither.")
 
 
-def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
-    """Load the base model and prepare it for `cfg.finetuning_type` (lora | qlora | full)."""
+def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print, *, wrap: bool = True) -> Any:
+    """Load the base model and prepare it for `cfg.finetuning_type` (lora | qlora | full). Without
+    `wrap` a LoRA/QLoRA model is returned ready but without its adapter: the caller's trainer adds
+    `lora_config(cfg, model)` itself (TRL's preference trainers, whose reference is then the model
+    with the adapter switched off)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -274,7 +277,7 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
         log(f"Full fine-tuning: {count_parameters(model)[0]:,} trainable parameters")
         return model
 
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.finetuning_type == "qlora":
         model = prepare_model_for_kbit_training(
@@ -283,20 +286,34 @@ def load_model(cfg: Any, model_path: str, tokenizer: Any, log=print) -> Any:
     elif cfg.gradient_checkpointing:
         # With frozen embeddings, checkpointed blocks would get inputs without grad.
         model.enable_input_require_grads()
-    targets = lora_target_modules(model, cfg.lora_target)
-    lora = LoraConfig(
+    lora = lora_config(cfg, model)
+    if not wrap:
+        return model
+    model = get_peft_model(model, lora)
+    log_lora(cfg, model, log)
+    return model
+
+
+def lora_config(cfg: Any, model: Any) -> Any:
+    """The LoraConfig of a run on `model` (its target layers checked: lora_target_modules)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
+        target_modules=lora_target_modules(model, cfg.lora_target),
     )
-    model = get_peft_model(model, lora)
+
+
+def log_lora(cfg: Any, model: Any, log=print) -> None:
+    """One line: the adapted layers and the share of trainable parameters of a peft model."""
     trainable, total = count_parameters(model)
     # set(): LoraConfig keeps the names as a set, so a name given twice is shown once.
+    targets = model.peft_config["default"].target_modules
     log(f"LoRA rank {cfg.lora_rank} on {sorted(set(targets))}: "
         f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
-    return model
 
 
 def lora_target_modules(model: Any, lora_target: str | list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from trainer_core import runs
 from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
 from trainer_core.paths import PRESETS_DIR
+from trainer_core.preference import is_preference_stage, reward_entry, trainer_arguments
 from trainer_core.procs import explain_failure, free_port, register_rank
 
 ABORTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
@@ -129,8 +130,12 @@ def build_training_arguments(cfg: TrainConfig, run_dir: Path, has_eval: bool, **
         kwargs.update(eval_strategy="steps", eval_steps=cfg.eval_steps or cfg.logging_steps * 10)
     if cfg.deepspeed:
         kwargs["deepspeed"] = deepspeed_config(cfg.deepspeed)
+    arguments_class: type = TrainingArguments
+    if is_preference_stage(cfg.stage):  # TRL's DPOConfig / KTOConfig: TrainingArguments and the loss's own
+        arguments_class, preference_arguments = trainer_arguments(cfg)
+        kwargs.update(preference_arguments)
     kwargs.update(overrides)
-    return one_device_per_process(TrainingArguments(**kwargs))
+    return one_device_per_process(arguments_class(**kwargs))
 
 
 def one_device_per_process(args: Any, log=print) -> Any:
@@ -181,6 +186,7 @@ def make_progress_callback(run_dir: Path, stop: _StopFlag, log=print, save_on_st
                 "eval_loss": logs.get("eval_loss"),
                 "learning_rate": logs.get("learning_rate"),
                 "grad_norm": logs.get("grad_norm"),
+                **reward_entry(logs),  # stage dpo and kto; None for the others
                 "tokens_per_second": round(tokens / elapsed, 2) if elapsed > 0 else None,
                 "elapsed_seconds": round(elapsed, 2),
                 "eta_seconds": round(elapsed / steps_done * remaining, 1) if steps_done else None,
@@ -418,7 +424,8 @@ def _maybe_recording(collator: Any, run_dir: Path) -> Any:
     def collate(features: list[dict]) -> dict:
         with open(record, "a") as fh:
             for f in features:
-                fh.write(hashlib.sha1(str(f["input_ids"]).encode()).hexdigest()[:12] + "\n")
+                ids = f["input_ids"] if "input_ids" in f else f["chosen_input_ids"]  # a pair: its chosen side
+                fh.write(hashlib.sha1(str(ids).encode()).hexdigest()[:12] + "\n")
         return collator(features)
 
     return collate
@@ -482,10 +489,17 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
         _single_process_distributed_env()
     model_path = resolve_model_path(cfg.model_name_or_path, log)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    if cfg.stage == "sft":
+    preference = is_preference_stage(cfg.stage)
+    if cfg.stage == "sft" or preference:
         setup_chat_template(tokenizer, cfg.template, log)
-    train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
-    show_example(next(iter(train_samples)), tokenizer, log)
+    if preference:
+        from trainer_core.preference import load_preference_data, show_preference_example
+
+        train_samples, eval_samples = load_preference_data(cfg, tokenizer, log, record_mix)
+        show_preference_example(train_samples[0], tokenizer, log)
+    else:
+        train_samples, eval_samples = load_training_data(cfg, tokenizer, log)
+        show_example(next(iter(train_samples)), tokenizer, log)
 
     resume = None
     if not fresh:
@@ -509,16 +523,29 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA's initial weights are random: the same seed gives the same run
-    model = load_model(cfg, model_path, tokenizer, log)
-    trainer = make_trainer(
-        model=model,
-        args=args,
-        train_dataset=train_samples,
-        eval_dataset=eval_samples or None,
-        processing_class=tokenizer,
-        data_collator=_maybe_recording(SupervisedCollator(tokenizer.pad_token_id), run_dir),
-        callbacks=[make_progress_callback(run_dir, stop, log, save_on_stop=not fresh)],
-    )
+    # A preference trainer adds the adapter itself: its reference is then the model with the adapter
+    # off. Given a peft model, TRL would keep a second, frozen "ref" adapter as the reference.
+    model = load_model(cfg, model_path, tokenizer, log, wrap=not preference)
+    callbacks = [make_progress_callback(run_dir, stop, log, save_on_stop=not fresh)]
+    if preference:
+        from trainer_core.preference import make_preference_trainer, preference_collator
+
+        trainer = make_preference_trainer(
+            cfg, model=model, args=args, train_samples=train_samples, eval_samples=eval_samples,
+            processing_class=tokenizer, callbacks=callbacks,
+            data_collator=_maybe_recording(preference_collator(cfg.stage, tokenizer.pad_token_id), run_dir), log=log)
+        # The lean layers (models.load_model) are in this model too; the SFT loss (make_trainer) is not.
+        trainer.add_callback(_lean_norm_step_callback())
+    else:
+        trainer = make_trainer(
+            model=model,
+            args=args,
+            train_dataset=train_samples,
+            eval_dataset=eval_samples or None,
+            processing_class=tokenizer,
+            data_collator=_maybe_recording(SupervisedCollator(tokenizer.pad_token_id), run_dir),
+            callbacks=callbacks,
+        )
     if args.disable_tqdm:
         # Our callback prints one readable line per logging event; the raw dicts would repeat it.
         from transformers.trainer_callback import PrinterCallback
@@ -614,6 +641,8 @@ def _no_probe_reason(trainer: Any, cfg: TrainConfig) -> str | None:
                 "the plan against the RAM available at launch decides")
     if cfg.deepspeed:
         return "no probe under DeepSpeed (its engine is built when training starts): the plan decides"
+    if is_preference_stage(cfg.stage):
+        return f"no probe for stage {cfg.stage} (its step is TRL's, with pairs of rows): the plan decides"
     return None
 
 

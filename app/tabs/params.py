@@ -26,6 +26,7 @@ from app.form import (
     MODEL_SOURCES,
     ORDER,
     OUTPUT_KEYS,
+    PREF_KEYS,
     TEXT_PICKERS,
     as_values,
     check,
@@ -33,6 +34,7 @@ from app.form import (
     composition_line,
     field_info,
     load,
+    pref_shown,
     preset_names,
     preview,
     read_preset,
@@ -53,10 +55,10 @@ from trainer_core.planner import GPU_KINDS
 
 # ---- components ----------------------------------------------------------------------------
 
-def _component(L: Labels, key: str, value: Any) -> Any:
+def _component(L: Labels, key: str, value: Any, visible: bool = True) -> Any:
     """The widget for one config key, chosen from its type and allowed values."""
     meta = KEYS[key].metadata
-    common: dict[str, Any] = {"label": "cfg." + key, "elem_id": "cfg-" + key}
+    common: dict[str, Any] = {"label": "cfg." + key, "elem_id": "cfg-" + key, "visible": visible}
     info: dict[str, Any] = {"info_text": field_info(key, L.lang)}
     if key == "deepspeed":
         return L.make(gr.Dropdown, choice_keys=[("ds.none", "none")] + [("ds." + p, p) for p in DEEPSPEED_PRESETS],
@@ -88,8 +90,8 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
     values = page.initial_values
     fields: dict[str, Any] = {}
 
-    def field(key: str) -> Any:
-        fields[key] = _component(L, key, values[key])
+    def field(key: str, visible: bool = True) -> Any:
+        fields[key] = _component(L, key, values[key], visible)
         return fields[key]
 
     L.markdown("params.intro")
@@ -120,6 +122,10 @@ def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
         with gr.Row(visible=values["finetuning_type"] == "qlora") as c["qlora_row"]:
             field("quantization_bit")
             L.markdown("params.qlora_note")
+        shown = pref_shown(values["stage"])
+        with gr.Row(visible=any(shown.values())) as c["pref_row"]:  # stage dpo and kto only
+            for key in PREF_KEYS:
+                field(key, shown[key])
     with L.accordion("params.main", open=True, elem_id="params-acc-main"):
         with gr.Row():
             for key in MAIN_KEYS[:4]:
@@ -277,6 +283,14 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
 
     fields["finetuning_type"].change(on_method, fields["finetuning_type"], [c["lora_row"], c["qlora_row"]],
                                      show_progress="hidden")
+
+    def on_stage(stage: str) -> dict[Any, Any]:
+        shown = pref_shown(stage)
+        return {c["pref_row"]: gr.update(visible=any(shown.values())),
+                **{fields[key]: gr.update(visible=shown[key]) for key in PREF_KEYS}}
+
+    fields["stage"].change(on_stage, fields["stage"], [c["pref_row"], *(fields[key] for key in PREF_KEYS)],
+                           show_progress="hidden")
 
     def apply(values: dict[str, Any]) -> dict[Any, Any]:
         """The form's widgets set to `values` (a dict by app.form name, as values_from_config gives)."""

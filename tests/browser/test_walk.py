@@ -41,8 +41,10 @@ from trainer_core.planner import FAMILIES  # architecture names (the plan panel'
 
 # ---- what the walk covers ------------------------------------------------------------------
 
+# The preference keys show only for their stages: the walk types into them there (walk_params).
 NUMBER_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith(("int", "float"))
-               and not form.KEYS[k].metadata["choices"] and k not in form.TEXT_PICKERS]
+               and not form.KEYS[k].metadata["choices"] and k not in form.TEXT_PICKERS and k not in form.PREF_KEYS]
+PREF_NUMBER_KEYS = [k for k in form.PREF_KEYS if k != "pref_loss"]
 TEXT_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("str")
              and not form.KEYS[k].metadata["choices"] and k != "deepspeed"]
 CHECK_KEYS = [k for k in form.FORM_KEYS if str(form.KEYS[k].type).startswith("bool") and k != "packing"]
@@ -80,7 +82,11 @@ CASES = {
     **{f"cfg-{k}": "an invalid number (flagged under it), then the old value" for k in NUMBER_KEYS},
     **{f"cfg-{k}": "typed (flagged where refused), then the old value" for k in TEXT_KEYS},
     **{f"cfg-{k}": "on and off, all at once (bf16 with fp16 flags both)" for k in CHECK_KEYS},
-    "cfg-stage": "every stage", "cfg-finetuning_type": "every method (rows show and hide)",
+    "cfg-stage": "every stage (the preference keys show for dpo and kto)",
+    "cfg-finetuning_type": "every method (rows show and hide)",
+    "cfg-pref_loss": "every loss (under stage dpo)",
+    **{f"cfg-{k}": "under its stage: an invalid number (flagged under it), then the old value"
+       for k in PREF_NUMBER_KEYS},
     "cfg-template": "every template", "cfg-quantization_bit": "every bit width (under QLoRA)",
     "cfg-lr_scheduler_type": "every schedule", "cfg-packing": "every choice",
     "cfg-deepspeed": "every preset (ZeRO-3 with QLoRA is flagged)", "cfg-report_to": "every choice",
@@ -227,6 +233,7 @@ class Walk:
     # Pickers whose options are plain values, the same in both languages: every one is picked in
     # the Chinese walk; the English one checks the list and picks one (the walk stays ~4 minutes).
     SAME_IN_BOTH = {"params-preset", "params-known-model", "cfg-template", "cfg-lr_scheduler_type", "cfg-report_to",
+                    "cfg-pref_loss",
                     "cfg-per_device_train_batch_size",
                     "cfg-quantization_bit", "data-upload-format", "data-inspect", "export-dtype", "eval-run",
                     "chat-run", "export-run", "plan-kind"}
@@ -577,7 +584,27 @@ def walk_params(w: Walk, model_dir: Path) -> None:
     w.done.add("params-model-path")
     form_ok()
 
-    w.radio_each("cfg-stage", [t("stage." + s, lang) for s in ("pt", "sft")])
+    stages = {s: t("stage." + s, lang) for s in ("pt", "dpo", "kto", "sft")}
+
+    def on_stage(label: str) -> None:
+        stage = next(s for s, text in stages.items() if text == label)
+        for key, shown in form.pref_shown(stage).items():
+            w.wait_visible(f"cfg-{key}", shown)
+        if stage == "dpo":
+            w.pick_each("cfg-pref_loss")
+        keys = [f"cfg-{k}" for k, shown in form.pref_shown(stage).items() if shown and k in PREF_NUMBER_KEYS]
+        keys = [eid for eid in keys if eid not in w.done]
+        if keys:  # an invalid number in each (flagged, naming it), then the old values
+            before = w.values(keys)
+            w.fill_all({eid: str(number_invalid(eid[4:])) for eid in keys})
+            w.wait_infos(dict.fromkeys(keys, "⚠"), exact=False)
+            for eid, message in w.infos(keys).items():
+                assert eid[4:] in message and flagged in message, message
+            w.fill_all(before)
+            w.wait_infos({eid: form.field_info(eid[4:], lang) for eid in keys})
+            w.done.update(keys)
+
+    w.radio_each("cfg-stage", list(stages.values()), after=on_stage)
     method = {m: t("finetuning_type." + m, lang) for m in ("lora", "qlora", "full")}
 
     def on_method(label: str) -> None:
