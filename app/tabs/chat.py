@@ -370,7 +370,10 @@ def wire_arena(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
             return
         round_ = {"question": question.strip(), "system": (system or "").strip(), "models": order,
                   "answers": texts, "voted": False}
-        yield {c["arena_round"]: round_, c["arena_status"]: t("arena.vote_now", language)}
+        # The answers once more, whole: a page can miss the last streamed pieces of a generator that
+        # ends right after them (seen on this Gradio: 1 in 8 answers short of its end), and the
+        # reviewer must vote on exactly what is recorded.
+        yield {**columns(texts), c["arena_round"]: round_, c["arena_status"]: t("arena.vote_now", language)}
 
     send_outputs = [*answers, *votes.values(), c["arena_round"], c["arena_reveal"], c["arena_status"]]
     c["arena_send"].click(on_send, [c["arena_question"], c["chat_system"], c["gen_max_new_tokens"],
