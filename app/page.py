@@ -21,6 +21,7 @@ class Page:
     lang: Any  # the language switch (gr.Radio, "zh" or "en")
     initial_values: dict[str, Any]  # the run form a newcomer sees (app.form.initial_values)
     tabs: dict[str, Any] = field(default_factory=dict)  # tab name -> its gr.Tab
+    tab_set: Any = None  # the gr.Tabs holding them: a handler that returns gr.Tabs(selected=name) opens one
     datasets: Any = None  # the Data tab's training selection (multiselect gr.Dropdown)
     dataset_dir: Any = None  # the Data tab's data folder (gr.Textbox)
     weights: Any = None  # the Data tab's mixing weights, one per picked dataset (gr.Textbox)

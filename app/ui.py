@@ -76,7 +76,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                             container=False, scale=0, min_width=180, elem_id="qh-lang")
         page = Page(lang=lang, initial_values=form.initial_values(ctx, names))
         own: dict[str, dict[str, Any]] = {}  # each tab's components, by tab
-        with gr.Tabs():
+        with gr.Tabs() as page.tab_set:
             for name, module in TABS:
                 with L.tab("tab." + name, id=name, elem_id="tab-" + name) as page.tabs[name]:
                     own[name] = module.build(ctx, L, page)

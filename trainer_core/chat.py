@@ -2,7 +2,10 @@
 
 One `ChatSession` holds one model in memory. With a LoRA adapter, "base" and "tuned" answers
 come from the same weights: the adapter is disabled for the base answer, so comparing the two
-costs no second copy of the model. Loading another model replaces the first.
+costs no second copy of the model. Loading another model replaces the first. More adapters of
+the same base can be added by name (`add_adapter`, peft's `load_adapter`) and picked per answer
+(`stream(..., adapter=name)`, peft's `set_adapter`): the arena (trainer_core.arena) answers with
+several runs of one base from one copy of its weights.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class ChatSession:
         self.tokenizer: Any = None
         self.description = ""
         self.has_adapter = False
+        self.adapters: dict[str, Any] = {}  # adapters added by name (add_adapter) -> the tokenizer they answer with
         self._lock = threading.Lock()
         self.load_wait_seconds = LOAD_WAIT_SECONDS
 
@@ -87,12 +91,39 @@ class ChatSession:
             return self.load(str(run_dir / "model"), log=log)
         raise UserError(f"'{run_dir}' holds no finished adapter/ or model/ (has the run finished?)")
 
+    def add_adapter(self, adapter_dir: str | Path, name: str) -> None:
+        """Put another LoRA adapter of the loaded base on the same weights, under `name`; an answer
+        picks it with `stream(..., adapter=name)`. Its tokenizer (with the chat template it was
+        trained with) is the adapter folder's when it has one, else the base's, as in `load`."""
+        from peft import PeftModel
+
+        from trainer_core.models import load_tokenizer
+
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise UserError(f"'{adapter_dir}' is not a LoRA adapter folder (no adapter_config.json)")
+        with self._lock:
+            if self.model is None:
+                raise UserError("no model is loaded; load one first")
+            if name in self.adapters:
+                raise UserError(f"an adapter named '{name}' is loaded already")
+            if self.has_adapter:
+                self.model.load_adapter(str(adapter_dir), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+                self.has_adapter = True
+            self.model.eval()
+            own = (adapter_dir / "tokenizer_config.json").is_file()
+            self.adapters[name] = load_tokenizer(str(adapter_dir)) if own else self.tokenizer
+            self.description += f" + {adapter_dir}"
+
     def unload(self) -> None:
         with self._lock:
             self._unload()
 
     def _unload(self) -> None:
         self.model = self.tokenizer = None
+        self.adapters = {}
         self.description, self.has_adapter = "", False
         gc.collect()
         with contextlib.suppress(Exception):
@@ -102,30 +133,36 @@ class ChatSession:
                 torch.cuda.empty_cache()
 
     def stream(self, history: list[dict], message: str, system: str = "",
-               settings: GenerationSettings | None = None, use_adapter: bool = True) -> Iterator[str]:
-        """Yield the reply as it grows (the whole text so far, each time a token arrives)."""
+               settings: GenerationSettings | None = None, use_adapter: bool = True,
+               adapter: str | None = None) -> Iterator[str]:
+        """Yield the reply as it grows (the whole text so far, each time a token arrives). `adapter`
+        names one added with add_adapter (else the loaded one answers; use_adapter=False: none)."""
         settings = settings or GenerationSettings()
         settings.check()
         if self.model is None:
             raise UserError("no model is loaded; load one first")
+        if adapter is not None and adapter not in self.adapters:
+            raise UserError(f"no adapter named '{adapter}' is loaded")
         if not message.strip():
             raise UserError("the message is empty")
         messages = ([{"role": "system", "content": system}] if system.strip() else []) + list(history)
         messages.append({"role": "user", "content": message})
         with self._lock:
-            yield from self._generate(messages, settings, use_adapter)
+            yield from self._generate(messages, settings, use_adapter, adapter)
 
-    def _generate(self, messages: list[dict], settings: GenerationSettings, use_adapter: bool) -> Iterator[str]:
+    def _generate(self, messages: list[dict], settings: GenerationSettings, use_adapter: bool,
+                  adapter: str | None = None) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+        tokenizer = self.adapters[adapter] if adapter is not None and use_adapter else self.tokenizer
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt")
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         sampling = settings.do_sample and settings.temperature > 0
         kwargs = dict(**inputs, streamer=streamer, max_new_tokens=settings.max_new_tokens,
                       repetition_penalty=settings.repetition_penalty, do_sample=sampling,
-                      eos_token_id=self._stop_ids(), pad_token_id=self.tokenizer.pad_token_id)
+                      eos_token_id=self._stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
         if sampling:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         cancelled = threading.Event()
@@ -136,7 +173,7 @@ class ChatSession:
             import torch
 
             try:
-                with torch.inference_mode(), self._adapter(use_adapter):
+                with torch.inference_mode(), self._adapter(use_adapter, adapter):
                     self.model.generate(**kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
                 errors.append(exc)
@@ -158,15 +195,17 @@ class ChatSession:
         if errors:
             raise errors[0]
 
-    def _stop_ids(self) -> list[int]:
+    def _stop_ids(self, tokenizer: Any = None) -> list[int]:
         """Stop on eos and on the template's end-of-turn tokens, whichever the model emits."""
         from trainer_core.tokenization import stop_token_ids
 
-        return stop_token_ids(self.tokenizer)
+        return stop_token_ids(tokenizer or self.tokenizer)
 
-    def _adapter(self, use_adapter: bool):
+    def _adapter(self, use_adapter: bool, adapter: str | None = None):
         if self.has_adapter and not use_adapter:
             return self.model.disable_adapter()
+        if adapter is not None:  # under the lock: no other answer switches adapters meanwhile
+            self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
     def reply(self, history: list[dict], message: str, system: str = "",

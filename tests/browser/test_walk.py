@@ -117,6 +117,12 @@ CASES = {
     "chat-max-new-tokens": "set", "chat-temperature": "set", "chat-top-p": "set", "chat-top-k": "set",
     "chat-repetition-penalty": "set", "chat-greedy": "on and off", "chat-input": "typed",
     "chat-send": "pressed without a model (asks for one)", "chat-clear": "pressed",
+    "arena-acc": "opened", "arena-contestants": "every option added, then cleared",
+    "arena-load": "pressed with none picked (asks for 2 to 4)", "arena-question": "typed",
+    "arena-send": "pressed without contestants (asks to load them), before each vote button",
+    "arena-vote-a": "pressed before any answer (asks for a question first)", "arena-vote-b": "the same",
+    "arena-vote-tie": "the same", "arena-vote-bad": "the same", "arena-correction": "typed, then emptied",
+    "arena-reviewer": "typed, then emptied", "arena-train-dpo": "pressed before any vote (no pairs yet: says so)",
     # Export
     "export-run": "every finished run", "export-dtype": "every dtype", "export-shard": "typed",
     "export-gguf": "every type on and off", "export-overwrite": "off and on", "export-job": "opened (no job yet)",
@@ -128,6 +134,9 @@ SKIPPED = {
     "eval-start": "starts an evaluation job (test_workbench.py evaluates)",
     "export-start": "starts an export job (test_workbench.py exports)",
     "chat-load": "loads a model into the UI process (test_workbench.py chats)",
+    "arena-vote-c": "shown only with three or four contestants, which the walk never loads (a vote for C: "
+                    "tests/test_arena.py)",
+    "arena-vote-d": "shown only with four contestants, which the walk never loads",
     "lrfind-start": "starts an LR range test job (test_workbench.py runs one and uses its suggestion)",
 }
 # Components that show, never take input (or take it only as a job's output).
@@ -800,6 +809,28 @@ def walk_chat(w: Walk) -> None:
     w.click("chat-send")
     wait_text(page, "#chat-status", t("chat.load_first", lang))
     w.click("chat-clear")
+    walk_arena(w)
+
+
+def walk_arena(w: Walk) -> None:
+    page, lang = w.page, w.lang
+    w.accordion("arena-acc", toggle=False)
+    w.multi_each("arena-contestants", keep=[])
+    w.click("arena-load")
+    wait_text(page, "#arena-status", translate("pick 2 to 4 models for the arena (0 picked)", lang))
+    w.type("arena-question", "附子的用量？")
+    w.done.add("arena-question")
+    for vote in ("a", "b", "tie", "bad"):  # each after a refused question, so its own message is waited for
+        w.click("arena-send")
+        wait_text(page, "#arena-status", t("arena.load_first", lang))
+        w.click(f"arena-vote-{vote}")
+        wait_text(page, "#arena-status", t("arena.ask_first", lang))
+    for eid in ("arena-correction", "arena-reviewer"):
+        w.type(eid, "张医生")
+        w.type(eid, "")
+        w.done.add(eid)
+    w.click("arena-train-dpo")
+    wait_text(page, "#arena-status", t("arena.no_pairs_yet", lang, dataset="arena_pairs"))
 
 
 def walk_export(w: Walk) -> None:
@@ -848,7 +879,8 @@ def test_walk_every_control(page, lang, workroot, tiny_model_dir):
 # (each language named in itself, on purpose).
 NOT_PAGE_TEXT = ("#qh-lang", "#data-preview", "#data-problems", "#data-datasets .token", "#data-inspect",
                  "#eval-datasets .token", "#chat-tuned", "#chat-base", "#train-console", "#eval-console",
-                 "#export-console", "#export-card", "#params-command", "#params-yaml")
+                 "#export-console", "#export-card", "#params-command", "#params-yaml", "#arena-answers",
+                 "#arena-reveal")
 # English the Chinese page keeps: names of methods, formats, libraries and hardware, config keys
 # (snake_case, shown with their messages so the YAML can be found), units and plain values.
 TECHNICAL = set("""
@@ -858,7 +890,7 @@ alpha dropout r hostfile offload bitsandbytes top_p top_k auto none all sft pt l
 linear cosine cosine_with_restarts polynomial constant constant_with_warmup inverse_sqrt cosine_with_min_lr
 wandb tensorboard float32 bfloat16 float16 f16 q8_0 alpaca sharegpt openai text mcq UTF GB18030 csv tsv
 parquet txt jsonl presets config q_proj v_proj true false null GB Tuner run eval train export Ampere
-instruction input output system conversations messages memory arrow Arrow Python MiB GiB
+instruction input output system conversations messages memory arrow Arrow Python MiB GiB DPO Wilson
 """.split()) | set(FAMILIES) | {"qa", "dialog", "corpus", "done", "broken", "walk_upload"}  # + the test's data
 VISIBLE_TEXT = """(excluded) => {
     const out = [];

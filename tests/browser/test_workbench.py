@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from pathlib import Path
 
 import playwright.sync_api as playwright_api
 import pytest
@@ -205,6 +207,86 @@ def test_chat_receives_a_streamed_reply(page):
     assert len(replies) >= 2, replies  # it grew on the page, token by token
     assert page.inner_text("#chat-tuned [data-testid=user]").strip() == "黄芪的功效是什么？"
     shot(page, "chat-zh")
+
+
+def _answer(page, letter: str) -> str:
+    return page.locator(f"#arena-answer-{letter} textarea").input_value()
+
+
+def test_arena_two_models_answer_blind_and_the_vote_is_saved(page):
+    """Issue 20: the base and the trained run in the arena (one copy of the weights), answers in
+    unnamed columns, a vote for A with a reviewer's name; then the names, the saved record (the
+    file the status line names) and the tally."""
+    started = time.monotonic()
+    open_tab(page, "chat")
+    _open_accordion(page, "arena-acc")
+    base = t("arena.base_choice", "zh")
+    page.locator("#arena-contestants input[role=combobox]").click()
+    options = page.locator("#arena-contestants [role=option]").evaluate_all(
+        "os => os.map(o => o.getAttribute('aria-label'))")
+    assert options[0] == base and len(options) >= 2, options
+    run_name = options[1]  # the newest finished run
+    for label in (base, run_name):
+        page.locator(f'#arena-contestants [role=option][aria-label="{label}"]').click()
+    page.locator("#arena-contestants input[role=combobox]").press("Escape")
+    page.wait_for_function("() => document.querySelectorAll('#arena-contestants .token').length === 2")
+    page.click("#arena-load")
+    wait_text(page, "#arena-status", "已加载 2 个参赛模型")
+    assert "共 1 份权重" in page.inner_text("#arena-status")  # the run's adapter on the base's one copy
+    page.fill("#arena-question textarea", "附子的用量？")
+    page.click("#arena-send")
+    wait_text(page, "#arena-status", t("arena.vote_now", "zh"), timeout=60_000)
+    texts = {x: _answer(page, x) for x in "ab"}
+    assert all(v.strip() for v in texts.values()), texts
+    assert [page.inner_text(f"#arena-answer-{x} label").strip() for x in "ab"] == ["模型 A", "模型 B"]
+    assert not page.locator("#arena-answer-c").is_visible() and not page.locator("#arena-vote-c").is_visible()
+    assert run_name not in page.inner_text("#arena-answers") and page.inner_text("#arena-reveal").strip() == ""
+    page.fill("#arena-reviewer textarea, #arena-reviewer input", "张医生")
+    page.click("#arena-vote-a")
+    wait_text(page, "#arena-reveal", "揭晓")
+    reveal = page.inner_text("#arena-reveal")
+    assert "投票：A 更好" in reveal and run_name in reveal and "base: " in reveal, reveal
+    saved = Path(re.search(r"已保存到 (\S+arena_votes\.jsonl)", reveal).group(1))
+    [record] = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    assert record["vote"] == "A" and record["reviewer"] == "张医生" and record["question"] == "附子的用量？"
+    models = [a["model"] for a in record["answers"]]
+    assert run_name in models and [m for m in models if m != run_name][0].startswith("base: "), models
+    as_shown = [a["text"].replace("\r\n", "\n").replace("\r", "\n") for a in record["answers"]]  # a textarea's value
+    assert as_shown == [texts["a"], texts["b"]]
+    assert f"模型 A = {record['answers'][0]['model']}" in reveal  # the names shown are the ones saved
+    assert "数据集 arena_pairs 现有 1 个偏好对" in reveal
+    tally = page.inner_text("#arena-tally")
+    assert "1 的胜率" in tally and "共 1 票" in tally and run_name in tally, tally
+    page.click("#arena-vote-b")  # one vote per round
+    wait_text(page, "#arena-status", t("arena.voted_already", "zh"))
+    shot(page, "chat-arena-zh")
+    assert time.monotonic() - started < 60
+
+
+def test_train_dpo_on_the_arena_votes_opens_the_parameters_tab(page):
+    """Issue 20: after the vote above, one click: the Parameters tab with stage dpo and the votes'
+    pairs as the only training dataset. Then the form as it was, for the tests below."""
+    open_tab(page, "data")
+    before = [x.strip() for x in page.locator("#data-datasets .token > span").all_inner_texts()]
+    open_tab(page, "chat")
+    page.click("#arena-train-dpo")
+    wait_text(page, "#arena-status", t("arena.dpo_ready", "zh", dataset="arena_pairs"), timeout=10_000)
+    page.wait_for_function("(name) => document.querySelector(`button[role=tab][aria-selected=true]`)"
+                           ".innerText.trim() === name", arg=t("tab.params", "zh"))
+    page.wait_for_function("() => document.querySelector('#cfg-stage input[value=dpo]').checked")
+    open_tab(page, "data")
+    tokens = page.locator("#data-datasets .token > span")
+    assert [x.strip() for x in tokens.all_inner_texts()] == ["arena_pairs · alpaca"]
+    shot(page, "data-arena-pairs-zh")
+    page.locator("#data-datasets .remove-all").click()
+    for label in before:
+        page.locator("#data-datasets input[role=combobox]").click()
+        page.locator(f'#data-datasets [role=option][aria-label="{label}"]').click()
+    page.locator("#data-datasets input[role=combobox]").press("Escape")
+    page.wait_for_function("(n) => document.querySelectorAll('#data-datasets .token').length === n", arg=len(before))
+    open_tab(page, "params")
+    page.locator("#cfg-stage").get_by_text(t("stage.sft", "zh"), exact=True).click()
+    page.wait_for_function("() => document.querySelector('#cfg-stage input[value=sft]').checked")
 
 
 def test_evaluate_a_run_and_see_its_results(page):
