@@ -642,6 +642,9 @@ def test_one_duration_format_for_the_page_and_the_training_log():
         "–", "0:00", "0:59", "1:00", "1:01", "59:59", "1:00:00", "10:01:02"]
     assert [runs.format_duration(s, always_hours=True) for s in (0, 61, 3661)] == ["0:00:00", "0:01:01", "1:01:01"]
     assert format_progress({"step": 1, "total_steps": 4, "eta_seconds": 3661.9}) == "step 1/4  ETA 1:01:01"
+    assert format_progress({"step": 5, "total_steps": 20, "loss": 0.6063, "rewards_margin": 0.1234,
+                            "rewards_accuracy": 0.75, "rewards_chosen": 0.1}) == (
+        "step 5/20  loss 0.6063  margin 0.123  acc 0.75")  # a preference run's line
     shown = jobview.progress_html({"state": "running", "step": 1, "total_steps": 4, "eta_seconds": 75,
                                    "elapsed_seconds": 3725}, "en")
     assert "ETA 1:15" in shown and "1:02:05" in shown

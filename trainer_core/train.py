@@ -216,6 +216,8 @@ def _any_rank_requested(requested: bool) -> bool:
 def format_progress(entry: dict) -> str:
     parts = [f"step {entry['step']}/{entry['total_steps']}"]
     for key, label, fmt in (("loss", "loss", ".4f"), ("eval_loss", "eval_loss", ".4f"),
+                            ("rewards_margin", "margin", ".3f"), ("rewards_accuracy", "acc", ".2f"),
+                            ("eval_rewards_accuracy", "eval_acc", ".2f"),  # preference runs (dpo, kto)
                             ("learning_rate", "lr", ".2e"), ("tokens_per_second", "tok/s", ".0f")):
         if entry.get(key) is not None:
             parts.append(f"{label} {entry[key]:{fmt}}")
