@@ -190,3 +190,38 @@ def test_a_closed_stream_ends_its_generation_before_the_next_caller(tiny_model_d
     hook.remove()
     assert session.reply([], "黄芪？", settings=GREEDY)
     assert counts["most"] == 1
+
+
+# ---- the first import of transformers in the UI process -----------------------------------------
+
+FIRST_USES = """
+import sys, threading
+from trainer_core import models, planner
+model = sys.argv[1]
+errors = []
+def use(call):
+    try:
+        call()
+    except Exception as exc:
+        errors.append(repr(exc))
+calls = [lambda: planner.load_model_shape(model), lambda: models.load_tokenizer(model),
+         lambda: models.load_for_inference(model, log=lambda _: None)] * 2
+threads = [threading.Thread(target=use, args=(call,)) for call in calls]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors)
+"""
+
+
+def test_threads_that_first_use_transformers_at_once_all_get_it(tiny_model_dir):
+    """The plan panel (AutoConfig), the Data tab's token statistics (AutoTokenizer) and the Chat tab
+    (AutoModelForCausalLM) may import transformers for the first time in UI threads at once; without
+    models.import_transformers one of them gets "cannot import name 'AutoConfig'" (each time here),
+    which the page showed as an error toast."""
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", FIRST_USES, str(tiny_model_dir)], capture_output=True, text=True,
+                         timeout=300, cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]

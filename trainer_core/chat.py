@@ -66,7 +66,9 @@ class ChatSession:
              log=print) -> str:
         """Load a model (replacing the loaded one); with `adapter` the LoRA is kept separate. While
         an answer is being generated this waits for it (up to load_wait_seconds, then refuses)."""
-        from trainer_core.models import load_for_inference
+        from trainer_core.models import import_transformers, load_for_inference
+
+        import_transformers()  # from a UI thread, maybe beside another first import
 
         if not self._lock.acquire(timeout=self.load_wait_seconds):
             raise UserError(f"the loaded model is busy answering (waited {self.load_wait_seconds:.0f} s); "

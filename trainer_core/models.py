@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,23 @@ def resolve_model_path(name_or_path: str, log=print) -> str:
     return name_or_path  # a hub id such as Qwen/Qwen2.5-7B-Instruct
 
 
+_IMPORTING_TRANSFORMERS = threading.Lock()
+
+
+def import_transformers() -> None:
+    """Import transformers (and the parts the UI process uses) whole, once, under a lock. The
+    workbench serves events in threads, and two threads that import transformers for the first
+    time at once can see it half-initialised ("cannot import name 'AutoConfig'"): the plan panel,
+    the Data tab's token statistics and the Chat tab each call this first."""
+    with _IMPORTING_TRANSFORMERS:
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - the lazy parts
+
+        del transformers
+
+
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:
+    import_transformers()
     from transformers import AutoTokenizer
 
     check_model_folder(model_path, trust_remote_code)
@@ -392,6 +409,7 @@ def load_for_inference(model_name_or_path: str, adapter: str | None = None, dtyp
     LoRA adapter on top when given (kept separate, so it can be switched off), and its tokenizer
     (the adapter's, which carries the chat template used in training). dtype: auto | float32 |
     bfloat16 | float16; auto = bfloat16 on a GPU that has it, else float32."""
+    import_transformers()
     from transformers import AutoModelForCausalLM
 
     base_path = resolve_model_path(model_name_or_path, log)

@@ -521,6 +521,9 @@ def load_model_shape(name_or_path: str, light: bool = False) -> ModelShape:
             raise UserError(f"cannot read {folder / 'config.json'}: {exc}") from exc
         return model_shape(raw.get("text_config", raw) if "hidden_size" not in raw else raw)
     try:
+        from trainer_core.models import import_transformers
+
+        import_transformers()  # the plan panel asks from a UI thread
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(folder))
