@@ -273,3 +273,42 @@ def test_a_base_and_two_adapters_of_it_share_one_copy_and_answer_as_loaded_alone
         models.load(contestants[:1])
     models.unload()
     assert models.names == [] and models.sessions == {}
+
+
+# ---- what the Chat tab shows of it -----------------------------------------------------------
+
+def test_every_refused_vote_reads_in_chinese_on_the_page(tmp_path):
+    from app.i18n import translate
+
+    folder = data_folder(tmp_path)
+    messages = []
+    for kwargs in ({"vote": "X"}, {"answers": [GOOD, ""]}, {"question": ""}, {"answers": [GOOD, GOOD]},
+                   {"correction": BAD}):
+        vote = {"question": Q, "models": ["a", "b"], "answers": [GOOD, BAD], "vote": "A", **kwargs}
+        with pytest.raises(UserError) as caught:
+            record_vote(folder, vote.pop("question"), vote.pop("models"), vote.pop("answers"), vote.pop("vote"),
+                        **vote)
+        messages.append(str(caught.value))
+    (folder / "dataset_info.json").write_text(json.dumps({DATASET_NAME: {"file_name": "x.json"}}))
+    with pytest.raises(UserError) as caught:
+        record_vote(folder, Q, ["a", "b"], [GOOD, BAD], "A")
+    messages.append(str(caught.value))
+    with pytest.raises(UserError) as caught:
+        ArenaModels().load([base_contestant("default")])
+    messages.append(str(caught.value))
+    untranslated = [m for m in messages if translate(m, "zh") == m]
+    assert not untranslated
+
+
+def test_the_tally_table_shows_the_interval_and_a_dash_when_nothing_is_decided(tmp_path):
+    from app.tabs.chat import tally_markdown
+
+    folder = data_folder(tmp_path)
+    assert "还没有投票" in tally_markdown(folder, "zh")
+    record_vote(folder, Q, ["base", "sft"], [BAD, GOOD], "B")
+    record_vote(folder, Q, ["base", "dpo"], [BAD, GOOD], "tie")
+    table = tally_markdown(folder, "en")
+    low, high = wilson_interval(0, 1)
+    assert f"| base | sft | 0 | 1 | 0 | 0 | 0% | {low:.0%} – {high:.0%} |" in table
+    assert "| base | dpo | 0 | 0 | 1 | 0 | — | — |" in table
+    assert "2 vote(s)" in table and "ties and all-bad left out" in table
