@@ -299,13 +299,14 @@ def test_preference_accuracy_of_a_run_and_its_base(dpo_run, tiny_model_dir, pref
     from trainer_core import evaluate
     from trainer_core.jobconfig import config_from_args
 
-    def accuracy_here(model) -> tuple[float, float]:
+    def accuracy_here(model) -> tuple[float, float, float]:
         tokenizer = tokenizer_of(tiny_model_dir)
         _, held_out = preference.split_records(run_config(tiny_model_dir, pref_data_dir, dpo_run, val_size=4))
         samples, _ = encode_preference(held_out, tokenizer, cutoff_len=64)
-        total, _ = answer_log_probs(model, preference.PairCollator(tokenizer.pad_token_id)(samples))
+        total, mean = answer_log_probs(model, preference.PairCollator(tokenizer.pad_token_id)(samples))
         chosen, rejected = total.chunk(2)
-        return 100 * (chosen > rejected).float().mean().item(), (chosen - rejected).mean().item()
+        per_token = 100 * torch.gt(*mean.chunk(2)).float().mean().item()
+        return 100 * (chosen > rejected).float().mean().item(), (chosen - rejected).mean().item(), per_token
 
     results = {}
     for label, extra in (("tuned", []), ("base", ["--base-only"])):
@@ -316,13 +317,15 @@ def test_preference_accuracy_of_a_run_and_its_base(dpo_run, tiny_model_dir, pref
         assert (result["dataset"], result["metrics"]["total"]) == ("pairs", 4)
         results[label] = result["metrics"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    accuracy, margin = accuracy_here(base)
+    accuracy, margin, per_token = accuracy_here(base)
     assert results["base"]["accuracy"] == pytest.approx(accuracy) and results["base"]["margin"] == pytest.approx(
         margin, rel=1e-4)
+    assert results["base"]["per_token_accuracy"] == pytest.approx(per_token)
     tuned = PeftModel.from_pretrained(base, str(dpo_run / "adapter")).eval()
-    accuracy, margin = accuracy_here(tuned)
+    accuracy, margin, per_token = accuracy_here(tuned)
     assert results["tuned"]["accuracy"] == pytest.approx(accuracy) and results["tuned"]["margin"] == pytest.approx(
         margin, rel=1e-4)
+    assert results["tuned"]["per_token_accuracy"] == pytest.approx(per_token)
     assert results["tuned"]["margin"] != results["base"]["margin"]  # the adapter changes the model
     table = evaluate.compare([tmp_path / "base", tmp_path / "tuned"])
     assert "**preference · pairs**" in table and "| margin |" in table

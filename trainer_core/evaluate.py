@@ -418,8 +418,10 @@ def preference_accuracy(model: Any, tokenizer: Any, records: list[dict], cutoff_
                         batch_size: int = 4, progress: Progress = None) -> dict:
     """The share of preference pairs (read_preference_dataset's records) whose chosen answer has the
     higher summed log-prob of its answer tokens: each side encoded exactly as stage dpo trains on it
-    (`encode_preference`), the very tokens its loss compares. A tie counts as not won. Returns
-    {"accuracy" (0-100), "correct", "total", "margin": the mean chosen - rejected log-prob, "dropped"}."""
+    (`encode_preference`), the very tokens its loss compares. A tie counts as not won. A summed
+    log-prob favours the shorter answer, so the same share with the mean log-prob per answer token
+    (SimPO's and ORPO's measure) is given beside it. Returns {"accuracy" (0-100), "correct", "total",
+    "margin": the mean chosen - rejected summed log-prob, "per_token_accuracy" (0-100), "dropped"}."""
     import torch
 
     from trainer_core.tokenization import encode_preference
@@ -431,6 +433,7 @@ def preference_accuracy(model: Any, tokenizer: Any, records: list[dict], cutoff_
     device = _device(model)
     pad_id = _pad_id(tokenizer)
     margins: list[float] = []
+    per_token_wins = 0
     for batch in _batches(samples, batch_size):
         sides = [(s[f"{side}_input_ids"], s[f"{side}_labels"]) for side in ("chosen", "rejected") for s in batch]
         input_ids, attention_mask = _pad([ids for ids, _ in sides], pad_id)
@@ -440,17 +443,20 @@ def preference_accuracy(model: Any, tokenizer: Any, records: list[dict], cutoff_
         with torch.inference_mode():
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         labels = labels[:, 1:].to(device)
-        sums = []
+        sums, means = [], []
         for row in range(len(sides)):  # one row at a time: the float32 copy of the logits stays small
             logps = torch.log_softmax(logits[row, :-1].float(), dim=-1)
             mask = labels[row] != IGNORE_INDEX
             sums.append(logps[mask].gather(-1, labels[row][mask][:, None]).sum().item())
+            means.append(sums[-1] / int(mask.sum()))
         margins += [c - r for c, r in zip(sums[:len(batch)], sums[len(batch):])]
+        per_token_wins += sum(c > r for c, r in zip(means[:len(batch)], means[len(batch):]))
         if progress:
             progress(len(batch))
     correct = sum(m > 0 for m in margins)
     return {"accuracy": round(100 * correct / len(margins), 4), "correct": correct, "total": len(margins),
-            "margin": sum(margins) / len(margins), "dropped": stats.dropped_no_trainable}
+            "margin": sum(margins) / len(margins), "per_token_accuracy": round(100 * per_token_wins / len(margins), 4),
+            "dropped": stats.dropped_no_trainable}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,7 +740,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 METRIC_ROWS = {"ppl": ("loss", "perplexity", "tokens"), "generate": ("bleu-4", "rouge-1", "rouge-2", "rouge-l"),
                "mcq": ("accuracy", "correct", "total", "unsupported"),
-               "preference": ("accuracy", "correct", "total", "margin")}
+               "preference": ("accuracy", "correct", "total", "margin", "per_token_accuracy")}
 
 
 def _number(value: Any) -> str:
@@ -759,7 +765,8 @@ def format_result(result: dict) -> str:
                      + f" ({metrics.get('samples', '?')} answers)")
     elif task == "preference":
         lines.append(f"  accuracy {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']} pairs with "
-                     f"the chosen answer more likely), mean log-prob margin {metrics['margin']:.3f}")
+                     f"the chosen answer more likely), mean log-prob margin {metrics['margin']:.3f}; per answer "
+                     f"token {metrics['per_token_accuracy']:.2f}%")
     else:
         unsupported = f"; {metrics['unsupported']} multi-answer not scored" if metrics.get("unsupported") else ""
         lines.append(f"  accuracy {metrics['accuracy']:.2f}% ({metrics['correct']}/{metrics['total']}){unsupported}")

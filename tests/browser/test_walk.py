@@ -890,7 +890,8 @@ alpha dropout r hostfile offload bitsandbytes top_p top_k auto none all sft pt l
 linear cosine cosine_with_restarts polynomial constant constant_with_warmup inverse_sqrt cosine_with_min_lr
 wandb tensorboard float32 bfloat16 float16 f16 q8_0 alpaca sharegpt openai text mcq UTF GB18030 csv tsv
 parquet txt jsonl presets config q_proj v_proj true false null GB Tuner run eval train export Ampere
-instruction input output system conversations messages memory arrow Arrow Python MiB GiB DPO Wilson
+instruction input output system conversations messages memory arrow Arrow Python MiB GiB Wilson
+DPO KTO ORPO SimPO IPO dpo kto sigmoid ipo orpo simpo gamma beta
 """.split()) | set(FAMILIES) | {"qa", "dialog", "corpus", "done", "broken", "walk_upload"}  # + the test's data
 VISIBLE_TEXT = """(excluded) => {
     const out = [];
