@@ -427,13 +427,9 @@ class LlamaFactory:
         path = self._yaml(tag, config)
         result = timed([str(self.venv / "bin" / "llamafactory-cli"), "train", str(path)], self.work / f"{tag}.log",
                        env=self.env, cwd=self.work, first_step=_first_log_line(out / "trainer_log.jsonl"))
-        # Its trainer_log.jsonl has no rewards; the Trainer's log history (trainer_state.json) has all.
-        timing = {e["current_steps"]: e for e in _log_entries(out / "trainer_log.jsonl")}
-        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-        entries = [{**h, "elapsed_time": timing[h["step"]]["elapsed_time"]} for h in history
-                   if h.get("loss") is not None and h["step"] in timing]
         result["adapter"] = str(out)
-        return _dpo_result(result, entries, "step", "elapsed_time", "rewards/accuracies", "rewards/margins")
+        return _dpo_result(result, llamafactory_dpo_entries(out), "step", "elapsed_time", "rewards/accuracies",
+                           "rewards/margins")
 
     def preprocess(self, cold: bool) -> dict:
         if cold:
@@ -486,6 +482,16 @@ class LlamaFactory:
                                      "export_size": 5, "export_device": "cpu", "export_legacy_format": False})
         return timed([str(self.venv / "bin" / "llamafactory-cli"), "export", str(path)], self.work / "export.log",
                      env=self.env, cwd=self.work)
+
+
+def llamafactory_dpo_entries(out: Path) -> list[dict]:
+    """LLaMA-Factory's training log entries of a run folder, each with its elapsed time. Its
+    trainer_log.jsonl has the times but no rewards; the Trainer's log history (trainer_state.json,
+    written at the end) has the rewards, keyed by step."""
+    timing = {e["current_steps"]: e for e in _log_entries(out / "trainer_log.jsonl")}
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [{**h, "elapsed_time": timing[h["step"]]["elapsed_time"]} for h in history
+            if h.get("loss") is not None and h["step"] in timing]
 
 
 def _seconds(text: str | float) -> float:
