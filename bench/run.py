@@ -486,8 +486,8 @@ class LlamaFactory:
 
 def llamafactory_dpo_entries(out: Path) -> list[dict]:
     """LLaMA-Factory's training log entries of a run folder, each with its elapsed time. Its
-    trainer_log.jsonl has the times but no rewards; the Trainer's log history (trainer_state.json,
-    written at the end) has the rewards, keyed by step."""
+    trainer_log.jsonl has the times (H:MM:SS) and the reward accuracy but no margins; the Trainer's
+    log history (trainer_state.json, written at the end) has every reward figure, keyed by step."""
     timing = {e["current_steps"]: e for e in _log_entries(out / "trainer_log.jsonl")}
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return [{**h, "elapsed_time": timing[h["step"]]["elapsed_time"]} for h in history

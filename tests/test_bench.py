@@ -31,7 +31,7 @@ def test_dpo_bench_data_is_disjoint_ranking_pairs_both_tools_read(tmp_path):
 
 
 def test_dpo_figures_from_both_tools_logs(tmp_path):
-    # LLaMA-Factory 0.9.5: times in trainer_log.jsonl (no rewards), rewards in trainer_state.json
+    # LLaMA-Factory 0.9.5: times in trainer_log.jsonl, every reward figure in trainer_state.json
     times = [{"current_steps": 1, "loss": 0.6931, "elapsed_time": "0:00:20"},
              {"current_steps": 5, "loss": 0.69, "elapsed_time": "0:01:00"},
              {"current_steps": 10, "loss": 0.65, "elapsed_time": "0:01:50"}]
