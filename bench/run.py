@@ -21,8 +21,8 @@ What is measured (issue 6):
   export      merge the LoRA adapter and save the model: wall time and peak RSS
   dpo         --dpo-steps of LoRA DPO (sigmoid loss, beta 0.1, rank 8 on all linear layers, cutoff
               256, batch 2 pairs, lr 1e-4 cosine as presets/dpo_lora.yaml, fp32 on CPU) on the
-              first dpo-steps x 2 pairs of data/tcm_preference.json (one epoch, the same pairs for
-              both tools, each in its own shuffled order; LLaMA-Factory reads the file as its
+              first dpo-steps x 2 pairs of data/tcm_preference.json (one epoch up to 121 pairs, the
+              same pairs for both tools, each in its own shuffled order; LLaMA-Factory reads them as its
               alpaca ranking format): process wall, start to first step, seconds per step after the
               first, peak RSS, loss and reward accuracy at the first and last logged step, and the
               held-out preference accuracy of the last run's adapter (and the base) on the file's
@@ -55,7 +55,7 @@ from trainer_core.procs import free_port  # noqa: E402
 
 LF_HARNESS = REPO.parent / "shared" / "bench" / "llamafactory"
 DATASET = "tcm_bench"
-PREF_DATASET = "tcm_bench_pref"  # the first pairs of data/tcm_preference.json; its _heldout: the rest
+PREF_DATASET = "tcm_bench_pref"  # the first pairs of data/tcm_preference.json; its _heldout: the last 32
 PREF_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
 PROMPT = "请介绍黄芪的功效与主治。"
 
