@@ -19,6 +19,15 @@ What is measured (issue 6):
   ui          `python launch.py` to HTTP 200, and the idle RSS of the server
   chat        time to first token and tokens/s of a greedy reply on the built-in model
   export      merge the LoRA adapter and save the model: wall time and peak RSS
+  dpo         --dpo-steps of LoRA DPO (sigmoid loss, beta 0.1, rank 8 on all linear layers, cutoff
+              256, batch 2 pairs, lr 1e-4 cosine as presets/dpo_lora.yaml, fp32 on CPU) on the
+              first dpo-steps x 2 pairs of data/tcm_preference.json (one epoch up to 121 pairs, the
+              same pairs for both tools, each in its own shuffled order; LLaMA-Factory reads them as its
+              alpaca ranking format): process wall, start to first step, seconds per step after the
+              first, peak RSS, loss and reward accuracy at the first and last logged step, and the
+              held-out preference accuracy of the last run's adapter (and the base) on the file's
+              last 32 pairs, one scorer for both (trainer_core.evaluate.preference_accuracy). Not in the
+              default --only: ask for it (--only dpo).
 Peak RSS is sampled every 0.1 s over the process tree; the figure is the largest single process
 (the trainer, the exporter), measured the same way for both tools.
 """
@@ -46,6 +55,8 @@ from trainer_core.procs import free_port  # noqa: E402
 
 LF_HARNESS = REPO.parent / "shared" / "bench" / "llamafactory"
 DATASET = "tcm_bench"
+PREF_DATASET = "tcm_bench_pref"  # the first pairs of data/tcm_preference.json; its _heldout: the last 32
+PREF_COLUMNS = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
 PROMPT = "请介绍黄芪的功效与主治。"
 
 # ---- the synthetic dataset ----------------------------------------------------------------------
@@ -106,6 +117,23 @@ def write_data(folder: Path, records: int = 2000, seed: int = 1234, preprocess_r
     return folder
 
 
+def write_preference_data(folder: Path, train_pairs: int, heldout_pairs: int = 32) -> tuple[int, int]:
+    """Split data/tcm_preference.json into PREF_DATASET (its first `train_pairs`, fewer where the
+    file has not that many besides the held-out ones) and PREF_DATASET_heldout (its last
+    `heldout_pairs`), registered in the folder's dataset_info.json as LLaMA-Factory's alpaca ranking
+    format, which both tools read. Returns (train, held-out) pair counts."""
+    pairs = json.loads((REPO / "data" / "tcm_preference.json").read_text(encoding="utf-8"))
+    heldout = pairs[len(pairs) - heldout_pairs:]
+    train = pairs[:max(1, min(train_pairs, len(pairs) - heldout_pairs))]
+    info_path = folder / "dataset_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    for name, rows in ((PREF_DATASET, train), (f"{PREF_DATASET}_heldout", heldout)):
+        (folder / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        info[name] = {"file_name": f"{name}.json", "ranking": True, "columns": PREF_COLUMNS}
+    info_path.write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
+    return len(train), len(heldout)
+
+
 # ---- measuring a process ------------------------------------------------------------------------
 
 def _tree(pid: int) -> list[int]:
@@ -150,9 +178,25 @@ class Sampler(threading.Thread):
             time.sleep(0.1 if self.first_step_s is not None or not self.first_step else 0.02)
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU seconds all processes of the machine have used since boot (/proc/stat: all but idle, iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the measured command, once waited for)."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def timed(argv: list[str], log: Path, env: dict | None = None, cwd: Path | None = None, first_step=None,
           timeout: float = 7200) -> dict:
-    """Run a command to the end: wall seconds, peak RSS (MB), first-step seconds, exit code."""
+    """Run a command to the end: wall seconds, peak RSS (MB), first-step seconds, exit code, and the
+    cores other processes used meanwhile (a run beside another one's training is not comparable)."""
+    busy, own = _busy_cpu_seconds(), _own_cpu_seconds()
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
@@ -167,7 +211,9 @@ def timed(argv: list[str], log: Path, env: dict | None = None, cwd: Path | None 
     wall = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"{' '.join(map(str, argv))} failed with exit code {code}; see {log}")
-    return {"wall_s": wall, "peak_rss_mb": sampler.peak_mb, "first_step_s": sampler.first_step_s}
+    others = (_busy_cpu_seconds() - busy) - (_own_cpu_seconds() - own)
+    return {"wall_s": wall, "peak_rss_mb": sampler.peak_mb, "first_step_s": sampler.first_step_s,
+            "others_cores": max(others, 0.0) / wall}
 
 
 def _first_log_line(path: Path):
@@ -196,6 +242,28 @@ def builtin_model_dir() -> str:
 JOB = dict(stage="sft", cutoff_len=256, finetuning_type="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0,
            lora_target="all", per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-4,
            lr_scheduler_type="cosine", warmup_ratio=0.1, bf16=False, seed=42, logging_steps=5, save_steps=100000)
+
+
+# The DPO job: presets/dpo_lora.yaml's settings (lr, schedule, LoRA) at the SFT job's cutoff, 2 pairs a step.
+DPO_JOB = dict(stage="dpo", pref_loss="sigmoid", pref_beta=0.1, cutoff_len=256, finetuning_type="lora", lora_rank=8,
+               lora_alpha=16, lora_dropout=0.0, lora_target="all", per_device_train_batch_size=2,
+               gradient_accumulation_steps=1, learning_rate=1e-4, lr_scheduler_type="cosine", warmup_ratio=0.1,
+               bf16=False, seed=42, logging_steps=5, save_steps=100000)
+
+
+def _dpo_result(result: dict, entries: list[dict], step_key: str, elapsed_key: str, accuracy_key: str,
+                margin_key: str) -> dict:
+    """The DPO figures from a tool's log entries (those with a loss, in order): loss and reward
+    accuracy and margin at the first and the last logged step (TRL averages the rewards over the
+    steps since the previous log), seconds per step between them."""
+    first, last = entries[0], entries[-1]
+    steps_after_first = last[step_key] - first[step_key]
+    result.update(
+        steps=last[step_key], loss_first=first["loss"], loss_last=last["loss"],
+        s_per_step=(_seconds(last[elapsed_key]) - _seconds(first[elapsed_key])) / max(steps_after_first, 1),
+        accuracy_first=first.get(accuracy_key), accuracy_last=last.get(accuracy_key),
+        margin_last=last.get(margin_key))
+    return result
 
 
 class Ours:
@@ -236,6 +304,22 @@ class Ours:
             s_per_step=(last["elapsed_seconds"] - first["elapsed_seconds"]) / max(steps_after_first, 1),
             tokens_per_s=last["tokens_per_second"], adapter=str(out / "adapter"))
         return result
+
+    def dpo(self, tag: str, max_steps: int) -> dict:
+        import yaml
+
+        out = self.work / tag
+        shutil.rmtree(out, ignore_errors=True)
+        config = {**DPO_JOB, "model_name_or_path": self.model, "dataset_dir": str(self.data), "dataset": PREF_DATASET,
+                  "template": "auto", "output_dir": str(out), "num_gpus": 0, "resume_from_checkpoint": "none",
+                  "max_steps": max_steps, "num_train_epochs": 1.0, **self.overrides}
+        path = self.work / f"{tag}.yaml"
+        path.write_text(yaml.safe_dump(config, allow_unicode=True))
+        result = timed([sys.executable, "-m", "trainer_core", "train", str(path)], self.work / f"{tag}.log",
+                       first_step=_first_log_line(out / "trainer_log.jsonl"))
+        entries = [e for e in _log_entries(out / "trainer_log.jsonl") if e.get("loss") is not None]
+        result["adapter"] = str(out / "adapter")
+        return _dpo_result(result, entries, "step", "elapsed_seconds", "rewards_accuracy", "rewards_margin")
 
     def preprocess(self, cold: bool) -> dict:
         cache = self.work / "token-cache"
@@ -329,6 +413,24 @@ class LlamaFactory:
             tokens_per_s=last.get("total_tokens", 0) / elapsed if elapsed else None, adapter=str(out))
         return result
 
+    def dpo(self, tag: str, max_steps: int) -> dict:
+        out = self.work / tag
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(Path(self.env["HF_HOME"]) / "datasets", ignore_errors=True)
+        # pref_ftx 0: no SFT term beside the DPO loss (its default; said so it stays the job).
+        config = {**DPO_JOB, "model_name_or_path": self.model, "trust_remote_code": False, "do_train": True,
+                  "template": "smollm2", "dataset_dir": str(self.data), "dataset": PREF_DATASET, "output_dir": str(out),
+                  "pref_ftx": 0.0, "overwrite_cache": True, "preprocessing_num_workers": 1,
+                  "dataloader_num_workers": 0, "logging_first_step": True, "plot_loss": True,
+                  "overwrite_output_dir": True, "report_to": "none", "fp16": False, "max_steps": max_steps,
+                  **self.overrides}
+        path = self._yaml(tag, config)
+        result = timed([str(self.venv / "bin" / "llamafactory-cli"), "train", str(path)], self.work / f"{tag}.log",
+                       env=self.env, cwd=self.work, first_step=_first_log_line(out / "trainer_log.jsonl"))
+        result["adapter"] = str(out)
+        return _dpo_result(result, llamafactory_dpo_entries(out), "step", "elapsed_time", "rewards/accuracies",
+                           "rewards/margins")
+
     def preprocess(self, cold: bool) -> dict:
         if cold:
             shutil.rmtree(Path(self.env["HF_HOME"]) / "datasets", ignore_errors=True)
@@ -380,6 +482,16 @@ class LlamaFactory:
                                      "export_size": 5, "export_device": "cpu", "export_legacy_format": False})
         return timed([str(self.venv / "bin" / "llamafactory-cli"), "export", str(path)], self.work / "export.log",
                      env=self.env, cwd=self.work)
+
+
+def llamafactory_dpo_entries(out: Path) -> list[dict]:
+    """LLaMA-Factory's training log entries of a run folder, each with its elapsed time. Its
+    trainer_log.jsonl has the times (H:MM:SS) and the reward accuracy but no margins; the Trainer's
+    log history (trainer_state.json, written at the end) has every reward figure, keyed by step."""
+    timing = {e["current_steps"]: e for e in _log_entries(out / "trainer_log.jsonl")}
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return [{**h, "elapsed_time": timing[h["step"]]["elapsed_time"]} for h in history
+            if h.get("loss") is not None and h["step"] in timing]
 
 
 def _seconds(text: str | float) -> float:
@@ -463,6 +575,26 @@ def heldout_loss(model: str, adapter: str, data: Path) -> float:
     return json.loads(log.read_text().strip().splitlines()[-1])["loss"]
 
 
+def heldout_preference(model: str, adapter: str | None, data: Path) -> dict:
+    """Preference accuracy of base (+ adapter) on the held-out pairs, scored by one implementation for
+    both tools (our tokens: the base model's own chat template, cutoff 256 as in training)."""
+    script = (
+        "import json\n"
+        "from trainer_core.data import read_preference_dataset\n"
+        "from trainer_core.evaluate import preference_accuracy\n"
+        "from trainer_core.models import load_for_inference, load_tokenizer\n"
+        f"model,_=load_for_inference({model!r}, log=lambda *a: None)\n"
+        + (f"from peft import PeftModel\nmodel=PeftModel.from_pretrained(model,{adapter!r})\n" if adapter else "")
+        + "model=model.eval()\n"
+        f"tok=load_tokenizer({model!r}, False)\n"
+        f"pairs,problems=read_preference_dataset('{PREF_DATASET}_heldout',{str(data)!r})\n"
+        "assert not problems, problems\n"
+        "print(json.dumps(preference_accuracy(model,tok,pairs,cutoff_len=256)))\n")
+    log = (Path(adapter).parent if adapter else data) / "heldout_preference.log"
+    timed([sys.executable, "-c", script], log)
+    return json.loads(log.read_text().strip().splitlines()[-1])
+
+
 # ---- the run ----------------------------------------------------------------------------------------
 
 FIGURES = [  # (section, key, label, unit, lower is better)
@@ -484,6 +616,18 @@ FIGURES = [  # (section, key, label, unit, lower is better)
     ("chat", "tokens_per_s", "chat: tokens / s", "tok/s", False),
     ("export", "wall_s", "export (merge + save), wall", "s", True),
     ("export", "peak_rss_mb", "export peak RSS", "MB", True),
+    ("dpo", "wall_s", "DPO LoRA, process wall", "s", True),
+    ("dpo", "first_step_s", "DPO: start → first finished step", "s", True),
+    ("dpo", "s_per_step", "DPO: seconds per step after the first", "s", True),
+    ("dpo", "peak_rss_mb", "DPO: peak RSS of the trainer", "MB", True),
+    ("dpo", "loss_first", "DPO: loss at step 1", "", None),
+    ("dpo", "loss_last", "DPO: loss at the last step", "", None),
+    ("dpo", "accuracy_last", "DPO: reward accuracy, last logged steps", "", False),
+    ("dpo", "margin_last", "DPO: reward margin, last logged steps", "", None),
+    ("dpo", "others_cores", "DPO: cores other processes used meanwhile", "", None),
+    ("dpo", "heldout_accuracy_base", "DPO: held-out preference accuracy of the base", "", None),
+    ("dpo", "heldout_accuracy", "DPO: held-out preference accuracy after (last run)", "", False),
+    ("dpo", "heldout_margin", "DPO: held-out mean log-prob margin after (last run)", "", False),
 ]
 
 
@@ -511,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-records", type=int, default=2000, help="records in the one-epoch run")
     parser.add_argument("--epoch-runs", type=int, default=1, help="runs of the epoch (it is long)")
     parser.add_argument("--train-steps", type=int, default=30, help="steps of the short training run")
+    parser.add_argument("--dpo-steps", type=int, default=20, help="steps of the DPO run (2 pairs a step)")
     parser.add_argument("--preprocess-records", type=int, default=50_000, help="records in the preprocessing run")
-    parser.add_argument("--only", default="train,epoch,preprocess,ui,chat,export", help="which sections to run")
+    parser.add_argument("--only", default="train,epoch,preprocess,ui,chat,export",
+                        help="which sections to run (also: dpo)")
     parser.add_argument("--workdir", default="/tmp/qihuang-bench", help="scratch folder (data, runs, logs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="our config overrides")
     parser.add_argument("--lf-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -566,6 +712,22 @@ def main(argv: list[str] | None = None) -> int:
         if not adapters:
             adapters = {t.name: t.train("export-source", 2)["adapter"] for t in tools}
         raw["export"] = alternate(tools, opts.runs, lambda t, i: t.export(adapters[t.name]), "export")
+        write_report(path, raw, opts)
+
+    if "dpo" in sections:
+        pairs, heldout = write_preference_data(data, opts.dpo_steps * DPO_JOB["per_device_train_batch_size"])
+        print(f"DPO: {pairs} training pairs, {heldout} held out; load average {open('/proc/loadavg').read()[:14]}",
+              flush=True)
+        raw["dpo"] = alternate(tools, opts.runs, lambda t, i: t.dpo(f"dpo-{i}", opts.dpo_steps),
+                               f"dpo {opts.dpo_steps} steps")
+        write_report(path, raw, opts)
+        base = heldout_preference(model, None, data)
+        for tool in tools:  # the last run's adapter, one scorer for both tools; the base beside it
+            last = raw["dpo"][tool.name][-1]
+            scored = heldout_preference(model, last["adapter"], data)
+            last.update(heldout_accuracy=scored["accuracy"] / 100, heldout_margin=scored["margin"],
+                        heldout_pairs=scored["total"], heldout_accuracy_base=base["accuracy"] / 100,
+                        heldout_margin_base=base["margin"])
         write_report(path, raw, opts)
 
     summary = write_report(path, raw, opts)
