@@ -264,6 +264,21 @@ def test_the_issues_case_qwen25_14b_on_four_a100_40gb():
     assert z3.details["activations_loss"] == 12 * 4 * 2048 * 152064
 
 
+def test_a_preference_run_is_planned_with_two_rows_per_pair():
+    """TRL runs chosen and rejected as two rows of one forward: dpo's (and kto's) activations are
+    those of twice the micro-batch, and the plan says so (its time is one row each: the note says that too)."""
+    hw = parse_gpus("1xA100-40GB")
+    sft = load_config(None, {"model_name_or_path": "presets/models/qwen2.5-0.5b", "cutoff_len": 1024,
+                             "per_device_train_batch_size": 4, "bf16": True})
+    for stage, extra in (("dpo", {"pref_loss": "sigmoid"}), ("kto", {})):
+        preference = dataclasses.replace(sft, stage=stage, **extra)
+        doubled = dataclasses.replace(sft, per_device_train_batch_size=8)
+        assert plan(preference, hw).parts["activations"] == plan(doubled, hw).parts["activations"]
+        assert plan(preference, hw).parts["activations"] > plan(sft, hw).parts["activations"]
+        assert any(f"stage {stage}: memory planned for two rows" in note for note in plan(preference, hw).notes)
+    assert not any("two rows" in note for note in plan(sft, hw).notes)
+
+
 def test_fixes_come_in_the_stated_order_and_combine_when_one_is_not_enough():
     shape = load_model_shape("qwen2.5-14b", light=True)
     hw = gpu_hardware("RTX4090-24GB")

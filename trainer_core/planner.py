@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_core.config import TrainConfig, auto_target, batch_candidates
+from trainer_core.config import PREFERENCE_STAGES, TrainConfig, auto_target, batch_candidates
 from trainer_core.errors import UserError
 from trainer_core.paths import PRESETS_DIR
 
@@ -725,7 +725,17 @@ def plan(config: TrainConfig, hardware: Hardware, data: DataStats | None = None,
     seq_len = config.cutoff_len
     if data and data.tokens_max and not config.resolved_packing():
         seq_len = min(seq_len, data.tokens_max)
-    memory, details, overlap, trainable, host = _memory(config, shape, counts, zero, prec, world, hardware, seq_len)
+    memory_config = config
+    if config.stage in PREFERENCE_STAGES:
+        # TRL runs a pair's chosen and rejected answers (kto: an answer and its KL counterpart) as
+        # two rows of one forward: activations and logits of twice the micro-batch.
+        memory_config = dataclasses.replace(config, per_device_train_batch_size=2 * config.micro_batch())
+        unit = "pair" if config.stage == "dpo" else "answer"
+        notes.append(f"stage {config.stage}: memory planned for two rows per {unit} ({2 * config.micro_batch()} rows "
+                     "a micro-batch); the time plan counts one row each and no reference pass, so a step takes "
+                     "about twice the planned time or more")
+    memory, details, overlap, trainable, host = _memory(memory_config, shape, counts, zero, prec, world, hardware,
+                                                        seq_len)
     total = sum(memory.values()) - overlap
     capacity = hardware.memory_bytes
     result = Plan(model=config.model_name_or_path, model_type=shape.model_type, hardware=hardware.label(),
