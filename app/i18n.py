@@ -597,9 +597,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "arena.no_pairs_yet": ("还没有偏好对可训练：先投票（数据集 {dataset} 在第一次投票时登记）。",
                            "No pairs to train on yet: vote first (dataset {dataset} is registered with the first "
                            "vote)."),
-    "arena.no_dpo_stage": ("⚠ 这个工作台还没有 dpo 阶段（偏好训练）；没有改动参数页。",
-                           "⚠ This workbench has no stage dpo (preference training) yet; the Parameters tab is "
-                           "unchanged."),
     "arena.dpo_ready": ("参数页已设为 stage dpo，训练数据为 {dataset}。", "The Parameters tab is set to stage dpo "
                         "with {dataset} as the training data."),
     # ---- Export tab -----------------------------------------------------------------------

@@ -24,7 +24,6 @@ from app.page import Page
 from app.ui_kit import Labels
 from trainer_core import arena
 from trainer_core.chat import ChatSession, GenerationSettings
-from trainer_core.config import KEYS
 from trainer_core.errors import UserError
 
 SOURCES = ("run", "base")
@@ -151,10 +150,6 @@ def tally_markdown(data_dir: Path | None, lang: str) -> str:
     if problems:
         notes.append(t("arena.log_problems", lang, n=len(problems), first=problems[0]))
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
-
-
-def dpo_available() -> bool:
-    return "dpo" in (KEYS["stage"].metadata.get("choices") or ())
 
 
 def build(ctx: AppContext, L: Labels, page: Page) -> dict[str, Any]:
@@ -413,8 +408,6 @@ def wire_arena(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
             return {c["arena_status"]: error_text(exc, language)}
         if arena.DATASET_NAME not in dataset_names(folder):
             return {c["arena_status"]: t("arena.no_pairs_yet", language, dataset=arena.DATASET_NAME)}
-        if not dpo_available():  # stage dpo arrives with preference training: say so, change nothing
-            return {c["arena_status"]: t("arena.no_dpo_stage", language)}
         return {page.datasets: gr.update(choices=dataset_choices(folder), value=[arena.DATASET_NAME]),
                 page.weights: "", f["stage"]: "dpo", page.tab_set: gr.Tabs(selected="params"),
                 c["arena_status"]: t("arena.dpo_ready", language, dataset=arena.DATASET_NAME)}
