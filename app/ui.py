@@ -93,8 +93,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
 
 
 def launch_kwargs(ctx: AppContext) -> dict[str, Any]:
+    """demo.launch's settings. run_history off: Gradio would otherwise keep every event's inputs and
+    outputs (records of the user's data, chat messages, whole plots) in the browser's localStorage,
+    rewriting up to 100 of them after each event, which also kept the browser busy."""
     return {"theme": theme(), "css": CSS + plan_panel.CSS, "max_file_size": ctx.max_upload_bytes, "ssr_mode": False,
-            "footer_links": [], "allowed_paths": [], "show_error": True}
+            "footer_links": [], "allowed_paths": [], "show_error": True, "run_history": False}
 
 
 

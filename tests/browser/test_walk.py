@@ -869,6 +869,9 @@ def test_walk_every_control(page, lang, workroot, tiny_model_dir):
         print(f"walk ({lang}) {name}: {time.monotonic() - tab_started:.0f} s")
     missing = sorted(set(CASES) - w.done)
     assert not missing, f"cases the walk did not do: {missing}"
+    # Nothing the walk typed or saw is kept in the browser (Gradio's run history is off).
+    kept = page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('gradio:run-history'))")
+    assert not kept, f"the browser keeps a run history: {kept}"
     print(f"walk ({lang}): {len(w.done)} controls in {time.monotonic() - started:.0f} s")
 
 
