@@ -222,7 +222,9 @@ def app_url(workroot, tiny_model_dir, tiny_data_dir):
 @pytest.fixture(scope="module")
 def browser_page(app_url):
     with chromium_page(app_url) as page:
-        page.set_default_timeout(30_000)  # one step of the walk; long waits say their own
+        # One step of the walk; long waits say their own. 90 s, not 30: on a CI machine the queue has
+        # answered a step after more than 30 s (the composition, the language switch), with no error.
+        page.set_default_timeout(90_000)
         yield page
 
 
