@@ -29,11 +29,11 @@ def use_cjk_font() -> None:
     matplotlib.rcParams["axes.unicode_minus"] = False
 
 
-def metric_rows(run_dir: str | Path, series: dict[str, str], prefix: str = "") -> list[dict]:
+def metric_rows(entries: list[dict], series: dict[str, str], prefix: str = "") -> list[dict]:
     """One row (step, value, series) per logged value of each trainer_log.jsonl key in `series`
-    (key -> the series' name)."""
+    (key -> the series' name), from a run's log entries."""
     rows = []
-    for entry in read_log(run_dir):
+    for entry in entries:
         step = entry.get("step")
         if step is None:
             continue
@@ -43,18 +43,16 @@ def metric_rows(run_dir: str | Path, series: dict[str, str], prefix: str = "") -
     return rows
 
 
-def loss_rows(run_dir: str | Path, train_label: str, eval_label: str, prefix: str = "") -> list[dict]:
-    """One row per logged loss and eval loss of a run."""
-    return metric_rows(run_dir, {"loss": train_label, "eval_loss": eval_label}, prefix)
-
-
-def curves(run_dirs: list[str], series: dict[str, str]) -> list[dict]:
-    """Rows of several runs (metric_rows); with more than one, each series is prefixed by its run's name."""
-    rows: list[dict] = []
+def curves(run_dirs: list[str], *groups: dict[str, str]) -> list[list[dict]]:
+    """The rows of several runs, one list per group of series (metric_rows), each run's log read
+    once; with more than one run, each series is prefixed by its run's name."""
+    rows: list[list[dict]] = [[] for _ in groups]
     many = len(run_dirs) > 1
     for run_dir in run_dirs:
         prefix = f"{Path(run_dir).name} · " if many else ""
-        rows += metric_rows(run_dir, series, prefix)
+        entries = read_log(run_dir)
+        for found, series in zip(rows, groups):
+            found += metric_rows(entries, series, prefix)
     return rows
 
 

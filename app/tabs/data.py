@@ -194,8 +194,8 @@ def _number(value: Any, key: str) -> str:
 # ---- token statistics ----------------------------------------------------------------------
 
 _TOKENIZERS: dict[tuple, Any] = {}  # (model path, template, stage) -> tokenizer; loading costs seconds
-# Two inspections at once (the picker and the Inspect button are separate events) must not both
-# import transformers: the second sees it half-imported ("cannot import name 'AutoTokenizer'").
+# Two inspections at once (the picker and the Inspect button are separate events) load the
+# tokenizer once, not twice (the first import of transformers itself: models.import_transformers).
 _TOKENIZER_LOCK = threading.Lock()
 
 

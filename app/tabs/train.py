@@ -91,14 +91,6 @@ def _selected(run_dir: str | None, overlay: list[str] | None) -> list[str]:
     return list(dict.fromkeys(d for d in [run_dir, *(overlay or [])] if d))  # the current run once, first
 
 
-def plot_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> list[dict]:
-    return curves(_selected(run_dir, overlay), {"loss": t("plot.train", lang), "eval_loss": t("plot.eval", lang)})
-
-
-def plot_html(rows: list[dict], lang: str) -> str:
-    return loss_svg(rows, t("plot.step", lang), t("plot.empty", lang))
-
-
 # A preference run's (dpo, kto) trainer_log.jsonl keys: rewards of the chosen and the rejected
 # answers, their margin, and the share of pairs where the chosen one wins, on train and eval.
 REWARD_KEYS = ("rewards_chosen", "rewards_rejected", "rewards_margin")
@@ -110,12 +102,26 @@ def _train_and_eval(keys: tuple[str, ...], lang: str) -> dict[str, str]:
     return series | {f"eval_{key}": f"{label} · {t('plot.eval', lang)}" for key, label in series.items()}
 
 
+def curve_rows(run_dir: str | None, overlay: list[str] | None, lang: str
+               ) -> tuple[list[dict], tuple[list[dict], list[dict]]]:
+    """The loss rows and the (reward, reward-accuracy) rows of the runs shown, each log read once
+    (the timer asks every POLL_SECONDS); the reward rows are empty for runs that log no rewards."""
+    losses, rewards, accuracy = curves(_selected(run_dir, overlay),
+                                       {"loss": t("plot.train", lang), "eval_loss": t("plot.eval", lang)},
+                                       _train_and_eval(REWARD_KEYS, lang), _train_and_eval((ACCURACY_KEY,), lang))
+    return losses, (rewards, accuracy)
+
+
+def plot_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> list[dict]:
+    return curve_rows(run_dir, overlay, lang)[0]
+
+
 def reward_rows(run_dir: str | None, overlay: list[str] | None, lang: str) -> tuple[list[dict], list[dict]]:
-    """The reward curves and the reward-accuracy curves of the runs shown; both empty for runs
-    that log no rewards (sft, pt)."""
-    selected = _selected(run_dir, overlay)
-    return (curves(selected, _train_and_eval(REWARD_KEYS, lang)),
-            curves(selected, _train_and_eval((ACCURACY_KEY,), lang)))
+    return curve_rows(run_dir, overlay, lang)[1]
+
+
+def plot_html(rows: list[dict], lang: str) -> str:
+    return loss_svg(rows, t("plot.step", lang), t("plot.empty", lang))
 
 
 def reward_html(rows: tuple[list[dict], list[dict]], lang: str) -> Any:
@@ -171,8 +177,7 @@ def wire(ctx: AppContext, page: Page, c: dict[str, Any]) -> None:
         p = jobview.job_progress(run_dir)
         text, console = jobview.console_tail(console, run_dir)
         state = (p or {}).get("state")
-        rows = plot_rows(run_dir, overlay, language)
-        rewards = reward_rows(run_dir, overlay, language)
+        rows, rewards = curve_rows(run_dir, overlay, language)
         shown = [jobview.progress_html(p, language), rows, text, state, rewards]
         html, plot, console_text, buttons, reward_plot = jobview.only_changed(shown, last)
         if plot is rows:  # changed: draw it only then
