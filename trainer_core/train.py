@@ -24,7 +24,15 @@ from trainer_core import runs
 from trainer_core.config import TrainConfig, save_config
 from trainer_core.errors import UserError
 from trainer_core.paths import PRESETS_DIR
-from trainer_core.preference import is_preference_stage, reward_entry, trainer_arguments
+from trainer_core.preference import (
+    is_preference_stage,
+    load_preference_data,
+    make_preference_trainer,
+    preference_collator,
+    reward_entry,
+    show_preference_example,
+    trainer_arguments,
+)
 from trainer_core.procs import explain_failure, free_port, register_rank
 
 ABORTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by SIGTERM
@@ -495,8 +503,6 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
     if cfg.stage == "sft" or preference:
         setup_chat_template(tokenizer, cfg.template, log)
     if preference:
-        from trainer_core.preference import load_preference_data, show_preference_example
-
         train_samples, eval_samples = load_preference_data(cfg, tokenizer, log, record_mix)
         show_preference_example(train_samples[0], tokenizer, log)
     else:
@@ -530,8 +536,6 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, stop: _StopFlag, log, *, fres
     model = load_model(cfg, model_path, tokenizer, log, wrap=not preference)
     callbacks = [make_progress_callback(run_dir, stop, log, save_on_stop=not fresh)]
     if preference:
-        from trainer_core.preference import make_preference_trainer, preference_collator
-
         trainer = make_preference_trainer(
             cfg, model=model, args=args, train_samples=train_samples, eval_samples=eval_samples,
             processing_class=tokenizer, callbacks=callbacks,
